@@ -1,0 +1,1 @@
+"""Baselines that end-to-end speedups are quoted against (SPEC §2.4)."""

@@ -1,0 +1,126 @@
+"""The public purifier: ``Purifier`` (images in, purified images out) and
+``DefendedClassifier`` (purify, classify, vote).
+
+Example::
+
+    purifier = Purifier(eps_model, PurifierConfig.preset("cifar10"))
+    x_pure = purifier.purify(x, generator=torch.Generator().manual_seed(0))   # [B,C,H,W] in [0,1]
+    defended = DefendedClassifier(purifier, classifier, num_ensemble_runs=10)
+    vote = defended.vote(x)            # vote.prediction [B], vote.counts [B, K], vote.logits
+    logits = defended(x)               # mean logits over the runs, differentiable
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import PurifierConfig
+from .noise import GeneratorNoise, NoiseSource, as_noise_source
+from .reference.sampler import EpsModel, purify_diffusion
+from .validation import check_images, model_channels, model_device
+
+
+def to_diffusion_range(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]: ``clamp((x - 0.5) * 2, -1, 1)`` (the reference's clf2diff)."""
+    return torch.clamp((x - 0.5) * 2, -1, 1)
+
+
+def to_classifier_range(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]: ``clamp(x / 2 + 0.5, 0, 1)`` (the reference's diff2clf)."""
+    return torch.clamp((x / 2) + 0.5, 0, 1)
+
+
+class Purifier(nn.Module):
+    """Diffusion purification with MANI noise and FreqPure exchange around any
+    ``eps_model(x, t)`` (``x: [N, C, H, W]`` in [-1, 1], ``t: [N]`` float timesteps; models that
+    return 2C channels, learned sigma, are handled).
+
+    in_channels: the channel count to enforce; read from the model (``in_channels`` or
+    ``config.in_channels``) when not given, unchecked when neither says.
+    """
+
+    def __init__(self, eps_model: EpsModel, config: PurifierConfig | None = None, *,
+                 in_channels: int | None = None):
+        super().__init__()
+        if not callable(eps_model):
+            raise TypeError(f"eps_model must be callable as eps_model(x, t), got "
+                            f"{type(eps_model).__name__}")
+        self.eps_model = eps_model
+        self.config = config if config is not None else PurifierConfig()
+        if not isinstance(self.config, PurifierConfig):
+            raise TypeError(f"config must be a PurifierConfig, got {type(self.config).__name__}")
+        self.in_channels = in_channels if in_channels is not None else model_channels(eps_model)
+
+    def purify(self, x: torch.Tensor, *, generator: torch.Generator | list | None = None,
+               noise: NoiseSource | None = None, clamp: bool = False,
+               check_values: bool = True) -> torch.Tensor:
+        """Purify images ``x: [B, C, H, W]`` in [0, 1]; returns the same shape and dtype in
+        [0, 1]. fp16/bf16 inputs are upcast to fp32 for the whole computation. Noise comes from
+        ``noise`` (a NoiseSource), else ``generator`` (one, or one per sample), else the global
+        RNG. Differentiable with respect to ``x``."""
+        x = check_images(x, channels=self.in_channels, device=model_device(self.eps_model),
+                         clamp=clamp, check_values=check_values)
+        source = as_noise_source(generator, noise)
+        if isinstance(source, GeneratorNoise):
+            source.check(x.shape[0], x.device)
+        dtype = x.dtype
+        work = x if dtype == torch.float64 else x.to(torch.float32)
+        size = tuple(work.shape[-2:])
+        resolution = self.config.model_resolution
+        if resolution is not None and size != resolution:
+            work = F.interpolate(work, size=resolution, mode="bilinear", align_corners=False)
+        x_diff = purify_diffusion(self.eps_model, to_diffusion_range(work), self.config, source)
+        if resolution is not None and size != resolution:
+            x_diff = F.interpolate(x_diff, size=size, mode="bilinear", align_corners=False)
+        return to_classifier_range(x_diff).to(dtype)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.purify(x, **kwargs)
+
+
+@dataclass
+class Vote:
+    """The outcome of ``num_ensemble_runs`` purify-and-classify runs.
+
+    prediction: int64 ``[B]``, the class with the most votes (ties go to the lowest index);
+    counts: int64 ``[B, K]``, votes per class; logits: ``[B, K]``, the mean logits (differentiable).
+    """
+
+    prediction: torch.Tensor
+    counts: torch.Tensor
+    logits: torch.Tensor
+
+
+class DefendedClassifier(nn.Module):
+    """``classifier(purifier(x))``, repeated ``num_ensemble_runs`` times and voted (SPEC §2.3).
+
+    ``forward`` returns the mean logits over the runs (differentiable, for attacks); ``vote``
+    also returns the majority vote, which is the defended prediction the reference reports.
+    The classifier takes images in [0, 1]; wrap any normalisation into it.
+    """
+
+    def __init__(self, purifier: Purifier, classifier: nn.Module, num_ensemble_runs: int = 10):
+        super().__init__()
+        if not isinstance(num_ensemble_runs, int) or num_ensemble_runs < 1:
+            raise ValueError(f"num_ensemble_runs must be an int >= 1, got {num_ensemble_runs!r}")
+        self.purifier = purifier
+        self.classifier = classifier
+        self.num_ensemble_runs = num_ensemble_runs
+
+    def vote(self, x: torch.Tensor, *, generator=None, noise: NoiseSource | None = None,
+             clamp: bool = False) -> Vote:
+        source = as_noise_source(generator, noise)  # one source shared by all runs, in order
+        logits_sum, counts = None, None
+        for _ in range(self.num_ensemble_runs):
+            logits = self.classifier(self.purifier.purify(x, noise=source, clamp=clamp))
+            one_hot = F.one_hot(logits.argmax(dim=1), logits.shape[1])
+            logits_sum = logits if logits_sum is None else logits_sum + logits
+            counts = one_hot if counts is None else counts + one_hot
+        return Vote(counts.argmax(dim=1), counts, logits_sum / self.num_ensemble_runs)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.vote(x, **kwargs).logits
