@@ -17,6 +17,15 @@ from .purifier import DefendedClassifier, Purifier, Vote
 __version__ = "0.1.0"
 
 __all__ = [
-    "DefendedClassifier", "GeneratorNoise", "GlobalNoise", "NoiseSource", "Purifier",
-    "PurifierConfig", "RecordedNoise", "Round", "Vote", "parse_schedule", "reference",
+    "DefendedClassifier",
+    "GeneratorNoise",
+    "GlobalNoise",
+    "NoiseSource",
+    "Purifier",
+    "PurifierConfig",
+    "RecordedNoise",
+    "Round",
+    "Vote",
+    "parse_schedule",
+    "reference",
 ]

@@ -35,8 +35,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def get_diffusion_params(max_timesteps: str, num_denoising_steps: str,
-                         ) -> tuple[list[int], list[list[int]]]:
+def get_diffusion_params(
+    max_timesteps: str,
+    num_denoising_steps: str,
+) -> tuple[list[int], list[list[int]]]:
     """The reference scripts' parser: ``("20,50", "5,5")`` -> ``([19, 49], [[3,7,11,15,19],
     [9,19,29,39,49]])``."""
     rounds = _parse_schedule(max_timesteps, num_denoising_steps)
@@ -52,15 +54,27 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
 class PurificationForward(nn.Module):
     """The reference's constructor and methods, backed by this library's purifier."""
 
-    def __init__(self, clf, diffusion, max_timestep, attack_steps, sampling_method, is_imagenet,
-                 device, amplitude_cut_range=10, phase_cut_range=10, delta=0.3,
-                 forward_noise_steps=50, *, noise: NoiseSource | None = None):
+    def __init__(
+        self,
+        clf,
+        diffusion,
+        max_timestep,
+        attack_steps,
+        sampling_method,
+        is_imagenet,
+        device,
+        amplitude_cut_range=10,
+        phase_cut_range=10,
+        delta=0.3,
+        forward_noise_steps=50,
+        *,
+        noise: NoiseSource | None = None,
+    ):
         super().__init__()
         if sampling_method not in ("ddpm", "ddim"):
             raise ValueError(f"sampling_method must be 'ddpm' or 'ddim', got {sampling_method!r}")
         if float(forward_noise_steps) != int(forward_noise_steps):
-            raise ValueError(f"forward_noise_steps must be a whole number, got "
-                             f"{forward_noise_steps!r}")
+            raise ValueError(f"forward_noise_steps must be a whole number, got {forward_noise_steps!r}")
         self.clf = clf
         self.diffusion = diffusion
         self.device = device
@@ -75,10 +89,15 @@ class PurificationForward(nn.Module):
         self.forward_noise_steps = int(forward_noise_steps)
         self.noise = noise  # None: the global RNG, drawn in the reference's order
         config = PurifierConfig(
-            rounds=rounds_from_reference(self.max_timestep, self.attack_steps), mani=False,
-            amplitude_cut_range=amplitude_cut_range, phase_cut_range=phase_cut_range,
-            delta=delta, forward_noise_steps=self.forward_noise_steps, sampling=sampling_method,
-            model_resolution=(256, 256) if self.is_imagenet else None)
+            rounds=rounds_from_reference(self.max_timestep, self.attack_steps),
+            mani=False,
+            amplitude_cut_range=amplitude_cut_range,
+            phase_cut_range=phase_cut_range,
+            delta=delta,
+            forward_noise_steps=self.forward_noise_steps,
+            sampling=sampling_method,
+            model_resolution=(256, 256) if self.is_imagenet else None,
+        )
         self.purifier = Purifier(diffusion, config)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,10 @@ class Round:
         if not (isinstance(total, int) and isinstance(num_steps, int)):
             raise TypeError(f"total and num_steps must be ints, got {total!r}, {num_steps!r}")
         if not 1 <= num_steps <= total <= NUM_TRAIN_TIMESTEPS:
-            raise ValueError(f"need 1 <= num_steps <= total <= {NUM_TRAIN_TIMESTEPS}, "
-                             f"got total={total}, num_steps={num_steps}")
+            raise ValueError(
+                f"need 1 <= num_steps <= total <= {NUM_TRAIN_TIMESTEPS}, "
+                f"got total={total}, num_steps={num_steps}"
+            )
         stride = total // num_steps
         return cls(total - 1, tuple(s - 1 for s in range(stride, total + 1, stride)))
 
@@ -60,16 +62,19 @@ def parse_schedule(max_timesteps: str, num_denoising_steps: str) -> tuple[Round,
     totals = [int(s) for s in str(max_timesteps).split(",")]
     counts = [int(s) for s in str(num_denoising_steps).split(",")]
     if len(totals) != len(counts):
-        raise ValueError(f"{max_timesteps!r} and {num_denoising_steps!r} list different numbers "
-                         f"of rounds ({len(totals)} and {len(counts)})")
+        raise ValueError(
+            f"{max_timesteps!r} and {num_denoising_steps!r} list different numbers "
+            f"of rounds ({len(totals)} and {len(counts)})"
+        )
     return tuple(Round.from_total(t, k) for t, k in zip(totals, counts))
 
 
 def rounds_from_reference(max_timestep: list[int], attack_steps: list[list[int]]) -> tuple[Round, ...]:
     """Rounds from the reference's already-parsed lists (its ``get_diffusion_params`` output)."""
     if len(max_timestep) != len(attack_steps):
-        raise ValueError(f"max_timestep has {len(max_timestep)} rounds but attack_steps has "
-                         f"{len(attack_steps)}")
+        raise ValueError(
+            f"max_timestep has {len(max_timestep)} rounds but attack_steps has {len(attack_steps)}"
+        )
     return tuple(Round(int(t), tuple(int(s) for s in seq)) for t, seq in zip(max_timestep, attack_steps))
 
 
@@ -148,14 +153,19 @@ class PurifierConfig:
         if not self.eps0 > 0:
             raise ValueError(f"eps0 must be > 0, got {self.eps0!r}")
         if self.amplitude_cut_range < 0 or self.phase_cut_range < 0:
-            raise ValueError(f"cut ranges must be >= 0, got amplitude {self.amplitude_cut_range}, "
-                             f"phase {self.phase_cut_range}")
+            raise ValueError(
+                f"cut ranges must be >= 0, got amplitude {self.amplitude_cut_range}, "
+                f"phase {self.phase_cut_range}"
+            )
         if not self.delta >= 0:
             raise ValueError(f"delta must be >= 0, got {self.delta!r}")
-        if not (isinstance(self.forward_noise_steps, int)
-                and 0 <= self.forward_noise_steps < NUM_TRAIN_TIMESTEPS):
-            raise ValueError(f"forward_noise_steps must be an int in [0, {NUM_TRAIN_TIMESTEPS}), "
-                             f"got {self.forward_noise_steps!r}")
+        if not (
+            isinstance(self.forward_noise_steps, int) and 0 <= self.forward_noise_steps < NUM_TRAIN_TIMESTEPS
+        ):
+            raise ValueError(
+                f"forward_noise_steps must be an int in [0, {NUM_TRAIN_TIMESTEPS}), "
+                f"got {self.forward_noise_steps!r}"
+            )
         if self.model_resolution is not None:
             h, w = (int(v) for v in self.model_resolution)
             if h < 1 or w < 1:
@@ -175,8 +185,7 @@ class PurifierConfig:
         "imagenet" (8 x (50, 5), 224 -> 256 resizing) and "attack_surrogate" (one (1000, 1))."""
         presets = {
             "cifar10": dict(rounds=cifar10_rounds()),
-            "cifar10_v2": dict(rounds=cifar10_v2_rounds(), amplitude_cut_range=3,
-                               phase_cut_range=3),
+            "cifar10_v2": dict(rounds=cifar10_v2_rounds(), amplitude_cut_range=3, phase_cut_range=3),
             "imagenet": dict(rounds=imagenet_rounds(), model_resolution=(256, 256)),
             "attack_surrogate": dict(rounds=attack_surrogate_rounds()),
         }

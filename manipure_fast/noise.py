@@ -8,8 +8,8 @@ consumption, with a label naming the use:
   because the reference does so and the RNG stream would otherwise drift from it.
 
 Sources:
-- ``GlobalNoise()``: ``torch.randn_like`` on the global RNG, the reference's own behaviour, so
-  ``torch.manual_seed(s)`` reproduces the reference purifier's stream on the same device.
+- ``GlobalNoise()``: ``torch.randn_like`` on the global RNG (drawn in float32), the reference's
+  own behaviour, so ``torch.manual_seed(s)`` reproduces the reference purifier's stream on the same device.
 - ``GeneratorNoise(g)``: one ``torch.Generator``, or one per sample (a list of B generators),
   which makes each image's result independent of the rest of the batch. Per-sample generators
   cost one small ``randn`` per image per draw; a single generator is the fast path.
@@ -38,7 +38,9 @@ class GlobalNoise:
     """Draws from the global RNG with ``torch.randn_like``, as the reference purifier does."""
 
     def draw(self, label: str, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn_like(like)
+        # Drawn in float32 (the reference's dtype) so a seed means the same noise whatever the
+        # working dtype; identical to torch.randn_like(like) for float32.
+        return torch.randn_like(like, dtype=torch.float32).to(like.dtype)
 
 
 class GeneratorNoise:
@@ -51,8 +53,9 @@ class GeneratorNoise:
         else:
             gens = tuple(generator)
             if not gens or not all(isinstance(g, torch.Generator) for g in gens):
-                raise TypeError("generator must be a torch.Generator or a non-empty sequence of "
-                                f"them, got {generator!r}")
+                raise TypeError(
+                    f"generator must be a torch.Generator or a non-empty sequence of them, got {generator!r}"
+                )
             self.generators, self.generator = gens, None
 
     def check(self, batch: int, device: torch.device) -> None:
@@ -61,15 +64,19 @@ class GeneratorNoise:
             raise ValueError(f"got {len(gens)} per-sample generators for a batch of {batch}")
         for g in gens:
             if g.device.type != device.type:
-                raise ValueError(f"generator is on {g.device} but the images are on {device}; "
-                                 f"create it with torch.Generator(device='{device.type}')")
+                raise ValueError(
+                    f"generator is on {g.device} but the images are on {device}; "
+                    f"create it with torch.Generator(device='{device.type}')"
+                )
 
     def draw(self, label: str, like: torch.Tensor) -> torch.Tensor:
         if self.generators is None:
-            return torch.randn(like.shape, generator=self.generator, device=like.device,
-                               dtype=like.dtype)
-        return torch.stack([torch.randn(like.shape[1:], generator=g, device=like.device,
-                                        dtype=like.dtype) for g in self.generators])
+            noise = torch.randn(like.shape, generator=self.generator, device=like.device)
+        else:
+            noise = torch.stack(
+                [torch.randn(like.shape[1:], generator=g, device=like.device) for g in self.generators]
+            )
+        return noise.to(like.dtype)  # drawn in float32 whatever the working dtype
 
 
 class RecordedNoise:
@@ -88,15 +95,18 @@ class RecordedNoise:
 
     def draw(self, label: str, like: torch.Tensor) -> torch.Tensor:
         if self.position >= len(self.tensors):
-            raise ValueError(f"recorded noise exhausted after {len(self.tensors)} draws "
-                             f"(next use: {label})")
+            raise ValueError(f"recorded noise exhausted after {len(self.tensors)} draws (next use: {label})")
         if self.labels is not None and self.labels[self.position] != label:
-            raise ValueError(f"recorded noise {self.position} is labelled "
-                             f"{self.labels[self.position]!r} but the sampler asked for {label!r}")
+            raise ValueError(
+                f"recorded noise {self.position} is labelled "
+                f"{self.labels[self.position]!r} but the sampler asked for {label!r}"
+            )
         tensor = self.tensors[self.position]
         if tensor.shape != like.shape:
-            raise ValueError(f"recorded noise {self.position} has shape {tuple(tensor.shape)}, "
-                             f"expected {tuple(like.shape)}")
+            raise ValueError(
+                f"recorded noise {self.position} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(like.shape)}"
+            )
         self.position += 1
         return tensor.to(device=like.device, dtype=like.dtype)
 

@@ -43,27 +43,38 @@ class Purifier(nn.Module):
     ``config.in_channels``) when not given, unchecked when neither says.
     """
 
-    def __init__(self, eps_model: EpsModel, config: PurifierConfig | None = None, *,
-                 in_channels: int | None = None):
+    def __init__(
+        self, eps_model: EpsModel, config: PurifierConfig | None = None, *, in_channels: int | None = None
+    ):
         super().__init__()
         if not callable(eps_model):
-            raise TypeError(f"eps_model must be callable as eps_model(x, t), got "
-                            f"{type(eps_model).__name__}")
+            raise TypeError(f"eps_model must be callable as eps_model(x, t), got {type(eps_model).__name__}")
         self.eps_model = eps_model
         self.config = config if config is not None else PurifierConfig()
         if not isinstance(self.config, PurifierConfig):
             raise TypeError(f"config must be a PurifierConfig, got {type(self.config).__name__}")
         self.in_channels = in_channels if in_channels is not None else model_channels(eps_model)
 
-    def purify(self, x: torch.Tensor, *, generator: torch.Generator | list | None = None,
-               noise: NoiseSource | None = None, clamp: bool = False,
-               check_values: bool = True) -> torch.Tensor:
+    def purify(
+        self,
+        x: torch.Tensor,
+        *,
+        generator: torch.Generator | list | None = None,
+        noise: NoiseSource | None = None,
+        clamp: bool = False,
+        check_values: bool = True,
+    ) -> torch.Tensor:
         """Purify images ``x: [B, C, H, W]`` in [0, 1]; returns the same shape and dtype in
         [0, 1]. fp16/bf16 inputs are upcast to fp32 for the whole computation. Noise comes from
         ``noise`` (a NoiseSource), else ``generator`` (one, or one per sample), else the global
         RNG. Differentiable with respect to ``x``."""
-        x = check_images(x, channels=self.in_channels, device=model_device(self.eps_model),
-                         clamp=clamp, check_values=check_values)
+        x = check_images(
+            x,
+            channels=self.in_channels,
+            device=model_device(self.eps_model),
+            clamp=clamp,
+            check_values=check_values,
+        )
         source = as_noise_source(generator, noise)
         if isinstance(source, GeneratorNoise):
             source.check(x.shape[0], x.device)
@@ -111,8 +122,9 @@ class DefendedClassifier(nn.Module):
         self.classifier = classifier
         self.num_ensemble_runs = num_ensemble_runs
 
-    def vote(self, x: torch.Tensor, *, generator=None, noise: NoiseSource | None = None,
-             clamp: bool = False) -> Vote:
+    def vote(
+        self, x: torch.Tensor, *, generator=None, noise: NoiseSource | None = None, clamp: bool = False
+    ) -> Vote:
         source = as_noise_source(generator, noise)  # one source shared by all runs, in order
         logits_sum, counts = None, None
         for _ in range(self.num_ensemble_runs):

@@ -16,39 +16,53 @@ RANGE_TOLERANCE = 1e-4
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def check_images(x: object, *, channels: int | None = None, device: torch.device | None = None,
-                 clamp: bool = False, check_values: bool = True, name: str = "x") -> torch.Tensor:
+def check_images(
+    x: object,
+    *,
+    channels: int | None = None,
+    device: torch.device | None = None,
+    clamp: bool = False,
+    check_values: bool = True,
+    name: str = "x",
+) -> torch.Tensor:
     """Validate a batch of images ``[B, C, H, W]`` in [0, 1]; returns it, clamped only when
     ``clamp=True`` is asked for."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of images [B, C, H, W], got "
-                        f"{type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of images [B, C, H, W], got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating tensor in [0, 1] (float32/float64/float16/"
-                        f"bfloat16), got {x.dtype}; convert uint8 images with x.float() / 255")
+        raise TypeError(
+            f"{name} must be a floating tensor in [0, 1] (float32/float64/float16/"
+            f"bfloat16), got {x.dtype}; convert uint8 images with x.float() / 255"
+        )
     if x.ndim != 4:
-        raise ValueError(f"{name} must have shape [B, C, H, W], got {x.ndim} dims "
-                         f"{tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape [B, C, H, W], got {x.ndim} dims {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); B must be >= 1")
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{name} has an empty image plane (shape {tuple(x.shape)})")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} has {x.shape[1]} channels but the diffusion model takes "
-                         f"{channels} (shape {tuple(x.shape)})")
+        raise ValueError(
+            f"{name} has {x.shape[1]} channels but the diffusion model takes "
+            f"{channels} (shape {tuple(x.shape)})"
+        )
     if device is not None and x.device != device:
-        raise ValueError(f"{name} is on {x.device} but the diffusion model is on {device}; "
-                         f"move one of them (x.to('{device}'))")
+        raise ValueError(
+            f"{name} is on {x.device} but the diffusion model is on {device}; "
+            f"move one of them (x.to('{device}'))"
+        )
     if check_values:
-        finite = torch.isfinite(x)
+        values = x.detach()
+        finite = torch.isfinite(values)
         if not bool(finite.all()):
             bad = int((~finite).sum())
             raise ValueError(f"{name} has {bad} non-finite values (NaN or inf)")
         if not clamp:
-            low, high = float(x.min()), float(x.max())
+            low, high = float(values.min()), float(values.max())
             if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-                raise ValueError(f"{name} has values in [{low:.4g}, {high:.4g}], outside [0, 1]; "
-                                 f"images must be in [0, 1] (pass clamp=True to clamp them)")
+                raise ValueError(
+                    f"{name} has values in [{low:.4g}, {high:.4g}], outside [0, 1]; "
+                    f"images must be in [0, 1] (pass clamp=True to clamp them)"
+                )
     return x.clamp(0, 1) if clamp else x
 
 

@@ -26,9 +26,11 @@ from manipure_fast.reference.sampler import renoise
 class ReferenceStructurePurifier:
     def __init__(self, eps_model, config: PurifierConfig):
         if (config.phase_mode, config.reconstruct, config.reference) != ("replace", "abs", "renoised"):
-            raise ValueError("the reference-structure baseline implements only the reference "
-                             "purifier's options: phase_mode='replace', reconstruct='abs', "
-                             "reference='renoised'")
+            raise ValueError(
+                "the reference-structure baseline implements only the reference "
+                "purifier's options: phase_mode='replace', reconstruct='abs', "
+                "reference='renoised'"
+            )
         self.eps_model = eps_model
         self.config = config
         betas = np.linspace(1e-4, 2e-2, 1000, dtype=np.float64)
@@ -44,10 +46,12 @@ class ReferenceStructurePurifier:
 
     # -- the exchange, per image and per channel ------------------------------------------------
     def _mask(self, rows: int, cols: int, cut: float, device) -> torch.Tensor:
-        u = np.fft.fftshift(np.where(np.arange(cols) <= (cols - 1) // 2, np.arange(cols),
-                                     np.arange(cols) - cols))
-        v = np.fft.fftshift(np.where(np.arange(rows) <= (rows - 1) // 2, np.arange(rows),
-                                     np.arange(rows) - rows))
+        u = np.fft.fftshift(
+            np.where(np.arange(cols) <= (cols - 1) // 2, np.arange(cols), np.arange(cols) - cols)
+        )
+        v = np.fft.fftshift(
+            np.where(np.arange(rows) <= (rows - 1) // 2, np.arange(rows), np.arange(rows) - rows)
+        )
         uu, vv = np.meshgrid(u, v)
         return torch.from_numpy(np.sqrt(uu**2 + vv**2) <= cut).to(device)
 
@@ -68,8 +72,9 @@ class ReferenceStructurePurifier:
                 amp = torch.where(amp_mask, amp_ref, amp)
                 ph_mask = self._mask(rows, cols, cfg.phase_cut_range, cur.device)
                 ph = torch.where(ph_mask, ph_ref, ph)
-                ph[ph_mask] = torch.clip(ph[ph_mask], ph_ref[ph_mask] - cfg.delta,
-                                         ph_ref[ph_mask] + cfg.delta)
+                ph[ph_mask] = torch.clip(
+                    ph[ph_mask], ph_ref[ph_mask] - cfg.delta, ph_ref[ph_mask] + cfg.delta
+                )
                 spectrum = amp * torch.exp(1j * (ph - torch.pi))
                 plane = torch.fft.ifft2(torch.fft.ifftshift(spectrum)).abs()
                 planes.append(torch.clip(plane, 0, 255) / 255)

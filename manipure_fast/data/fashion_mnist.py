@@ -21,8 +21,16 @@ import torch
 DEBIAN_LOCATION = Path("/usr/share/datasets/fashion-mnist")
 ENV_VARIABLE = "MANIPURE_FASHION_MNIST"
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -36,10 +44,11 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
         raw = handle.read()
     magic = int.from_bytes(raw[0:4], "big")
     if magic != expected_magic:
-        raise ValueError(f"{path} is not an IDX file of the expected kind (magic {magic:#x}, "
-                         f"expected {expected_magic:#x})")
+        raise ValueError(
+            f"{path} is not an IDX file of the expected kind (magic {magic:#x}, expected {expected_magic:#x})"
+        )
     ndim = magic & 0xFF
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: {data.size} bytes of data for shape {dims}")
@@ -64,8 +73,10 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
     )
 
 
-def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = None,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(
+    split: str = "test",
+    root: str | os.PathLike | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a split ("train": 60k images, "test": 10k) as ``([N,1,32,32] float32, [N] int64)``."""
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -30,9 +30,16 @@ def pixels_to_diffusion(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp((torch.clip(v, 0, 255) / 255 - 0.5) * 2, -1, 1)
 
 
-def exchange(x_ref0: torch.Tensor, x0: torch.Tensor, *, amplitude_cut_range: float = 10,
-             phase_cut_range: float = 10, phase_mode: str = "replace", delta: float = 0.3,
-             reconstruct: str = "abs") -> torch.Tensor:
+def exchange(
+    x_ref0: torch.Tensor,
+    x0: torch.Tensor,
+    *,
+    amplitude_cut_range: float = 10,
+    phase_cut_range: float = 10,
+    phase_mode: str = "replace",
+    delta: float = 0.3,
+    reconstruct: str = "abs",
+) -> torch.Tensor:
     """Exchange low-frequency amplitude and phase of ``x0`` with those of ``x_ref0``.
 
     x_ref0, x0: ``[B, C, H, W]`` in the diffusion range. Returns ``[B, C, H, W]`` in [-1, 1].
@@ -43,8 +50,9 @@ def exchange(x_ref0: torch.Tensor, x0: torch.Tensor, *, amplitude_cut_range: flo
     reconstruct "abs": ``|ifft2|`` as the reference; "real": its real part.
     """
     if x_ref0.shape != x0.shape:
-        raise ValueError(f"x_ref0 and x0 must have the same shape, got {tuple(x_ref0.shape)} "
-                         f"and {tuple(x0.shape)}")
+        raise ValueError(
+            f"x_ref0 and x0 must have the same shape, got {tuple(x_ref0.shape)} and {tuple(x0.shape)}"
+        )
     h, w = x0.shape[-2:]
     amplitude_disc = disc_mask(h, w, amplitude_cut_range, x0.device)
     phase_disc = disc_mask(h, w, phase_cut_range, x0.device)

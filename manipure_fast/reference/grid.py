@@ -68,8 +68,13 @@ def band_map(height: int, width: int, n_bands: int, mode: str, device: torch.dev
 
 
 @functools.lru_cache(maxsize=256)
-def band_one_hot(height: int, width: int, n_bands: int, mode: str, device: torch.device,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def band_one_hot(
+    height: int,
+    width: int,
+    n_bands: int,
+    mode: str,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``[H*W, n]`` one-hot of the band map and float32 ``[n]`` band sizes (min 1, so an
     empty band, possible only on tiny planes, gives a mean of 0 instead of 0/0; it is never
     gathered back because no coefficient belongs to it)."""

@@ -16,8 +16,12 @@ from .grid import band_map, band_one_hot
 from .schedule import noise_coefficients
 
 
-def band_mean_magnitudes(x: torch.Tensor, *, n_bands: int = 8, band_mode: str = "width",
-                         ) -> torch.Tensor:
+def band_mean_magnitudes(
+    x: torch.Tensor,
+    *,
+    n_bands: int = 8,
+    band_mode: str = "width",
+) -> torch.Tensor:
     """``M_i``, the mean of ``|fft2(x)|`` over band ``i`` (paper Eq. 8). ``x: [B, C, H, W]`` ->
     ``[B, C, n_bands]``."""
     spectrum = torch.fft.fft2(x)
@@ -31,15 +35,26 @@ def _band_means(magnitude: torch.Tensor, n_bands: int, band_mode: str) -> torch.
     return sums / counts.to(magnitude.dtype)
 
 
-def band_weights(band_means: torch.Tensor, *, gamma: float = 1.8, eps0: float = 1e-6,
-                 ) -> torch.Tensor:
+def band_weights(
+    band_means: torch.Tensor,
+    *,
+    gamma: float = 1.8,
+    eps0: float = 1e-6,
+) -> torch.Tensor:
     """``w_i = 1 / (M_i^gamma + eps0)`` (paper Eq. 9). Same shape as ``band_means``."""
     return 1.0 / (band_means.pow(gamma) + eps0)
 
 
-def intensity_map(x: torch.Tensor, *, n_bands: int = 8, gamma: float = 1.8, eps0: float = 1e-6,
-                  band_mode: str = "width", weight_map: str = "spectral",
-                  normalize: str = "rms") -> torch.Tensor:
+def intensity_map(
+    x: torch.Tensor,
+    *,
+    n_bands: int = 8,
+    gamma: float = 1.8,
+    eps0: float = 1e-6,
+    band_mode: str = "width",
+    weight_map: str = "spectral",
+    normalize: str = "rms",
+) -> torch.Tensor:
     """The spatial intensity map W (SPEC §1.6-1.7). ``x: [B, C, H, W]`` (diffusion range) ->
     ``W: [B, C, H, W]``, non-negative.
 
@@ -72,18 +87,34 @@ def intensity_map(x: torch.Tensor, *, n_bands: int = 8, gamma: float = 1.8, eps0
     return torch.where(nonzero, normalised, torch.ones_like(shaped))
 
 
-def mani_noise(x: torch.Tensor, t: int, noise: torch.Tensor, *, n_bands: int = 8,
-               gamma: float = 1.8, eps0: float = 1e-6, band_mode: str = "width",
-               weight_map: str = "spectral", normalize: str = "rms", detach_map: bool = False,
-               ) -> torch.Tensor:
+def mani_noise(
+    x: torch.Tensor,
+    t: int,
+    noise: torch.Tensor,
+    *,
+    n_bands: int = 8,
+    gamma: float = 1.8,
+    eps0: float = 1e-6,
+    band_mode: str = "width",
+    weight_map: str = "spectral",
+    normalize: str = "rms",
+    detach_map: bool = False,
+) -> torch.Tensor:
     """Magnitude-adaptive re-noising (paper Eq. 10-11):
     ``x_t = sqrt(abar_t) * x + sqrt(1 - abar_t) * (W * z)``.
 
     x: ``[B, C, H, W]`` diffusion range; t: timestep in [0, 999]; noise: z, same shape as x.
     ``detach_map=True`` stops the gradient through W (explicit; the default keeps it).
     """
-    weight = intensity_map(x, n_bands=n_bands, gamma=gamma, eps0=eps0, band_mode=band_mode,
-                           weight_map=weight_map, normalize=normalize)
+    weight = intensity_map(
+        x,
+        n_bands=n_bands,
+        gamma=gamma,
+        eps0=eps0,
+        band_mode=band_mode,
+        weight_map=weight_map,
+        normalize=normalize,
+    )
     if detach_map:
         weight = weight.detach()
     coef = noise_coefficients(t)

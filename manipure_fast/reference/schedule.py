@@ -73,8 +73,9 @@ def step_coefficients(t: int, t_next: int, eta: float) -> StepCoefficients:
     c1 = eta * ((1 - at / at_next) * (1 - at_next) / (1 - at)).sqrt()
     # Rounding can push the radicand a hair below zero when c1**2 ~ 1 - abar_next; it is zero.
     c2 = ((1 - at_next) - c1**2).clamp_min(0).sqrt()
-    return StepCoefficients(t, t_next, float(at.sqrt()), float((1 - at).sqrt()),
-                            float(at_next.sqrt()), float(c1), float(c2))
+    return StepCoefficients(
+        t, t_next, float(at.sqrt()), float((1 - at).sqrt()), float(at_next.sqrt()), float(c1), float(c2)
+    )
 
 
 def round_step_coefficients(timesteps: tuple[int, ...], eta: float) -> list[StepCoefficients]:

@@ -25,10 +25,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "diffusion":
         from .diffusion import train_diffusion
 
-        train_diffusion(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        max_train_timestep=args.max_train_timestep, seed=args.seed,
-                        save_every=args.save_every, threads=args.threads,
-                        data_root=args.data_root)
+        train_diffusion(
+            args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            max_train_timestep=args.max_train_timestep,
+            seed=args.seed,
+            save_every=args.save_every,
+            threads=args.threads,
+            data_root=args.data_root,
+        )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,18 @@ def linear_alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
 
 
-def train_diffusion(out: Path, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
-                    max_train_timestep: int = 300, seed: int = 0, save_every: int = 250,
-                    threads: int | None = None, data_root: str | None = None) -> None:
+def train_diffusion(
+    out: Path,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    max_train_timestep: int = 300,
+    seed: int = 0,
+    save_every: int = 250,
+    threads: int | None = None,
+    data_root: str | None = None,
+) -> None:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -66,14 +75,25 @@ def train_diffusion(out: Path, *, steps: int, batch_size: int = 64, lr: float = 
         if step % 50 == 0:
             print(f"step {step} loss {running:.4f} elapsed {time.time() - started:.0f}s", flush=True)
         if step % save_every == 0 or step == steps:
-            _save(ema, out, dict(
-                unet_config=FASHION_UNET_CONFIG, kind="fashion-mnist eps UNet (EMA weights)",
-                seed=seed, steps=step, batch_size=batch_size, lr=lr,
-                max_train_timestep=max_train_timestep, ema_decay=0.999,
-                wall_time_s=round(time.time() - started, 1), threads=torch.get_num_threads(),
-                torch=torch.__version__, final_loss_ema=round(running, 5),
-                schedule="linear beta 1e-4..2e-2, 1000 steps, epsilon prediction",
-            ))
+            _save(
+                ema,
+                out,
+                dict(
+                    unet_config=FASHION_UNET_CONFIG,
+                    kind="fashion-mnist eps UNet (EMA weights)",
+                    seed=seed,
+                    steps=step,
+                    batch_size=batch_size,
+                    lr=lr,
+                    max_train_timestep=max_train_timestep,
+                    ema_decay=0.999,
+                    wall_time_s=round(time.time() - started, 1),
+                    threads=torch.get_num_threads(),
+                    torch=torch.__version__,
+                    final_loss_ema=round(running, 5),
+                    schedule="linear beta 1e-4..2e-2, 1000 steps, epsilon prediction",
+                ),
+            )
 
 
 def _save(model: torch.nn.Module, out: Path, meta: dict) -> None:

@@ -1,0 +1,211 @@
+"""The public API: bad input, dtypes, learned sigma, resizing, voting, the compat layer and the
+reference-structure baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LinearEps, dummy_eps_model
+
+from bench.baselines.reference_structure import ReferenceStructurePurifier
+from manipure_fast import DefendedClassifier, Purifier, PurifierConfig, RecordedNoise, Round
+from manipure_fast.compat import PurificationForward, get_diffusion_params, imagenet_normalize
+from manipure_fast.reference import purify_diffusion
+
+SMALL = PurifierConfig(rounds=(Round.from_total(30, 2),))
+
+
+@pytest.fixture
+def purifier():
+    torch.manual_seed(0)
+    return Purifier(LinearEps(3), SMALL)
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (torch.full((1, 3, 8, 8), float("nan")), ValueError, "non-finite"),
+        (torch.full((1, 3, 8, 8), float("inf")), ValueError, "non-finite"),
+        (torch.full((1, 3, 8, 8), 1.5), ValueError, r"outside \[0, 1\]"),
+        (torch.full((1, 3, 8, 8), -0.01), ValueError, r"outside \[0, 1\]"),
+        (torch.rand(3, 8, 8), ValueError, "shape \\[B, C, H, W\\]"),
+        (torch.rand(1, 1, 8, 8), ValueError, "1 channels but the diffusion model takes 3"),
+        (torch.rand(0, 3, 8, 8), ValueError, "empty batch"),
+        (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), TypeError, "floating tensor"),
+        ([[0.5]], TypeError, "torch.Tensor"),
+    ],
+    ids=["nan", "inf", "above-1", "below-0", "rank-3", "channels", "empty", "uint8", "list"],
+)
+def test_bad_input_is_named(purifier, bad, error, match):
+    with pytest.raises(error, match=match):
+        purifier.purify(bad)
+
+
+def test_out_of_range_is_clamped_only_when_asked(purifier):
+    x = torch.rand(1, 3, 8, 8) * 1.2 - 0.1
+    out = purifier.purify(x, clamp=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and (0 <= out).all() and (out <= 1).all()
+    tiny_overshoot = torch.full((1, 3, 8, 8), 1 + 5e-5)
+    purifier.purify(tiny_overshoot)  # within the documented tolerance
+
+
+def test_device_mismatch_is_named():
+    model = LinearEps(3).to("meta")
+    with pytest.raises(ValueError, match="is on cpu but the diffusion model is on meta"):
+        Purifier(model, SMALL).purify(torch.rand(1, 3, 8, 8))
+
+
+def test_generator_on_wrong_device_is_named(purifier):
+    class FakeGen(torch.Generator):
+        device = torch.device("cuda")
+
+    with pytest.raises(ValueError, match="generator is on cuda"):
+        purifier.purify(torch.rand(1, 3, 8, 8), generator=FakeGen())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_and_high_precision_inputs(purifier, dtype):
+    x = torch.rand(2, 3, 8, 8)
+    out = purifier.purify(x.to(dtype), generator=torch.Generator().manual_seed(0))
+    ref = purifier.purify(x.to(dtype).float(), generator=torch.Generator().manual_seed(0))
+    assert out.dtype == dtype
+    tol = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float64: 1e-5}[dtype]
+    assert torch.allclose(out.float(), ref, atol=tol)
+
+
+def test_learned_sigma_models_keep_first_channels():
+    torch.manual_seed(0)
+    sigma_model = LinearEps(3, sigma_channels=True)
+    plain = LinearEps(3)
+    with torch.no_grad():
+        plain.conv.weight.copy_(sigma_model.conv.weight[:3])
+        plain.conv.bias.copy_(sigma_model.conv.bias[:3])
+    x = torch.rand(2, 3, 8, 8)
+    a = Purifier(sigma_model, SMALL).purify(x, generator=torch.Generator().manual_seed(1))
+    b = Purifier(plain, SMALL).purify(x, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_model_returning_wrong_channels_is_named():
+    bad = lambda x, t: torch.zeros(x.shape[0], 5, *x.shape[2:])
+    with pytest.raises(ValueError, match="returned 5 channels for a 3-channel input"):
+        Purifier(bad, SMALL).purify(torch.rand(1, 3, 8, 8))
+
+
+def test_model_resolution_resizes_and_returns_input_size():
+    seen = []
+
+    def model(x, t):
+        seen.append(tuple(x.shape[-2:]))
+        return dummy_eps_model(x, t)
+
+    config = SMALL.replace(model_resolution=(16, 16))
+    out = Purifier(model, config).purify(torch.rand(1, 3, 12, 12), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 12, 12) and set(seen) == {(16, 16)}
+
+
+def test_batched_and_separate_model_calls_agree():
+    torch.manual_seed(0)
+    model = LinearEps(3)
+    x = torch.rand(2, 3, 8, 8)
+    a = Purifier(model, SMALL).purify(x, generator=torch.Generator().manual_seed(3))
+    b = Purifier(model, SMALL.replace(batch_model_calls=False)).purify(
+        x, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_reference_input_mode_makes_one_model_call_per_step():
+    calls = []
+
+    def model(x, t):
+        calls.append(x.shape[0])
+        return dummy_eps_model(x, t)
+
+    Purifier(model, SMALL.replace(reference="input")).purify(torch.rand(2, 3, 8, 8))
+    assert calls == [2, 2]  # two steps, batch 2, no reference call
+
+
+def test_defended_classifier_votes():
+    torch.manual_seed(0)
+    purifier = Purifier(LinearEps(3), SMALL)
+
+    class Fixed(torch.nn.Module):
+        """Class 0 for the first run, class 2 for the next two."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            logits = torch.zeros(x.shape[0], 4)
+            logits[:, 0 if self.calls == 1 else 2] = 1.0
+            return logits
+
+    vote = DefendedClassifier(purifier, Fixed(), num_ensemble_runs=3).vote(torch.rand(2, 3, 8, 8))
+    assert vote.prediction.tolist() == [2, 2]
+    assert vote.counts.tolist() == [[1, 0, 2, 0]] * 2
+    assert torch.allclose(vote.logits[0], torch.tensor([1 / 3, 0, 2 / 3, 0]))
+    with pytest.raises(ValueError, match="num_ensemble_runs"):
+        DefendedClassifier(purifier, Fixed(), num_ensemble_runs=0)
+
+
+def test_compat_preprocess_then_classify_equals_forward():
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    max_t, steps = get_diffusion_params("30", "2")
+    pf = PurificationForward(clf, LinearEps(3), max_t, steps, "ddpm", False, "cpu", 10, 10, 0.3, 50.0)
+    x = torch.rand(2, 3, 8, 8)
+    torch.manual_seed(5)
+    logits = pf(x)
+    torch.manual_seed(5)
+    assert torch.equal(pf.classify(pf.preprocess(x)), logits)
+
+
+def test_compat_imagenet_path_resizes_normalises_and_splits_sigma():
+    sizes = []
+    sigma_model = LinearEps(3, sigma_channels=True)
+
+    def model(x, t):
+        sizes.append(tuple(x.shape[-2:]))
+        return sigma_model(x, t)
+
+    pf = PurificationForward(torch.nn.Flatten(), model, [9], [[9]], "ddim", True, "cpu")
+    x = torch.rand(1, 3, 224, 224)
+    torch.manual_seed(0)
+    x_clf, _ = pf.get_img_logits(x)
+    assert x_clf.shape == (1, 3, 224, 224) and set(sizes) == {(256, 256)}
+    torch.manual_seed(0)
+    plain = Purifier(model, pf.purifier.config).purify(x)
+    assert torch.allclose(x_clf, imagenet_normalize(plain))
+
+
+def test_compat_rejects_fractional_forward_noise_steps():
+    with pytest.raises(ValueError, match="whole number"):
+        PurificationForward(None, dummy_eps_model, [9], [[9]], "ddpm", False, "cpu", forward_noise_steps=50.5)
+
+
+@pytest.mark.parametrize(
+    "shape, mani",
+    [((2, 3, 32, 32), False), ((1, 1, 31, 33), True), ((3, 3, 24, 40), False)],
+    ids=["B2-C3-32", "B1-C1-31x33-mani", "B3-C3-24x40"],
+)
+def test_reference_structure_baseline_matches_vectorised(shape, mani):
+    config = PurifierConfig(
+        rounds=(Round.from_total(50, 5), Round.from_total(20, 2)),
+        mani=mani,
+        amplitude_cut_range=6,
+        phase_cut_range=4,
+    )
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen) * 2 - 1
+    noise = [torch.randn(shape, generator=gen) for _ in range(1 + 10 + 1 + 4)]
+    fast = purify_diffusion(dummy_eps_model, x, config, RecordedNoise(noise))
+    slow = ReferenceStructurePurifier(dummy_eps_model, config).purify_diffusion(x, RecordedNoise(noise))
+    assert (fast - slow).abs().max() <= 1e-5
+
+
+def test_reference_structure_baseline_refuses_options_it_does_not_implement():
+    with pytest.raises(ValueError, match="only the reference purifier's options"):
+        ReferenceStructurePurifier(dummy_eps_model, PurifierConfig(phase_mode="project"))
