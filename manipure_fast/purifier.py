@@ -55,6 +55,43 @@ class Purifier(nn.Module):
             raise TypeError(f"config must be a PurifierConfig, got {type(self.config).__name__}")
         self.in_channels = in_channels if in_channels is not None else model_channels(eps_model)
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        kind: str,
+        path,
+        config: PurifierConfig | None = None,
+        *,
+        model_config=None,
+        device: str | torch.device | None = None,
+    ) -> Purifier:
+        """A purifier around a diffusion checkpoint the reference purifier's users own.
+
+        kind "ddpmpp": DiffPure's CIFAR-10 score_sde checkpoint (EMA weights; default preset
+        "cifar10"); "adm": guided-diffusion's 256x256 unconditional model (default preset
+        "imagenet"); "diffusers": a ``UNet2DModel`` folder saved with ``save_pretrained`` or a
+        ``.safetensors`` file with its ``.json`` sidecar (default config: PurifierConfig()).
+        model_config overrides the architecture (a DDPMppConfig/ADMConfig or the original
+        config dict).
+        """
+        from .models import checkpoints
+        from .models.diffusers_unet import load_diffusers_unet
+
+        loaders = {
+            "ddpmpp": (lambda: checkpoints.load_ddpmpp_checkpoint(path, model_config), "cifar10"),
+            "adm": (lambda: checkpoints.load_adm_checkpoint(path, model_config), "imagenet"),
+            "diffusers": (lambda: load_diffusers_unet(path), None),
+        }
+        if kind not in loaders:
+            raise ValueError(f"kind must be one of {sorted(loaders)}, got {kind!r}")
+        load, preset = loaders[kind]
+        model = load()
+        if device is not None:
+            model = model.to(device)
+        if config is None:
+            config = PurifierConfig.preset(preset) if preset else PurifierConfig()
+        return cls(model, config)
+
     def purify(
         self,
         x: torch.Tensor,
