@@ -105,6 +105,9 @@ class PurifierConfig:
     weight_map:           "spectral" (``|ifft2(w[band] * F)|``) or "kernel" (``|ifft2(w[band])|``).
     normalize:            intensity-map normalisation per plane: "rms", "max" or "none".
     mani_detach:          stop the gradient through the intensity map W (explicit, off by default).
+    exchange:             FreqPure's frequency exchange in every reverse step. False (with
+                          mani=False) gives DiffPure-style sampling: no reference estimate, no
+                          second model call.
     amplitude_cut_range, phase_cut_range: exchange disc radii in frequency-index units.
     phase_mode:           "replace" (reference parity) or "project" (paper Eq. 13, uses delta).
     reconstruct:          "abs" (reference parity) or "real".
@@ -125,6 +128,7 @@ class PurifierConfig:
     weight_map: Literal["spectral", "kernel"] = "spectral"
     normalize: Literal["rms", "max", "none"] = "rms"
     mani_detach: bool = False
+    exchange: bool = True
     amplitude_cut_range: float = 10
     phase_cut_range: float = 10
     phase_mode: Literal["replace", "project"] = "replace"

@@ -126,6 +126,20 @@ def test_reference_input_mode_makes_one_model_call_per_step():
     assert calls == [2, 2]  # two steps, batch 2, no reference call
 
 
+def test_exchange_off_is_diffpure_style_sampling():
+    calls = []
+
+    def model(x, t):
+        calls.append(x.shape[0])
+        return dummy_eps_model(x, t)
+
+    config = SMALL.replace(mani=False, exchange=False)
+    z = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+    labels = ["round_renoise", "ddpm_update_noise", "ddpm_update_noise"]
+    out = Purifier(model, config).purify(torch.rand(2, 3, 8, 8), noise=RecordedNoise(z, labels))
+    assert calls == [2, 2] and out.shape == (2, 3, 8, 8)
+
+
 def test_defended_classifier_votes():
     torch.manual_seed(0)
     purifier = Purifier(LinearEps(3), SMALL)

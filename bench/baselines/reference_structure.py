@@ -25,7 +25,8 @@ from manipure_fast.reference.sampler import renoise
 
 class ReferenceStructurePurifier:
     def __init__(self, eps_model, config: PurifierConfig):
-        if (config.phase_mode, config.reconstruct, config.reference) != ("replace", "abs", "renoised"):
+        options = (config.exchange, config.phase_mode, config.reconstruct, config.reference)
+        if options != (True, "replace", "abs", "renoised"):
             raise ValueError(
                 "the reference-structure baseline implements only the reference "
                 "purifier's options: phase_mode='replace', reconstruct='abs', "

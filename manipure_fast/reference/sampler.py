@@ -93,7 +93,7 @@ def denoise_round(
     t_f = config.forward_noise_steps
     ref_coef = noise_coefficients(t_f)
     for coef in round_step_coefficients(tuple(timesteps), config.eta):
-        if config.reference == "renoised":
+        if config.exchange and config.reference == "renoised":
             ref_t = x_in * ref_coef.signal + noise.draw("reference_renoise", x_in) * ref_coef.noise
             if config.batch_model_calls:
                 both = call_eps_model(
@@ -110,15 +110,16 @@ def denoise_round(
             eps = call_eps_model(eps_model, x_t, _timesteps(coef.t, batch, x_t))
             x_ref0 = x_in
         x0 = (x_t - eps * coef.sqrt_one_minus_abar) / coef.sqrt_abar
-        x0 = exchange(
-            x_ref0,
-            x0,
-            amplitude_cut_range=config.amplitude_cut_range,
-            phase_cut_range=config.phase_cut_range,
-            phase_mode=config.phase_mode,
-            delta=config.delta,
-            reconstruct=config.reconstruct,
-        )
+        if config.exchange:
+            x0 = exchange(
+                x_ref0,
+                x0,
+                amplitude_cut_range=config.amplitude_cut_range,
+                phase_cut_range=config.phase_cut_range,
+                phase_mode=config.phase_mode,
+                delta=config.delta,
+                reconstruct=config.reconstruct,
+            )
         z = noise.draw("ddpm_update_noise", x_t)
         x_t = coef.sqrt_abar_next * x0 + coef.c1 * z + coef.c2 * eps
     return x_t

@@ -21,6 +21,14 @@ def main(argv: list[str] | None = None) -> None:
     diff.add_argument("--save-every", type=int, default=250)
     diff.add_argument("--threads", type=int, default=None)
     diff.add_argument("--data-root", default=None)
+    clf = sub.add_parser("classifier", help="the Fashion-MNIST classifier")
+    clf.add_argument("--out", type=Path, default=WEIGHTS / "fashion_classifier.safetensors")
+    clf.add_argument("--epochs", type=int, default=4)
+    clf.add_argument("--batch-size", type=int, default=128)
+    clf.add_argument("--lr", type=float, default=3e-3)
+    clf.add_argument("--seed", type=int, default=0)
+    clf.add_argument("--threads", type=int, default=None)
+    clf.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
     if args.what == "diffusion":
         from .diffusion import train_diffusion
@@ -33,6 +41,18 @@ def main(argv: list[str] | None = None) -> None:
             max_train_timestep=args.max_train_timestep,
             seed=args.seed,
             save_every=args.save_every,
+            threads=args.threads,
+            data_root=args.data_root,
+        )
+    elif args.what == "classifier":
+        from .classifier import train_classifier
+
+        train_classifier(
+            args.out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
             threads=args.threads,
             data_root=args.data_root,
         )

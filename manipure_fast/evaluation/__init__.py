@@ -1,0 +1,2 @@
+"""Adaptive-attack evaluation: PGD-EOT, BPDA+EOT, low-frequency PGD, AutoAttack-rand, voting,
+sharding and reports."""

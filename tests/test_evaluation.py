@@ -1,0 +1,126 @@
+"""The attack harness and its sharding arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LinearEps
+
+from manipure_fast import Purifier, PurifierConfig, Round
+from manipure_fast.evaluation.attacks import bpda_model, lowpass, pgd_eot
+from manipure_fast.evaluation.harness import EvalSettings, evaluate, write_report
+from manipure_fast.evaluation.sharding import shard_range
+
+
+@pytest.mark.parametrize("n, world", [(512, 1), (512, 3), (10, 4), (3, 8), (0, 2), (1001, 7)])
+def test_shards_cover_every_sample_exactly_once(n, world):
+    ranges = [shard_range(n, r, world) for r in range(world)]
+    covered = [i for start, stop in ranges for i in range(start, stop)]
+    assert covered == list(range(n))
+    sizes = [stop - start for start, stop in ranges]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_range_rejects_bad_rank():
+    with pytest.raises(ValueError, match="rank"):
+        shard_range(10, 3, 3)
+
+
+def _tiny_classifier(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    return model.requires_grad_(False)
+
+
+def _separable_data(classifier, n=32, seed=1):
+    """Images the classifier gets right with a margin."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 8, 8, generator=gen)
+    return x, classifier(x).argmax(1)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.5)])
+def test_pgd_lowers_accuracy_of_undefended_model_and_stays_in_the_ball(norm, eps):
+    classifier = _tiny_classifier()
+    x, y = _separable_data(classifier)
+    x_adv = pgd_eot(
+        classifier, x, y, eps=eps, steps=20, norm=norm, generator=torch.Generator().manual_seed(0)
+    )
+    assert (classifier(x_adv).argmax(1) == y).float().mean() < 0.5
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all() and (x_adv >= 0).all() and (x_adv <= 1).all()
+
+
+def test_lowfreq_attack_perturbation_is_band_limited():
+    classifier = _tiny_classifier()
+    x, y = _separable_data(classifier)
+    x = x * 0.5 + 0.25  # away from the [0, 1] edges so the image clamp does not bite
+    x_adv = pgd_eot(classifier, x, y, eps=0.2, steps=10, lowpass_radius=2)
+    delta = x_adv - x
+    outside = delta - lowpass(delta, 2)
+    assert outside.norm() < 0.05 * delta.norm()
+    assert (delta.abs() <= 0.2 + 1e-6).all()
+
+
+def test_gradient_through_the_purifier_is_nonzero_and_attack_runs():
+    torch.manual_seed(0)
+    purifier = Purifier(
+        LinearEps(3),
+        PurifierConfig(
+            rounds=(Round.from_total(20, 1),), n_bands=3, amplitude_cut_range=2, phase_cut_range=2
+        ),
+    )
+    classifier = _tiny_classifier()
+    x, y = _separable_data(classifier, n=4)
+    x_in = x.clone().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(classifier(purifier.purify(x_in)), y)
+    (grad,) = torch.autograd.grad(loss, x_in)
+    assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
+    x_adv = pgd_eot(lambda v: classifier(purifier.purify(v)), x, y, eps=0.05, steps=2, eot=2)
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-6
+
+
+def test_bpda_backward_is_identity():
+    classifier = _tiny_classifier()
+    model = bpda_model(lambda v: v.flip(-1), classifier)
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    model(x).sum().backward()
+    x2 = torch.rand(2, 3, 8, 8).flip(-1).requires_grad_()
+    classifier(x2).sum().backward()
+    assert torch.allclose(x.grad, x2.grad)  # d/dx of classifier at the purified point, unchanged
+
+
+def test_evaluate_report_counts(tmp_path):
+    classifier = _tiny_classifier()
+    x, y = _separable_data(classifier, n=5)
+    settings = EvalSettings(
+        defenses=("none", "mani-pure"),
+        attack="pgd",
+        eps=0.05,
+        steps=1,
+        eot=1,
+        votes=1,
+        n_images=5,
+        batch_size=2,
+    )
+    unet = LinearEps(3)
+    report = evaluate(x, y, unet, classifier, settings, progress=False)
+    assert report["images"] == 5 and report["results"]["none"]["clean_accuracy"] == 1.0
+    json_path, md_path = write_report(report, tmp_path / "r")
+    assert json_path.exists() and "| mani-pure |" in md_path.read_text()
+    with pytest.raises(ValueError, match="unknown attack"):
+        EvalSettings(attack="cw")
+
+
+def test_autoattack_rand_uses_explicit_steps_and_attacks():
+    pytest.importorskip("torchattacks", exc_type=ImportError)
+    from manipure_fast.evaluation.attacks import autoattack_rand, build_autoattack_rand
+
+    classifier = _tiny_classifier()
+    multi = build_autoattack_rand(classifier, eps=0.1)
+    assert [(a.steps, a.eot_iter, a.loss) for a in multi.attacks] == [(100, 20, "ce"), (100, 20, "dlr")]
+    x, y = _separable_data(classifier, n=16)
+    x_adv = autoattack_rand(classifier, x, y, eps=0.1, steps=10, eot=1)
+    assert (classifier(x_adv).argmax(1) == y).float().mean() < 0.5
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
