@@ -20,8 +20,16 @@ from torch.nn import functional as F
 
 from .config import PurifierConfig
 from .noise import GeneratorNoise, NoiseSource, as_noise_source
-from .reference.sampler import EpsModel, purify_diffusion
+from .reference.sampler import EpsModel
+from .sampler import purify_diffusion
 from .validation import check_images, model_channels, model_device
+
+
+def _check_backend_name(name: str) -> None:
+    from .ops.registry import BACKENDS
+
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
 
 
 def to_diffusion_range(x: torch.Tensor) -> torch.Tensor:
@@ -41,12 +49,22 @@ class Purifier(nn.Module):
 
     in_channels: the channel count to enforce; read from the model (``in_channels`` or
     ``config.in_channels``) when not given, unchecked when neither says.
+    backend: "auto" (fused triton ops where they apply, else the reference), "triton" or
+    "reference"; None defers to ``ops.use_backend`` / ``$MANIPURE_BACKEND`` (see ops.registry).
     """
 
     def __init__(
-        self, eps_model: EpsModel, config: PurifierConfig | None = None, *, in_channels: int | None = None
+        self,
+        eps_model: EpsModel,
+        config: PurifierConfig | None = None,
+        *,
+        in_channels: int | None = None,
+        backend: str | None = None,
     ):
         super().__init__()
+        if backend is not None:
+            _check_backend_name(backend)
+        self.backend = backend
         if not callable(eps_model):
             raise TypeError(f"eps_model must be callable as eps_model(x, t), got {type(eps_model).__name__}")
         self.eps_model = eps_model
@@ -121,7 +139,7 @@ class Purifier(nn.Module):
         resolution = self.config.model_resolution
         if resolution is not None and size != resolution:
             work = F.interpolate(work, size=resolution, mode="bilinear", align_corners=False)
-        x_diff = purify_diffusion(self.eps_model, to_diffusion_range(work), self.config, source)
+        x_diff = purify_diffusion(self.eps_model, to_diffusion_range(work), self.config, source, self.backend)
         if resolution is not None and size != resolution:
             x_diff = F.interpolate(x_diff, size=size, mode="bilinear", align_corners=False)
         return to_classifier_range(x_diff).to(dtype)

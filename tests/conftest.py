@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Triton kernels run on CPU tensors under the interpreter; it must be on before triton is imported.
+# With it on, backend "auto" routes CPU tests through the interpreted fused kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from pathlib import Path
 
 import pytest

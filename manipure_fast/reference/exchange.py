@@ -78,3 +78,47 @@ def exchange(
     else:
         raise ValueError(f"reconstruct must be 'abs' or 'real', got {reconstruct!r}")
     return pixels_to_diffusion(pixels)
+
+
+def exchange_update(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    ref_t: torch.Tensor,
+    eps_ref: torch.Tensor | None,
+    noise: torch.Tensor,
+    *,
+    sqrt_abar: float,
+    sqrt_one_minus_abar: float,
+    ref_sqrt_abar: float,
+    ref_sqrt_one_minus_abar: float,
+    sqrt_abar_next: float,
+    c1: float,
+    c2: float,
+    amplitude_cut_range: float = 10,
+    phase_cut_range: float = 10,
+    phase_mode: str = "replace",
+    delta: float = 0.3,
+    reconstruct: str = "abs",
+) -> torch.Tensor:
+    """One whole reverse step after the model call (SPEC §2.1 steps 1-3), the composition the fused
+    ``exchange_update`` op computes in one pass:
+
+    ``x0 = (x_t - sqrt(1-abar_t) eps) / sqrt(abar_t)``;
+    ``x_ref0 = (ref_t - sqrt(1-abar_f) eps_ref) / sqrt(abar_f)``, or ``ref_t`` itself when
+    ``eps_ref`` is None (``reference="input"``);
+    ``x_next = sqrt(abar_next) * exchange(x_ref0, x0) + c1 * noise + c2 * eps``.
+
+    All tensors ``[B, C, H, W]``; returns ``x_next``.
+    """
+    x0 = (x_t - eps * sqrt_one_minus_abar) / sqrt_abar
+    x_ref0 = ref_t if eps_ref is None else (ref_t - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
+    x0 = exchange(
+        x_ref0,
+        x0,
+        amplitude_cut_range=amplitude_cut_range,
+        phase_cut_range=phase_cut_range,
+        phase_mode=phase_mode,
+        delta=delta,
+        reconstruct=reconstruct,
+    )
+    return sqrt_abar_next * x0 + c1 * noise + c2 * eps

@@ -1,0 +1,182 @@
+"""Fused reverse step after the model call: x0 prediction, reference x0, frequency exchange
+(band-only DFT), abs/real reconstruction, clipping and the DDIM/DDPM update, in one launch.
+
+One program per (image, channel) plane, streaming ``BLOCK_M`` rows at a time, in two passes:
+
+pass 1: read x_t, eps, ref_t (and eps_ref) rows; x0 and x_ref0; pixel scale; accumulate the
+        band spectra ``F = D_band_H . p . D_band_W^T`` of both (thin DFT matrices, ``tl.dot``).
+mix:    in band space, amplitude from the reference inside the amplitude disc, phase from it
+        inside the phase disc (or x0's phase projected to within delta, wrap-around handled with
+        phasors, no atan2): ``Delta = F_out - F_x0``, zero outside the discs.
+pass 2: re-read x_t, eps rows; ``ifft2(F_out) = p_x0 + ifft2(Delta)`` with the band-only inverse;
+        abs or real; clip; back to [-1, 1]; ``x_next = s_next x0 + c1 z + c2 eps``; write.
+
+Plane sizes are compile-time constants: one specialisation per shape (the sampler captures one
+graph per shape anyway), and the row loops have static bounds.
+
+Memory traffic per plane: reads 4 planes in pass 1 (3 with reference="input") and 2 (3 with an
+explicit noise tensor) in pass 2, writes 1. ``tl.dot`` uses ``PRECISION`` ("ieee" for parity on
+the GPU; the interpreter computes exactly).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _to_pixels(x):
+    """[-1, 1] -> [0, 255]: clip(clamp(x / 2 + 0.5, 0, 1) * 255, 0, 255)."""
+    v = tl.minimum(tl.maximum(x / 2 + 0.5, 0.0), 1.0) * 255
+    return tl.minimum(tl.maximum(v, 0.0), 255.0)
+
+
+@triton.jit
+def _unit_phasor(re, im):
+    """F / |F|, with angle(0) = 0 as torch defines it (phasor (1, 0))."""
+    mag = tl.sqrt(re * re + im * im)
+    safe = tl.where(mag > 0, mag, 1.0)
+    return tl.where(mag > 0, re / safe, 1.0), tl.where(mag > 0, im / safe, 0.0), mag
+
+
+@triton.jit
+def exchange_update_kernel(
+    x_t_ptr,
+    eps_ptr,
+    ref_t_ptr,
+    eps_ref_ptr,
+    noise_ptr,
+    out_ptr,
+    noise_out_ptr,
+    rng_ptr,
+    cos_h_ptr,
+    sin_h_ptr,
+    cos_w_ptr,
+    sin_w_ptr,
+    amp_mask_ptr,
+    phase_mask_ptr,
+    H: tl.constexpr,
+    W: tl.constexpr,
+    H_PAD: tl.constexpr,
+    sqrt_abar,
+    sqrt_one_minus_abar,
+    ref_sqrt_abar,
+    ref_sqrt_one_minus_abar,
+    sqrt_abar_next,
+    c1,
+    c2,
+    cos_delta,
+    sin_delta,
+    inv_hw,
+    HAS_EPS_REF: tl.constexpr,
+    NOISE_GIVEN: tl.constexpr,
+    STORE_NOISE: tl.constexpr,
+    PROJECT: tl.constexpr,
+    RECON_ABS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BAND_H: tl.constexpr,
+    BAND_W: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    plane = tl.program_id(0)
+    base = plane.to(tl.int64) * H * W
+    cols = tl.arange(0, BLOCK_W)
+    kh = tl.arange(0, BAND_H)
+    kw = tl.arange(0, BAND_W)
+    # Band DFT rows along W, [BAND_W, BLOCK_W], and their transposes for the row transform.
+    cos_w = tl.load(cos_w_ptr + kw[:, None] * BLOCK_W + cols[None, :])
+    sin_w = tl.load(sin_w_ptr + kw[:, None] * BLOCK_W + cols[None, :])
+    cos_wt = tl.load(cos_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
+    sin_wt = tl.load(sin_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
+
+    f0_re = tl.zeros((BAND_H, BAND_W), tl.float32)
+    f0_im = tl.zeros((BAND_H, BAND_W), tl.float32)
+    fr_re = tl.zeros((BAND_H, BAND_W), tl.float32)
+    fr_im = tl.zeros((BAND_H, BAND_W), tl.float32)
+    for m0 in range(0, H, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        inside = (rows[:, None] < H) & (cols[None, :] < W)
+        offs = base + rows[:, None] * W + cols[None, :]
+        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
+        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
+        p0 = tl.where(inside, _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar), 0.0)
+        ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
+        if HAS_EPS_REF:
+            eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
+            ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
+        pr = tl.where(inside, _to_pixels(ref), 0.0)
+        # Row transform p . D_W^T = Tc - i Ts, then F += D_H[:, rows] (Tc - i Ts).
+        ch = tl.load(cos_h_ptr + kh[:, None] * H_PAD + rows[None, :])
+        sh = tl.load(sin_h_ptr + kh[:, None] * H_PAD + rows[None, :])
+        tc = tl.dot(p0, cos_wt, input_precision=PRECISION)
+        ts = tl.dot(p0, sin_wt, input_precision=PRECISION)
+        f0_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
+        f0_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
+        tc = tl.dot(pr, cos_wt, input_precision=PRECISION)
+        ts = tl.dot(pr, sin_wt, input_precision=PRECISION)
+        fr_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
+        fr_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
+
+    # Exchange in band space.
+    band_offs = kh[:, None] * BAND_W + kw[None, :]
+    in_amp = tl.load(amp_mask_ptr + band_offs) > 0.5
+    in_phase = tl.load(phase_mask_ptr + band_offs) > 0.5
+    u0_re, u0_im, amp0 = _unit_phasor(f0_re, f0_im)
+    ur_re, ur_im, ampr = _unit_phasor(fr_re, fr_im)
+    amp = tl.where(in_amp, ampr, amp0)
+    if PROJECT:
+        # d = angle(u0 conj(ur)) in [-pi, pi); |d| <= delta keeps x0's phase, else ref +- delta.
+        cos_d = u0_re * ur_re + u0_im * ur_im
+        sin_d = u0_im * ur_re - u0_re * ur_im
+        sign = tl.where(sin_d > 0, 1.0, -1.0)
+        rot_re = ur_re * cos_delta - ur_im * sign * sin_delta
+        rot_im = ur_im * cos_delta + ur_re * sign * sin_delta
+        keep = cos_d >= cos_delta
+        in_re = tl.where(keep, u0_re, rot_re)
+        in_im = tl.where(keep, u0_im, rot_im)
+    else:
+        in_re = ur_re
+        in_im = ur_im
+    ph_re = tl.where(in_phase, in_re, u0_re)
+    ph_im = tl.where(in_phase, in_im, u0_im)
+    changed = in_amp | in_phase
+    d_re = tl.where(changed, amp * ph_re - f0_re, 0.0)
+    d_im = tl.where(changed, amp * ph_im - f0_im, 0.0)
+
+    if NOISE_GIVEN:
+        seed = 0
+        offset = 0
+    else:
+        seed = tl.load(rng_ptr)
+        offset = tl.load(rng_ptr + 1)
+    for m0 in range(0, H, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        inside = (rows[:, None] < H) & (cols[None, :] < W)
+        offs = base + rows[:, None] * W + cols[None, :]
+        # Inverse along H: V = (C_H^T + i S_H^T)[rows, band] Delta; along W: y = V (C_W + i S_W).
+        cht = tl.load(cos_h_ptr + kh[None, :] * H_PAD + rows[:, None])
+        sht = tl.load(sin_h_ptr + kh[None, :] * H_PAD + rows[:, None])
+        v_re = tl.dot(cht, d_re, input_precision=PRECISION) - tl.dot(sht, d_im, input_precision=PRECISION)
+        v_im = tl.dot(cht, d_im, input_precision=PRECISION) + tl.dot(sht, d_re, input_precision=PRECISION)
+        y_re = (
+            tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
+        ) * inv_hw
+        y_im = (
+            tl.dot(v_re, sin_w, input_precision=PRECISION) + tl.dot(v_im, cos_w, input_precision=PRECISION)
+        ) * inv_hw
+        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
+        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
+        re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re
+        if RECON_ABS:
+            value = tl.sqrt(re * re + y_im * y_im)
+        else:
+            value = re
+        x0 = tl.minimum(tl.maximum((tl.minimum(tl.maximum(value, 0.0), 255.0) / 255 - 0.5) * 2, -1.0), 1.0)
+        if NOISE_GIVEN:
+            z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
+        else:
+            z = tl.randn(seed, offset + offs)
+            if STORE_NOISE:
+                tl.store(noise_out_ptr + offs, z, mask=inside)
+        out = sqrt_abar_next * x0 + c1 * z + c2 * eps
+        tl.store(out_ptr + offs, out, mask=inside)

@@ -1,0 +1,106 @@
+"""Fused MANI noise injection for planes up to 64x64: one launch, one program per (image, channel)
+plane, the whole plane in one tile.
+
+    F = D_H x D_W (full DFT as real matmuls)        |F|, band means M_i over the band map
+    w_i = 1 / (M_i^gamma + eps0)                    W = |ifft2(w[band] F)|  (or |ifft2(w[band])|)
+    W normalised (rms / max / none)                 z ~ N(0, 1) (Philox from device seed/offset, or given)
+    out = sqrt(abar) x + sqrt(1 - abar) (W z)
+
+Memory traffic per plane: reads x (and z when given), writes out (and z when it must be kept for
+the backward). The band loop is unrolled over ``N_BANDS``.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mani_noise_kernel(
+    x_ptr,
+    noise_ptr,
+    out_ptr,
+    noise_out_ptr,
+    rng_ptr,
+    cos_h_ptr,
+    sin_h_ptr,
+    cos_w_ptr,
+    sin_w_ptr,
+    band_ptr,
+    H: tl.constexpr,
+    W: tl.constexpr,
+    signal,
+    noise_scale,
+    gamma,
+    eps0,
+    inv_hw,
+    N_BANDS: tl.constexpr,
+    SPECTRAL: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    NOISE_GIVEN: tl.constexpr,
+    STORE_NOISE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    plane = tl.program_id(0)
+    base = plane.to(tl.int64) * H * W
+    rows = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    inside = (rows[:, None] < H) & (cols[None, :] < W)
+    offs = base + rows[:, None] * W + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=inside, other=0.0)
+
+    # Full DFT matrices (symmetric, zero-padded): [BLOCK_H, BLOCK_H] and [BLOCK_W, BLOCK_W].
+    sq_h = rows[:, None] * BLOCK_H + rows[None, :]
+    sq_w = cols[:, None] * BLOCK_W + cols[None, :]
+    ch = tl.load(cos_h_ptr + sq_h)
+    sh = tl.load(sin_h_ptr + sq_h)
+    cw = tl.load(cos_w_ptr + sq_w)
+    sw = tl.load(sin_w_ptr + sq_w)
+
+    # F = (C_H - i S_H) x (C_W - i S_W)
+    a = tl.dot(ch, x, input_precision=PRECISION)
+    b = tl.dot(sh, x, input_precision=PRECISION)
+    f_re = tl.dot(a, cw, input_precision=PRECISION) - tl.dot(b, sw, input_precision=PRECISION)
+    f_im = -(tl.dot(b, cw, input_precision=PRECISION) + tl.dot(a, sw, input_precision=PRECISION))
+    magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
+
+    bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
+    weight = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+    for i in tl.static_range(N_BANDS):
+        selected = bands == i
+        count = tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0)
+        total = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0)
+        mean = total / tl.maximum(count, 1.0)
+        # M^gamma via exp(gamma log M); an all-zero band has M^gamma = 0, as torch.pow(0, gamma).
+        powered = tl.where(mean > 0, tl.exp(gamma * tl.log(tl.where(mean > 0, mean, 1.0))), 0.0)
+        w_i = 1.0 / (powered + eps0)
+        weight = tl.where(selected, w_i, weight)
+
+    if SPECTRAL:
+        g_re = weight * f_re
+        g_im = weight * f_im
+    else:
+        g_re = weight
+        g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+    # ifft2: (C_H + i S_H) G (C_W + i S_W) / (H W), then |.|
+    p = tl.dot(ch, g_re, input_precision=PRECISION) - tl.dot(sh, g_im, input_precision=PRECISION)
+    q = tl.dot(sh, g_re, input_precision=PRECISION) + tl.dot(ch, g_im, input_precision=PRECISION)
+    y_re = tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
+    y_im = tl.dot(p, sw, input_precision=PRECISION) + tl.dot(q, cw, input_precision=PRECISION)
+    shaped = tl.where(inside, tl.sqrt(y_re * y_re + y_im * y_im) * inv_hw, 0.0)
+
+    if NORMALIZE == 0:  # rms
+        scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
+        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+    elif NORMALIZE == 1:  # max
+        scale = tl.max(tl.max(shaped, axis=1), axis=0)
+        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+
+    if NOISE_GIVEN:
+        z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
+    else:
+        z = tl.randn(tl.load(rng_ptr), tl.load(rng_ptr + 1) + offs)
+        if STORE_NOISE:
+            tl.store(noise_out_ptr + offs, z, mask=inside)
+    tl.store(out_ptr + offs, x * signal + (shaped * z) * noise_scale, mask=inside)

@@ -1,0 +1,83 @@
+"""Cached DFT matrices and band masks for the fused kernels (host side, built once per
+(size, cut, padding, device) from exact integer angles in float64, stored float32).
+
+A *band* is the set of signed frequencies ``|f| <= floor(R)`` of one axis, ``R`` the larger cut
+radius: the exchange changes nothing outside it (SPEC §2.2), so the fused exchange only needs
+the thin ``[band, N]`` DFT rows. Once ``2 floor(R) + 1 >= N`` the band is every frequency.
+Tables are zero-padded to the kernel's power-of-two tile sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ..reference.grid import signed_frequencies
+
+
+def next_pow2(n: int, minimum: int = 16) -> int:
+    """The tile size for ``n``: a power of two, at least 16 (``tl.dot``'s minimum on the GPU)."""
+    return max(minimum, 1 << max(0, (n - 1).bit_length()))
+
+
+def band_frequencies(n: int, cut: float) -> torch.Tensor:
+    """int64 signed frequencies of the band of an axis of length ``n`` for radius ``cut``."""
+    r = int(math.floor(cut))
+    if 2 * r + 1 >= n:
+        return signed_frequencies(n)
+    return torch.cat([torch.arange(0, r + 1), torch.arange(-r, 0)]).to(torch.int64)
+
+
+def _twiddles(freqs: torch.Tensor, n: int, rows_pad: int, cols_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of ``2 pi f k / n`` for f in ``freqs`` (rows) and k in 0..n-1 (columns)."""
+    k = torch.arange(n, dtype=torch.int64)
+    phase = torch.remainder(freqs.view(-1, 1) * k.view(1, -1), n).to(torch.float64) * (2 * math.pi / n)
+    cos = torch.zeros(rows_pad, cols_pad, dtype=torch.float64)
+    sin = torch.zeros(rows_pad, cols_pad, dtype=torch.float64)
+    cos[: freqs.numel(), :n] = torch.cos(phase)
+    sin[: freqs.numel(), :n] = torch.sin(phase)
+    return cos.to(torch.float32), sin.to(torch.float32)
+
+
+@functools.lru_cache(maxsize=128)
+def band_tables(n: int, cut: float, rows_pad: int, cols_pad: int, device: torch.device):
+    """``(cos, sin)``: float32 ``[rows_pad, cols_pad]`` band DFT rows of an axis, on ``device``."""
+    cos, sin = _twiddles(band_frequencies(n, cut), n, rows_pad, cols_pad)
+    return cos.to(device), sin.to(device)
+
+
+@functools.lru_cache(maxsize=128)
+def full_tables(n: int, pad: int, device: torch.device):
+    """``(cos, sin)``: float32 ``[pad, pad]`` full DFT matrix of an axis (symmetric), on ``device``."""
+    cos, sin = _twiddles(signed_frequencies(n), n, pad, pad)
+    return cos.to(device), sin.to(device)
+
+
+@functools.lru_cache(maxsize=128)
+def band_masks(
+    h: int, w: int, amplitude_cut: float, phase_cut: float, rows_pad: int, cols_pad: int, device: torch.device
+):
+    """float32 ``[rows_pad, cols_pad]`` masks ``r <= cut`` over the band grid (amplitude, phase)."""
+    cut = max(amplitude_cut, phase_cut)
+    fh, fw = band_frequencies(h, cut), band_frequencies(w, cut)
+    r = (fh.view(-1, 1) ** 2 + fw.view(1, -1) ** 2).to(torch.float64).sqrt()
+    masks = []
+    for c in (amplitude_cut, phase_cut):
+        m = torch.zeros(rows_pad, cols_pad, dtype=torch.float32)
+        m[: fh.numel(), : fw.numel()] = (r <= float(c)).to(torch.float32)
+        masks.append(m.to(device))
+    return tuple(masks)
+
+
+@functools.lru_cache(maxsize=128)
+def padded_band_map(
+    h: int, w: int, n_bands: int, mode: str, rows_pad: int, cols_pad: int, device: torch.device
+) -> torch.Tensor:
+    """int32 ``[rows_pad, cols_pad]`` MANI band map in unshifted order, padding = ``n_bands`` (no band)."""
+    from ..reference.grid import band_map
+
+    bands = torch.full((rows_pad, cols_pad), n_bands, dtype=torch.int32)
+    bands[:h, :w] = band_map(h, w, n_bands, mode, torch.device("cpu")).to(torch.int32)
+    return bands.to(device)

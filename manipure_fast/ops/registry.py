@@ -1,0 +1,94 @@
+"""The backend registry: which implementation runs an op.
+
+Backends, in automatic preference order: ``triton`` (fused kernels), ``reference`` (plain
+PyTorch, runs everywhere). Each states what it supports (device, dtype, plane size) per op.
+
+Selection, highest priority first: the ``backend=`` argument, the ``use_backend(...)`` context
+manager, the ``MANIPURE_BACKEND`` environment variable, else ``"auto"``. ``"auto"`` takes the first
+capable backend and falls back quietly; an explicit request that cannot be met raises
+``ValueError`` saying why.
+
+Example::
+
+    with use_backend("reference"):
+        purifier.purify(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+
+import torch
+
+BACKENDS = ("triton", "reference")
+_requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("manipure_backend", default=None)
+
+# Largest plane side each triton op handles (see ops/triton_mani.py and ops/triton_exchange.py).
+TRITON_MAX_SIDE = {"mani_noise": 64, "exchange_update": 256}
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    _check_name(name)
+    token = _requested.set(name)
+    try:
+        yield
+    finally:
+        _requested.reset(token)
+
+
+def _check_name(name: str) -> None:
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
+    """None if ``backend`` runs ``op`` on tensors like ``x``, else why not."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if not _triton_importable():
+            return "triton is not installed"
+        if x.device.type == "cuda":
+            pass
+        elif x.device.type == "cpu" and _interpreting():
+            pass
+        else:
+            return f"triton runs on CUDA devices (or on the CPU with TRITON_INTERPRET=1), not {x.device}"
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"triton computes in fp32 from fp32/fp16/bf16 inputs, not {x.dtype}"
+        side = TRITON_MAX_SIDE[op]
+        if x.shape[-1] > side or x.shape[-2] > side:
+            return f"triton {op} handles planes up to {side}x{side}, not {x.shape[-2]}x{x.shape[-1]}"
+        return None
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def select_backend(op: str, x: torch.Tensor, requested: str | None = None) -> str:
+    name = requested or _requested.get() or os.environ.get("MANIPURE_BACKEND") or "auto"
+    _check_name(name)
+    if name != "auto":
+        reason = unsupported_reason(name, op, x)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} cannot run {op}: {reason}")
+        return name
+    for candidate in BACKENDS:
+        if unsupported_reason(candidate, op, x) is None:
+            return candidate
+    return "reference"

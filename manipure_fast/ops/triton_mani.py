@@ -1,0 +1,114 @@
+"""The triton backend's ``mani_noise``: launcher and autograd Function.
+
+Chain: ``mani_noise_kernel`` (kernels/triton) -> ``ManiNoise`` (here) -> the public
+``manipure_fast.ops.mani_noise``. One launch for planes up to 64x64 (``MAX_SIDE``); larger planes
+are the reference's (cuFFT) business, because a full-spectrum DFT of a 256x256 plane does not fit
+one program's registers and MANI runs once per round, not per step. The backward recomputes
+through the reference (``torch.func.vjp`` of ``reference.mani_noise``) with the noise the forward
+used, which the kernel stores only when a gradient is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..reference.mani import intensity_map
+from .dft_tables import full_tables, next_pow2, padded_band_map
+
+MAX_SIDE = 64
+_NORMALIZE = {"rms": 0, "max": 1, "none": 2}
+
+
+# Output allocation, one place, so the tests can poison fresh outputs with NaN (unwritten
+# outputs must fail).
+_empty_like = torch.empty_like
+
+
+@dataclass(frozen=True)
+class ManiParams:
+    signal: float  # sqrt(abar_t)
+    noise_scale: float  # sqrt(1 - abar_t)
+    n_bands: int = 8
+    gamma: float = 1.8
+    eps0: float = 1e-6
+    band_mode: str = "width"
+    weight_map: str = "spectral"
+    normalize: str = "rms"
+    detach_map: bool = False
+
+
+def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
+    """x (, noise): fp32 contiguous ``[B, C, H, W]``, H and W <= 64. Returns ``(out, noise_used)``;
+    ``noise_used`` is None when Philox noise was drawn and not stored."""
+    from ..kernels.triton.mani_noise import mani_noise_kernel
+
+    b, c, h, w = x.shape
+    block_h, block_w = next_pow2(h), next_pow2(w)
+    cos_h, sin_h = full_tables(h, block_h, x.device)
+    cos_w, sin_w = full_tables(w, block_w, x.device)
+    bands = padded_band_map(h, w, params.n_bands, params.band_mode, block_h, block_w, x.device)
+    out = _empty_like(x)
+    noise_out = _empty_like(x) if (noise is None and store_noise) else out
+    mani_noise_kernel[(b * c,)](
+        x,
+        noise if noise is not None else x,
+        out,
+        noise_out,
+        rng_state if rng_state is not None else x,
+        cos_h,
+        sin_h,
+        cos_w,
+        sin_w,
+        bands,
+        h,
+        w,
+        params.signal,
+        params.noise_scale,
+        params.gamma,
+        params.eps0,
+        1.0 / (h * w),
+        N_BANDS=params.n_bands,
+        SPECTRAL=params.weight_map == "spectral",
+        NORMALIZE=_NORMALIZE[params.normalize],
+        NOISE_GIVEN=noise is not None,
+        STORE_NOISE=store_noise,
+        BLOCK_H=block_h,
+        BLOCK_W=block_w,
+        PRECISION="ieee",
+    )
+    if noise is None:
+        rng_state[1].add_(b * c * h * w)
+        return out, (noise_out if store_noise else None)
+    return out, noise
+
+
+def _reference(x, z, params: ManiParams):
+    weight = intensity_map(
+        x,
+        n_bands=params.n_bands,
+        gamma=params.gamma,
+        eps0=params.eps0,
+        band_mode=params.band_mode,
+        weight_map=params.weight_map,
+        normalize=params.normalize,
+    )
+    if params.detach_map:
+        weight = weight.detach()
+    return x * params.signal + (weight * z) * params.noise_scale
+
+
+class ManiNoise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
+        out, used = launch_mani_noise(x, noise, rng_state, params, store_noise=needs_grad)
+        ctx.params = params
+        ctx.save_for_backward(x, used if used is not None else x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, z = ctx.saved_tensors
+        _, vjp = torch.func.vjp(lambda v: _reference(v, z, ctx.params), x)
+        return vjp(grad)[0], None, None, None, None

@@ -1,0 +1,279 @@
+"""Fused Triton ops against the reference (under TRITON_INTERPRET=1 on the CPU; on a GPU when
+one is present): forward on awkward shapes and input dtypes, both phase modes and reconstructions,
+Philox noise statistics, gradients, poisoned outputs, and backend dispatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LinearEps
+
+from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
+from manipure_fast import reference as ref
+from manipure_fast.ops import triton_exchange, triton_mani
+from manipure_fast.reference.schedule import step_coefficients
+from manipure_fast.sampler import purify_diffusion
+
+pytest.importorskip("triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5}  # inputs are upcast; math is fp32
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Fresh kernel outputs start as NaN, so an element the kernel forgets to write fails."""
+
+    def nan_like(t):
+        return torch.full_like(t, float("nan"))
+
+    monkeypatch.setattr(triton_exchange, "_empty_like", nan_like)
+    monkeypatch.setattr(triton_mani, "_empty_like", nan_like)
+
+
+def _case_id(b, c, h, w, dtype):
+    return f"B{b}-C{c}-H{h}-W{w}-{dtype}"
+
+
+def _within_eager_error(out, fast_inputs, fn, dtype):
+    """STYLE.md: |kernel - fp64 ref| <= 2 |eager fp32 - fp64 ref| + atol; print worst index."""
+    exact = fn(*[t.double() if isinstance(t, torch.Tensor) else t for t in fast_inputs])
+    eager = fn(*[t.float() if isinstance(t, torch.Tensor) else t for t in fast_inputs])
+    err = (out.double() - exact).abs()
+    bound = 2 * (eager.double() - exact).abs().max() + ATOL[dtype]
+    worst = torch.unravel_index(err.argmax(), err.shape)
+    assert err.max() <= bound, f"max err {err.max():.3g} > {bound:.3g} at {tuple(int(i) for i in worst)}"
+    assert torch.isfinite(out).all()
+
+
+MANI_SHAPES = [(1, 1, 31, 33), (2, 3, 28, 28), (1, 3, 32, 32), (2, 1, 16, 16), (1, 1, 17, 17), (1, 2, 64, 64)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MANI_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_mani_noise_matches_reference(shape, dtype):
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = (torch.rand(shape, generator=gen) * 2 - 1).to(DTYPES[dtype]).to(DEVICE)
+    z = torch.randn(shape, generator=gen).to(DEVICE)
+    out = ops.mani_noise(x, 300, z, backend="triton")
+    assert out.dtype == torch.float32
+    _within_eager_error(out, [x.float(), z], lambda a, n: ref.mani_noise(a, 300, n), DTYPES[dtype])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(band_mode="count"),
+        dict(weight_map="kernel"),
+        dict(normalize="max"),
+        dict(normalize="none", n_bands=3, gamma=1.2),
+    ],
+    ids=["count", "kernel", "max", "none-3bands"],
+)
+def test_mani_noise_options(options):
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(2, 3, 20, 24, generator=gen) * 2 - 1).to(DEVICE)
+    z = torch.randn(2, 3, 20, 24, generator=gen).to(DEVICE)
+    out = ops.mani_noise(x, 700, z, backend="triton", **options)
+    _within_eager_error(out, [x, z], lambda a, n: ref.mani_noise(a, 700, n, **options), torch.float32)
+
+
+def test_mani_noise_zero_plane_is_uniform():
+    x = torch.zeros(1, 2, 16, 16, device=DEVICE)
+    x[0, 1] = torch.rand(16, 16)
+    z = torch.randn(1, 2, 16, 16, device=DEVICE)
+    out = ops.mani_noise(x, 500, z, backend="triton")
+    assert torch.allclose(out, ref.mani_noise(x, 500, z), atol=1e-5)
+
+
+EXCHANGE_CASES = [
+    ((2, 3, 32, 32), 10, 10, "replace", "abs", True),
+    ((1, 1, 31, 33), 5, 3, "replace", "abs", True),
+    ((2, 1, 28, 28), 4, 9, "project", "real", True),
+    ((1, 3, 24, 40), 6, 4, "replace", "abs", False),
+    ((1, 1, 64, 64), 10, 10, "project", "abs", True),
+    ((1, 1, 65, 66), 3, 3, "replace", "abs", True),  # across the BLOCK_W 64 -> 128 and BLOCK_M switches
+    ((1, 1, 20, 20), 16, 16, "replace", "real", True),  # cut beyond N/2: the band is every frequency
+    ((1, 1, 256, 256), 10, 10, "replace", "abs", True),  # ImageNet plane, band-only DFT
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "case",
+    EXCHANGE_CASES,
+    ids=lambda c: f"{'x'.join(map(str, c[0]))}-a{c[1]}-p{c[2]}-{c[3]}-{c[4]}-{'ref' if c[5] else 'input'}",
+)
+def test_exchange_update_matches_reference(case, dtype):
+    shape, a, p, mode, recon, has_ref = case
+    if shape[-1] == 256 and dtype != "fp32":
+        pytest.skip("one dtype is enough for the large plane under the interpreter")
+    gen = torch.Generator().manual_seed(shape[-1] + a)
+    dt = DTYPES[dtype]
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(shape, generator=gen) for _ in range(5))
+    x_t, eps, ref_t, eps_ref = (t.to(dt).to(DEVICE) for t in (x_t, eps * 0.8, ref_t, eps_ref * 0.8))
+    z = z.to(DEVICE)
+    if not has_ref:
+        eps_ref, ref_t = None, ref_t.clamp(-1, 1)
+    step = step_coefficients(49, 39, eta=1.0)
+    options = dict(amplitude_cut_range=a, phase_cut_range=p, phase_mode=mode, reconstruct=recon)
+    out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, step=step, backend="triton", **options)
+
+    def reference(xt, e, r, er, n):
+        return ops.exchange_update(xt, e, r, er, n, step=step, backend="reference", **options)
+
+    inputs = [x_t.float(), eps.float(), ref_t.float(), None if eps_ref is None else eps_ref.float(), z]
+    _within_eager_error(out, inputs, reference, dt)
+
+
+def test_exchange_update_last_step_returns_exchanged_x0():
+    gen = torch.Generator().manual_seed(3)
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(1, 3, 16, 16, generator=gen).to(DEVICE) for _ in range(5))
+    step = step_coefficients(9, -1, eta=1.0)
+    out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z * 100, step=step, backend="triton")
+    x0 = (x_t - eps * step.sqrt_one_minus_abar) / step.sqrt_abar
+    from manipure_fast.reference.schedule import noise_coefficients
+
+    rc = noise_coefficients(50)
+    expected = ref.exchange((ref_t - eps_ref * rc.noise) / rc.signal, x0)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+# -- Philox noise --------------------------------------------------------------------------------
+
+
+def _rng(seed):
+    return torch.tensor([seed, 0], dtype=torch.int64, device=DEVICE)
+
+
+def _philox_noise(seed, shape=(4, 3, 32, 32), calls=1):
+    """The noise the exchange kernel draws: with s_next = 0, c1 = 1, c2 = 0 the output is z."""
+    from manipure_fast.reference.schedule import StepCoefficients
+
+    step = StepCoefficients(
+        t=0, t_next=0, sqrt_abar=1.0, sqrt_one_minus_abar=0.0, sqrt_abar_next=0.0, c1=1.0, c2=0.0
+    )
+    x = torch.zeros(shape, device=DEVICE)
+    state = _rng(seed)
+    return [
+        ops.exchange_update(x, x, x, None, rng_state=state, step=step, backend="triton") for _ in range(calls)
+    ], state
+
+
+def test_philox_noise_statistics_and_reproducibility():
+    (z1, z2), state = _philox_noise(7, calls=2)
+    assert state[1].item() == 2 * z1.numel()  # offset advanced on the device
+    for z in (z1, z2):
+        assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1) < 0.03
+    assert not torch.equal(z1, z2)  # successive calls draw fresh noise
+    planes = z1.flatten(2).flatten(0, 1)
+    corr = torch.corrcoef(planes) - torch.eye(planes.shape[0], device=DEVICE)
+    assert corr.abs().max() < 0.2  # planes independent
+    (again,), _ = _philox_noise(7)
+    (other,), _ = _philox_noise(8)
+    assert torch.equal(z1, again) and not torch.equal(z1, other)
+
+
+def test_mani_philox_path_matches_reference_with_the_stored_noise():
+    x = (torch.rand(2, 3, 16, 16) * 2 - 1).to(DEVICE).requires_grad_()
+    state = _rng(11)
+    out = ops.mani_noise(x, 400, rng_state=state, backend="triton")
+    assert state[1].item() == x.numel()
+    # The backward used the stored noise: gradients agree with the reference given that noise.
+    (g,) = torch.autograd.grad(out.sum(), x)
+    params = triton_mani.ManiParams(*[getattr(ref.noise_coefficients(400), k) for k in ("signal", "noise")])
+    _, z = triton_mani.launch_mani_noise(x.detach(), None, _rng(11), params, store_noise=True)
+    assert torch.allclose(out, ref.mani_noise(x.detach(), 400, z), atol=1e-5)
+    x2 = x.detach().requires_grad_()
+    (g_ref,) = torch.autograd.grad(ref.mani_noise(x2, 400, z).sum(), x2)
+    assert torch.allclose(g, g_ref, atol=1e-4)
+
+
+def test_noise_arguments_are_checked():
+    x = torch.zeros(1, 1, 8, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="exactly one of noise"):
+        ops.mani_noise(x, 10, backend="triton")
+    with pytest.raises(ValueError, match="needs the triton backend"):
+        ops.mani_noise(x, 10, rng_state=_rng(0), backend="reference")
+    with pytest.raises(ValueError, match="int64 \\[2\\]"):
+        ops.mani_noise(x, 10, rng_state=torch.zeros(3, dtype=torch.int64), backend="triton")
+    with pytest.raises(ValueError, match="noise has shape"):
+        ops.mani_noise(x, 10, torch.zeros(1, 1, 8, 9), backend="triton")
+
+
+# -- gradients -------------------------------------------------------------------------------------
+
+
+def test_exchange_update_gradients_match_reference():
+    gen = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(1, 2, 12, 10, generator=gen).to(DEVICE) for _ in range(4)]
+    z = torch.randn(1, 2, 12, 10, generator=gen).to(DEVICE)
+    step = step_coefficients(29, 19, eta=1.0)
+    grads = []
+    for backend in ("triton", "reference"):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = ops.exchange_update(
+            *leaves,
+            z,
+            step=step,
+            amplitude_cut_range=3,
+            phase_cut_range=2,
+            phase_mode="project",
+            backend=backend,
+        )
+        grads.append(
+            torch.autograd.grad(
+                (out * torch.linspace(0, 1, out.numel(), device=DEVICE).view_as(out)).sum(), leaves
+            )
+        )
+    for g_fast, g_ref in zip(*grads):
+        assert torch.allclose(g_fast, g_ref, atol=1e-5)
+
+
+# -- dispatch and the sampler ------------------------------------------------------------------------
+
+
+def test_backend_selection():
+    small = torch.zeros(1, 1, 32, 32, device=DEVICE)
+    big = torch.zeros(1, 1, 96, 96, device=DEVICE)
+    assert ops.select_backend("mani_noise", small) == "triton"
+    assert ops.select_backend("mani_noise", big) == "reference"  # auto falls back quietly
+    with pytest.raises(ValueError, match="handles planes up to 64x64"):
+        ops.select_backend("mani_noise", big, "triton")
+    with pytest.raises(ValueError, match="not torch.float64"):
+        ops.select_backend("exchange_update", small.double(), "triton")
+    with ops.use_backend("reference"):
+        assert ops.select_backend("mani_noise", small) == "reference"
+        assert ops.select_backend("mani_noise", small, "triton") == "triton"  # argument wins
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.select_backend("mani_noise", small, "cuda-graphs")
+
+
+def test_backend_environment_variable(monkeypatch):
+    monkeypatch.setenv("MANIPURE_BACKEND", "reference")
+    assert ops.select_backend("exchange_update", torch.zeros(1, 1, 8, 8, device=DEVICE)) == "reference"
+
+
+@pytest.mark.parametrize(
+    "mani, shape",
+    [(True, (2, 3, 16, 16)), (False, (1, 1, 31, 33))],
+    ids=["mani-B2-C3-16", "freqpure-B1-C1-31x33"],
+)
+def test_sampler_on_triton_equals_reference_given_the_same_noise(mani, shape):
+    torch.manual_seed(0)
+    model = LinearEps(shape[1]).to(DEVICE)
+    config = PurifierConfig(
+        rounds=(Round.from_total(40, 2), Round.from_total(20, 2)),
+        mani=mani,
+        amplitude_cut_range=4,
+        phase_cut_range=3,
+    )
+    x = (torch.rand(shape) * 2 - 1).to(DEVICE)
+    noise = [torch.randn(shape).to(DEVICE) for _ in range(10)]
+    with torch.no_grad():
+        expected = ref.purify_diffusion(model, x, config, RecordedNoise(noise))
+        fast = purify_diffusion(model, x, config, RecordedNoise(noise), backend="triton")
+        same = purify_diffusion(model, x, config, RecordedNoise(noise), backend="reference")
+    assert torch.equal(same, expected)
+    assert (fast - expected).abs().max() <= 1e-4
