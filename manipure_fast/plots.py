@@ -32,7 +32,9 @@ def plot_demo_grid(
         for c in range(n):
             ax = axes[r, c]
             img = images[c].detach().float().cpu()
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(
+                (img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
@@ -53,13 +55,13 @@ def plot_spectrum(path: Path, clean: torch.Tensor, adversarial: torch.Tensor) ->
     for ax, (clean_v, adv_v, title) in zip(
         axes[:2], ((m_clean, m_adv, "band mean magnitude $M_i$"), (w_clean, w_adv, "band weight $w_i$"))
     ):
-        ax.semilogy(bands, clean_v.mean(dim=(0, 1)), "o-", label="clean")
-        ax.semilogy(bands, adv_v.mean(dim=(0, 1)), "s--", label="adversarial")
+        ax.semilogy(list(bands), clean_v.mean(dim=(0, 1)).numpy(), "o-", label="clean")
+        ax.semilogy(list(bands), adv_v.mean(dim=(0, 1)).numpy(), "s--", label="adversarial")
         ax.set_xlabel("band (low -> high frequency)")
         ax.set_title(title)
         ax.legend()
     for ax, image, title in ((axes[2], clean_d[:1], "W (clean)"), (axes[3], adv_d[:1], "W (adversarial)")):
-        shown = ax.imshow(intensity_map(image)[0, 0], cmap="magma")
+        shown = ax.imshow(intensity_map(image)[0, 0].numpy(), cmap="magma")
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -1,0 +1,212 @@
+"""Benchmark the fused ops against their baselines (PERFORMANCE.md targets T1-T3).
+
+    python bench/bench_ops.py                      # on a GPU: CIFAR B=512 and ImageNet B=64, JSON rows
+    python bench/bench_ops.py --smoke              # anywhere: tiny shapes, checks the code path, writes nothing
+
+Ops and providers:
+- exchange_update: ``reference-structure`` (the per-image, per-channel loop of SPEC §2.4, exchange
+  plus update), ``torch-eager`` (the vectorised reference: batched fft2 / mask / ifft2), ``triton``.
+- mani_noise: ``torch-eager`` and ``triton`` (planes up to 64x64; ImageNet planes use the reference).
+
+Method (STYLE.md): every fast provider is first checked against the reference on the benchmarked
+shape (a red gate prints and skips the row); then ``triton.testing.do_bench`` (L2 flushed; median,
+p20, p80) after warm-up. GB/s counts each tensor the op must read or write once:
+exchange_update reads x_t, eps, ref_t, eps_ref, noise and writes x_next (6 planes, the roofline
+of the fused step); mani_noise reads x, noise and writes x_t (3 planes). Rows carry the GPU, SM
+count, versions, commit and date; they go to ``bench/results/ops-<gpu>-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.baselines.reference_structure import ReferenceStructurePurifier  # noqa: E402
+from manipure_fast import PurifierConfig, ops  # noqa: E402
+from manipure_fast.reference.schedule import noise_coefficients, step_coefficients  # noqa: E402
+
+HBM_PEAK_GBPS = {132: 3350.0, 114: 2000.0}  # H100 SXM / PCIe (PERFORMANCE.md)
+SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256)}
+SMOKE_SHAPES = {"smoke-B2": (2, 3, 16, 16)}
+
+
+def provenance(device: torch.device) -> dict:
+    info = dict(
+        torch=torch.__version__, python=platform.python_version(), date=datetime.date.today().isoformat()
+    )
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["commit"] = "unknown"
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=props.name, sm_count=props.multi_processor_count, cuda=torch.version.cuda, driver=_driver()
+        )
+    else:
+        info.update(gpu=None, cpu=platform.processor() or platform.machine())
+    return info
+
+
+def _driver() -> str | None:
+    try:
+        return (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
+
+
+def time_ms(fn, device: torch.device, smoke: bool) -> tuple[float, float, float]:
+    """(p50, p20, p80) in ms."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return tuple(triton.testing.do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8]))
+    samples = []
+    for _ in range(3 if smoke else 20):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+    q = lambda f: samples[min(len(samples) - 1, int(f * len(samples)))]  # noqa: E731
+    return q(0.5), q(0.2), q(0.8)
+
+
+def exchange_inputs(shape, device, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(shape, device=device, generator=gen) * s for s in (1.0, 0.8, 1.0, 0.8, 1.0)]
+
+
+def bench_exchange(label, shape, device, smoke):
+    step = step_coefficients(49, 39, eta=1.0)
+    x_t, eps, ref_t, eps_ref, z = exchange_inputs(shape, device)
+    config = PurifierConfig()
+    baseline = ReferenceStructurePurifier(lambda v, t: v, config)
+    ref_coef = noise_coefficients(config.forward_noise_steps)
+
+    def structure():
+        x0 = (x_t - eps * step.sqrt_one_minus_abar) / step.sqrt_abar
+        x_ref0 = (ref_t - eps_ref * ref_coef.noise) / ref_coef.signal
+        return step.sqrt_abar_next * baseline._exchange(x_ref0, x0) + step.c1 * z + step.c2 * eps
+
+    providers = {
+        "reference-structure": structure,
+        "torch-eager": lambda: ops.exchange_update(
+            x_t, eps, ref_t, eps_ref, z, step=step, backend="reference"
+        ),
+        "triton": lambda: ops.exchange_update(x_t, eps, ref_t, eps_ref, z, step=step, backend="triton"),
+    }
+    return _run("exchange_update", label, shape, device, smoke, providers, planes=6)
+
+
+def bench_mani(label, shape, device, smoke):
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.rand(shape, device=device, generator=gen) * 2 - 1
+    z = torch.randn(shape, device=device, generator=gen)
+    providers = {"torch-eager": lambda: ops.mani_noise(x, 999, z, backend="reference")}
+    if ops.unsupported_reason("triton", "mani_noise", x) is None:
+        providers["triton"] = lambda: ops.mani_noise(x, 999, z, backend="triton")
+    return _run("mani_noise", label, shape, device, smoke, providers, planes=3)
+
+
+def _run(op, label, shape, device, smoke, providers, planes):
+    rows = []
+    with torch.no_grad():
+        expected = providers["torch-eager"]()
+        nbytes = planes * torch.Size(shape).numel() * 4
+        for provider, fn in providers.items():
+            if provider in ("triton",) and ops.unsupported_reason("triton", op, expected) is not None:
+                continue
+            if provider == "reference-structure" and shape[0] > 64 and smoke:
+                continue
+            err = (fn() - expected).abs().max().item()
+            if err > 1e-4:
+                print(f"RED GATE {op} {label} {provider}: max err {err:.3g} vs reference; not timed")
+                continue
+            p50, p20, p80 = time_ms(fn, device, smoke)
+            gbps = nbytes / (p50 * 1e-3) / 1e9
+            row = dict(
+                op=op,
+                provider=provider,
+                shape=list(shape),
+                label=label,
+                dtype="float32",
+                p50_ms=p50,
+                p20_ms=p20,
+                p80_ms=p80,
+                gb_per_s=gbps,
+                max_err_vs_reference=err,
+            )
+            if device.type == "cuda":
+                sm = torch.cuda.get_device_properties(device).multi_processor_count
+                peak = HBM_PEAK_GBPS.get(sm)
+                if peak:
+                    row["roofline_fraction"] = gbps / peak
+                    row["roofline_ms"] = nbytes / (peak * 1e9) * 1e3
+            rows.append(row)
+            print(f"{op:16s} {label:14s} {provider:20s} p50 {p50:9.3f} ms  {gbps:8.1f} GB/s  err {err:.1e}")
+    base = {r["provider"]: r["p50_ms"] for r in rows}
+    for r in rows:
+        for other in ("reference-structure", "torch-eager"):
+            if other in base and r["provider"] != other:
+                r[f"speedup_vs_{other}"] = base[other] / r["p50_ms"]
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on any device; writes nothing")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        parser.error("timings need a CUDA device; use --smoke to check the code path on a CPU")
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    rows = []
+    for label, shape in shapes.items():
+        rows += bench_exchange(label, shape, device, args.smoke)
+        rows += bench_mani(label, shape, device, args.smoke)
+    if args.smoke:
+        print(f"smoke run: {len(rows)} rows, nothing written")
+        return
+    meta = provenance(device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"ops-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
+    path.write_text(json.dumps([{**row, **meta} for row in rows], indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
