@@ -1,7 +1,7 @@
 """Benchmark the fused ops against their baselines (PERFORMANCE.md targets T1-T3).
 
     python bench/bench_ops.py                      # on a GPU: CIFAR B=512 and ImageNet B=64, JSON rows
-    python bench/bench_ops.py --smoke              # anywhere: tiny shapes, checks the code path, writes nothing
+    python bench/bench_ops.py --smoke              # anywhere: tiny shapes, checks the path, writes nothing
 
 Ops and providers:
 - exchange_update: ``reference-structure`` (the per-image, per-channel loop of SPEC §2.4, exchange
