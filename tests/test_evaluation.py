@@ -124,3 +124,35 @@ def test_autoattack_rand_uses_explicit_steps_and_attacks():
     x_adv = autoattack_rand(classifier, x, y, eps=0.1, steps=10, eot=1)
     assert (classifier(x_adv).argmax(1) == y).float().mean() < 0.5
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+def _distributed_worker(rank, world, port, n, result_path):
+    import os
+
+    import torch.distributed as dist
+
+    from manipure_fast.evaluation.sharding import shard_range, sum_across_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    start, stop = shard_range(n, rank, world)
+    counts = sum_across_ranks(
+        {"total": stop - start, "index_sum": sum(range(start, stop))}, torch.device("cpu")
+    )
+    if rank == 0:
+        result_path.write_text(f"{counts['total']} {counts['index_sum']}")
+    dist.destroy_process_group()
+
+
+def test_sharded_counts_sum_exactly_across_processes(tmp_path):
+    """Three gloo processes, 10 samples: every sample counted once (no DistributedSampler padding)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "counts.txt"
+    mp.spawn(_distributed_worker, args=(3, port, 10, out), nprocs=3, join=True)
+    assert out.read_text() == f"10 {sum(range(10))}"
