@@ -1,7 +1,7 @@
 """End-to-end purifier benchmark against the reference-structure baseline (PERFORMANCE.md T4, T6, T8).
 
     python bench/bench_purifier.py --model ddpmpp --preset cifar10 --batch 64      # on a GPU
-    python bench/bench_purifier.py --smoke                                         # anywhere, tiny, writes nothing
+    python bench/bench_purifier.py --smoke          # anywhere, tiny, writes nothing
 
 Models are randomly initialised at the published architectures (weights do not change speed):
 ``ddpmpp`` = DDPM++ deep (106.6 M, CIFAR-10), ``adm`` = ADM-256 (552.8 M, ImageNet).
@@ -177,7 +177,8 @@ def main(argv=None) -> None:
         )
         rows.append(row)
         print(
-            f"{provider:20s} p50 {p50:10.1f} ms  {row['images_per_s']:8.1f} img/s  {row['ms_per_step']:7.2f} ms/step  err {err:.1e}"
+            f"{provider:20s} p50 {p50:10.1f} ms  {row['images_per_s']:8.1f} img/s  "
+            f"{row['ms_per_step']:7.2f} ms/step  err {err:.1e}"
         )
 
     # The model alone: the same number of (batched, 2B) model calls the fused sampler makes.
@@ -198,8 +199,8 @@ def main(argv=None) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     path = (
-        args.out
-        / f"purifier-{args.model}-{args.preset}-B{args.batch}-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
+        args.out / f"purifier-{args.model}-{args.preset}-B{args.batch}-{meta['gpu'].replace(' ', '_')}"
+        f"-{meta['date']}.json"
     )
     path.write_text(json.dumps([{**row, **meta} for row in rows], indent=2) + "\n")
     print(f"wrote {path}")

@@ -15,12 +15,8 @@ from . import ops
 from .config import PurifierConfig
 from .noise import NoiseSource
 from .reference.mani import uniform_noise
-from .reference.sampler import EpsModel, call_eps_model
+from .reference.sampler import EpsModel, call_eps_model, timestep_tensor
 from .reference.schedule import noise_coefficients, round_step_coefficients
-
-
-def _timesteps(value: int, batch: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.full((batch,), float(value), device=like.device, dtype=torch.float32)
 
 
 def _renoise(x: torch.Tensor, t: int, z: torch.Tensor, config: PurifierConfig, backend: str | None):
@@ -44,17 +40,17 @@ def _renoise(x: torch.Tensor, t: int, z: torch.Tensor, config: PurifierConfig, b
 def _model_calls(eps_model, x_t, ref_t, t, t_f, config):
     batch = x_t.shape[0]
     if ref_t is None:
-        return call_eps_model(eps_model, x_t, _timesteps(t, batch, x_t)), None
+        return call_eps_model(eps_model, x_t, timestep_tensor(t, batch, x_t)), None
     if config.batch_model_calls:
         both = call_eps_model(
             eps_model,
             torch.cat([x_t, ref_t]),
-            torch.cat([_timesteps(t, batch, x_t), _timesteps(t_f, batch, x_t)]),
+            torch.cat([timestep_tensor(t, batch, x_t), timestep_tensor(t_f, batch, x_t)]),
         )
         return both[:batch], both[batch:]
     return (
-        call_eps_model(eps_model, x_t, _timesteps(t, batch, x_t)),
-        call_eps_model(eps_model, ref_t, _timesteps(t_f, batch, x_t)),
+        call_eps_model(eps_model, x_t, timestep_tensor(t, batch, x_t)),
+        call_eps_model(eps_model, ref_t, timestep_tensor(t_f, batch, x_t)),
     )
 
 

@@ -83,8 +83,7 @@ def mani_noise(
         return _reference_mani_noise(x, t, noise, detach_map=detach_map, **options)
     from .triton_mani import ManiNoise, ManiParams
 
-    coef = noise_coefficients(t)
-    params = ManiParams(coef.signal, coef.noise, detach_map=detach_map, **options)
+    params = ManiParams(t, detach_map=detach_map, **options)
     x32 = _fp32(x)
     return ManiNoise.apply(x32, _fp32(noise), rng_state, params, torch.is_grad_enabled() and x.requires_grad)
 

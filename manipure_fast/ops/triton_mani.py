@@ -10,11 +10,12 @@ used, which the kernel stores only when a gradient is needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from ..reference.mani import intensity_map
+from ..reference.mani import mani_noise as reference_mani_noise
+from ..reference.schedule import noise_coefficients
 from .dft_tables import full_tables, next_pow2, padded_band_map
 
 MAX_SIDE = 64
@@ -28,8 +29,7 @@ _empty_like = torch.empty_like
 
 @dataclass(frozen=True)
 class ManiParams:
-    signal: float  # sqrt(abar_t)
-    noise_scale: float  # sqrt(1 - abar_t)
+    t: int  # the re-noise timestep
     n_bands: int = 8
     gamma: float = 1.8
     eps0: float = 1e-6
@@ -45,6 +45,7 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
     from ..kernels.triton.mani_noise import mani_noise_kernel
 
     b, c, h, w = x.shape
+    coef = noise_coefficients(params.t)
     block_h, block_w = next_pow2(h), next_pow2(w)
     cos_h, sin_h = full_tables(h, block_h, x.device)
     cos_w, sin_w = full_tables(w, block_w, x.device)
@@ -64,8 +65,8 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
         bands,
         h,
         w,
-        params.signal,
-        params.noise_scale,
+        coef.signal,
+        coef.noise,
         params.gamma,
         params.eps0,
         1.0 / (h * w),
@@ -84,21 +85,6 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
     return out, noise
 
 
-def _reference(x, z, params: ManiParams):
-    weight = intensity_map(
-        x,
-        n_bands=params.n_bands,
-        gamma=params.gamma,
-        eps0=params.eps0,
-        band_mode=params.band_mode,
-        weight_map=params.weight_map,
-        normalize=params.normalize,
-    )
-    if params.detach_map:
-        weight = weight.detach()
-    return x * params.signal + (weight * z) * params.noise_scale
-
-
 class ManiNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
@@ -110,5 +96,6 @@ class ManiNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        _, vjp = torch.func.vjp(lambda v: _reference(v, z, ctx.params), x)
+        options = {k: v for k, v in asdict(ctx.params).items() if k != "t"}
+        _, vjp = torch.func.vjp(lambda v: reference_mani_noise(v, ctx.params.t, z, **options), x)
         return vjp(grad)[0], None, None, None, None

@@ -69,7 +69,7 @@ def renoise(x: torch.Tensor, t: int, noise: torch.Tensor, config: PurifierConfig
     )
 
 
-def _timesteps(value: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+def timestep_tensor(value: int, batch: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((batch,), float(value), device=like.device, dtype=torch.float32)
 
 
@@ -99,15 +99,15 @@ def denoise_round(
                 both = call_eps_model(
                     eps_model,
                     torch.cat([x_t, ref_t]),
-                    torch.cat([_timesteps(coef.t, batch, x_t), _timesteps(t_f, batch, x_t)]),
+                    torch.cat([timestep_tensor(coef.t, batch, x_t), timestep_tensor(t_f, batch, x_t)]),
                 )
                 eps, eps_ref = both[:batch], both[batch:]
             else:
-                eps = call_eps_model(eps_model, x_t, _timesteps(coef.t, batch, x_t))
-                eps_ref = call_eps_model(eps_model, ref_t, _timesteps(t_f, batch, x_t))
+                eps = call_eps_model(eps_model, x_t, timestep_tensor(coef.t, batch, x_t))
+                eps_ref = call_eps_model(eps_model, ref_t, timestep_tensor(t_f, batch, x_t))
             x_ref0 = _predict_x0(ref_t, eps_ref, t_f)
         else:
-            eps = call_eps_model(eps_model, x_t, _timesteps(coef.t, batch, x_t))
+            eps = call_eps_model(eps_model, x_t, timestep_tensor(coef.t, batch, x_t))
             x_ref0 = x_in
         x0 = (x_t - eps * coef.sqrt_one_minus_abar) / coef.sqrt_abar
         if config.exchange:
