@@ -82,6 +82,7 @@ class Purifier(nn.Module):
         *,
         model_config=None,
         device: str | torch.device | None = None,
+        backend: str | None = None,
     ) -> Purifier:
         """A purifier around a diffusion checkpoint the reference purifier's users own.
 
@@ -108,7 +109,7 @@ class Purifier(nn.Module):
             model = model.to(device)
         if config is None:
             config = PurifierConfig.preset(preset) if preset else PurifierConfig()
-        return cls(model, config)
+        return cls(model, config, backend=backend)
 
     def purify(
         self,

@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     diff = sub.add_parser("diffusion", help="the epsilon-prediction UNet")
     diff.add_argument("--out", type=Path, default=WEIGHTS / "fashion_unet.safetensors")
-    diff.add_argument("--steps", type=int, default=4000)
+    diff.add_argument("--steps", type=int, default=2000)
     diff.add_argument("--batch-size", type=int, default=64)
     diff.add_argument("--lr", type=float, default=1e-3)
     diff.add_argument("--max-train-timestep", type=int, default=300)
