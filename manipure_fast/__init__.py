@@ -4,6 +4,7 @@ frequency exchange.
 Public names::
 
     Purifier, DefendedClassifier, Vote          the purifier and the defended classifier
+    GraphedPurifier                              the purifier captured as CUDA graphs
     PurifierConfig, Round, parse_schedule        options, rounds and presets (SPEC §3)
     GlobalNoise, GeneratorNoise, RecordedNoise   noise sources
     reference                                     the plain-PyTorch reference ops
@@ -11,6 +12,7 @@ Public names::
 
 from . import reference
 from .config import PurifierConfig, Round, parse_schedule
+from .graphs import GraphedPurifier
 from .noise import GeneratorNoise, GlobalNoise, NoiseSource, RecordedNoise
 from .purifier import DefendedClassifier, Purifier, Vote
 
@@ -20,6 +22,7 @@ __all__ = [
     "DefendedClassifier",
     "GeneratorNoise",
     "GlobalNoise",
+    "GraphedPurifier",
     "NoiseSource",
     "Purifier",
     "PurifierConfig",

@@ -111,6 +111,18 @@ class RecordedNoise:
         return tensor.to(device=like.device, dtype=like.dtype)
 
 
+def draw_labels(config) -> tuple[str, ...]:
+    """The labels of every draw one purification with ``config`` makes, in order (the plan a
+    captured graph's noise buffers follow; tested against the samplers' actual draws)."""
+    per_step = ("reference_renoise",) if config.exchange and config.reference == "renoised" else ()
+    per_step += ("ddpm_update_noise",)
+    labels: list[str] = []
+    for round_ in config.rounds:
+        labels.append("round_renoise")
+        labels.extend(per_step * len(round_.timesteps))
+    return tuple(labels)
+
+
 def as_noise_source(generator=None, noise: NoiseSource | None = None) -> NoiseSource:
     """The source for a call: explicit ``noise`` wins, then ``generator``, then the global RNG."""
     if noise is not None and generator is not None:

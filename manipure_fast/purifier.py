@@ -42,6 +42,23 @@ def to_classifier_range(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp((x / 2) + 0.5, 0, 1)
 
 
+def purify_images(
+    eps_model: EpsModel, x: torch.Tensor, config: PurifierConfig, noise: NoiseSource, backend: str | None
+) -> torch.Tensor:
+    """The whole purification of validated images ``x: [B, C, H, W]`` in [0, 1] (fp32 or fp64):
+    resize to ``config.model_resolution`` if set, map to [-1, 1], all rounds, map back and resize
+    back. The body that ``Purifier.purify`` runs eagerly and ``GraphedPurifier`` captures."""
+    size = tuple(x.shape[-2:])
+    resolution = config.model_resolution
+    resize = resolution is not None and size != resolution
+    if resize:
+        x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False)
+    x_diff = purify_diffusion(eps_model, to_diffusion_range(x), config, noise, backend)
+    if resize:
+        x_diff = F.interpolate(x_diff, size=size, mode="bilinear", align_corners=False)
+    return to_classifier_range(x_diff)
+
+
 class Purifier(nn.Module):
     """Diffusion purification with MANI noise and FreqPure exchange around any
     ``eps_model(x, t)`` (``x: [N, C, H, W]`` in [-1, 1], ``t: [N]`` float timesteps; models that
@@ -134,16 +151,8 @@ class Purifier(nn.Module):
         source = as_noise_source(generator, noise)
         if isinstance(source, GeneratorNoise):
             source.check(x.shape[0], x.device)
-        dtype = x.dtype
-        work = x if dtype == torch.float64 else x.to(torch.float32)
-        size = tuple(work.shape[-2:])
-        resolution = self.config.model_resolution
-        if resolution is not None and size != resolution:
-            work = F.interpolate(work, size=resolution, mode="bilinear", align_corners=False)
-        x_diff = purify_diffusion(self.eps_model, to_diffusion_range(work), self.config, source, self.backend)
-        if resolution is not None and size != resolution:
-            x_diff = F.interpolate(x_diff, size=size, mode="bilinear", align_corners=False)
-        return to_classifier_range(x_diff).to(dtype)
+        work = x if x.dtype == torch.float64 else x.to(torch.float32)
+        return purify_images(self.eps_model, work, self.config, source, self.backend).to(x.dtype)
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.purify(x, **kwargs)
@@ -168,27 +177,46 @@ class DefendedClassifier(nn.Module):
     ``forward`` returns the mean logits over the runs (differentiable, for attacks); ``vote``
     also returns the majority vote, which is the defended prediction the reference reports.
     The classifier takes images in [0, 1]; wrap any normalisation into it.
+
+    purifier: a ``Purifier``, or a ``GraphedPurifier`` for inference.
+    batch_runs: run the E ensemble members as one purification of E*B images instead of E
+    purifications of B (faster; the same distribution, but a seed gives other draws than the
+    sequential runs; recorded noise must then be shaped for E*B). A GraphedPurifier in
+    throughput mode chunks the E*B batch to its ``max_batch``.
     """
 
-    def __init__(self, purifier: Purifier, classifier: nn.Module, num_ensemble_runs: int = 10):
+    def __init__(
+        self, purifier, classifier: nn.Module, num_ensemble_runs: int = 10, *, batch_runs: bool = False
+    ):
         super().__init__()
         if not isinstance(num_ensemble_runs, int) or num_ensemble_runs < 1:
             raise ValueError(f"num_ensemble_runs must be an int >= 1, got {num_ensemble_runs!r}")
+        if not callable(getattr(purifier, "purify", None)):
+            raise TypeError(f"purifier must provide purify(x, ...), got {type(purifier).__name__}")
         self.purifier = purifier
         self.classifier = classifier
         self.num_ensemble_runs = num_ensemble_runs
+        self.batch_runs = batch_runs
+
+    def _run_logits(self, x: torch.Tensor, source: NoiseSource, clamp: bool) -> torch.Tensor:
+        """Logits of every run: ``[E, B, K]``."""
+        runs = self.num_ensemble_runs
+        if self.batch_runs:
+            pure = self.purifier.purify(x.repeat(runs, 1, 1, 1), noise=source, clamp=clamp)
+            logits = self.classifier(pure)
+            return logits.view(runs, x.shape[0], -1)
+        # one source shared by all runs, in order
+        return torch.stack(
+            [self.classifier(self.purifier.purify(x, noise=source, clamp=clamp)) for _ in range(runs)]
+        )
 
     def vote(
         self, x: torch.Tensor, *, generator=None, noise: NoiseSource | None = None, clamp: bool = False
     ) -> Vote:
-        source = as_noise_source(generator, noise)  # one source shared by all runs, in order
-        logits_sum, counts = None, None
-        for _ in range(self.num_ensemble_runs):
-            logits = self.classifier(self.purifier.purify(x, noise=source, clamp=clamp))
-            one_hot = F.one_hot(logits.argmax(dim=1), logits.shape[1])
-            logits_sum = logits if logits_sum is None else logits_sum + logits
-            counts = one_hot if counts is None else counts + one_hot
-        return Vote(counts.argmax(dim=1), counts, logits_sum / self.num_ensemble_runs)
+        source = as_noise_source(generator, noise)
+        logits = self._run_logits(x, source, clamp)
+        counts = F.one_hot(logits.argmax(dim=2), logits.shape[2]).sum(dim=0)
+        return Vote(counts.argmax(dim=1), counts, logits.mean(dim=0))
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.vote(x, **kwargs).logits

@@ -1,7 +1,7 @@
 """Checks at the public boundary. Each raises ``TypeError``/``ValueError`` naming the bad value
 and what was expected; nothing is clamped silently and nothing reaches a kernel malformed.
 
-The finiteness and range checks each read one scalar back from the device: one sync per
+The finiteness and range checks read their statistics back from the device together: one sync per
 purification call at the boundary, never inside a step. ``check_values=False`` skips them for
 latency-critical callers that validate upstream.
 """
@@ -52,17 +52,17 @@ def check_images(
         )
     if check_values:
         values = x.detach()
-        finite = torch.isfinite(values)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise ValueError(f"{name} has {bad} non-finite values (NaN or inf)")
-        if not clamp:
-            low, high = float(values.min()), float(values.max())
-            if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-                raise ValueError(
-                    f"{name} has values in [{low:.4g}, {high:.4g}], outside [0, 1]; "
-                    f"images must be in [0, 1] (pass clamp=True to clamp them)"
-                )
+        # One read-back for all three statistics (a single device sync).
+        bad, low, high = torch.stack(
+            [(~torch.isfinite(values)).sum().double(), values.min().double(), values.max().double()]
+        ).tolist()
+        if bad:
+            raise ValueError(f"{name} has {int(bad)} non-finite values (NaN or inf)")
+        if not clamp and (low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE):
+            raise ValueError(
+                f"{name} has values in [{low:.4g}, {high:.4g}], outside [0, 1]; "
+                f"images must be in [0, 1] (pass clamp=True to clamp them)"
+            )
     return x.clamp(0, 1) if clamp else x
 
 
