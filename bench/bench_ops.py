@@ -5,8 +5,10 @@
 
 Ops and providers:
 - exchange_update: ``reference-structure`` (the per-image, per-channel loop of SPEC §2.4, exchange
-  plus update), ``torch-eager`` (the vectorised reference: batched fft2 / mask / ifft2), ``triton``.
-- mani_noise: ``torch-eager`` and ``triton`` (planes up to 64x64; ImageNet planes use the reference).
+  plus update), ``torch-eager`` (the vectorised reference: batched fft2 / mask / ifft2), ``triton``,
+  ``cuda`` (the CUDA C++ kernels through CuPy; skipped, with the reason, where they cannot run).
+- mani_noise: ``torch-eager``, ``triton`` and ``cuda`` (planes up to 64x64; ImageNet planes use the
+  reference).
 
 Method (STYLE.md): every fast provider is first checked against the reference on the benchmarked
 shape (a red gate prints and skips the row); then ``triton.testing.do_bench`` (L2 flushed; median,
@@ -125,6 +127,7 @@ def bench_exchange(label, shape, device, smoke):
             x_t, eps, ref_t, eps_ref, z, step=step, backend="reference"
         ),
         "triton": lambda: ops.exchange_update(x_t, eps, ref_t, eps_ref, z, step=step, backend="triton"),
+        "cuda": lambda: ops.exchange_update(x_t, eps, ref_t, eps_ref, z, step=step, backend="cuda"),
     }
     return _run("exchange_update", label, shape, device, smoke, providers, planes=6)
 
@@ -134,8 +137,8 @@ def bench_mani(label, shape, device, smoke):
     x = torch.rand(shape, device=device, generator=gen) * 2 - 1
     z = torch.randn(shape, device=device, generator=gen)
     providers = {"torch-eager": lambda: ops.mani_noise(x, 999, z, backend="reference")}
-    if ops.unsupported_reason("triton", "mani_noise", x) is None:
-        providers["triton"] = lambda: ops.mani_noise(x, 999, z, backend="triton")
+    for backend in ("triton", "cuda"):
+        providers[backend] = lambda backend=backend: ops.mani_noise(x, 999, z, backend=backend)
     return _run("mani_noise", label, shape, device, smoke, providers, planes=3)
 
 
@@ -145,7 +148,11 @@ def _run(op, label, shape, device, smoke, providers, planes):
         expected = providers["torch-eager"]()
         nbytes = planes * torch.Size(shape).numel() * 4
         for provider, fn in providers.items():
-            if provider in ("triton",) and ops.unsupported_reason("triton", op, expected) is not None:
+            reason = (
+                ops.unsupported_reason(provider, op, expected) if provider in ("triton", "cuda") else None
+            )
+            if reason is not None:
+                print(f"{op:16s} {label:14s} {provider:20s} skipped: {reason}")
                 continue
             if provider == "reference-structure" and shape[0] > 64 and smoke:
                 continue

@@ -3,8 +3,8 @@
     mani_noise(x, t, noise=None, *, rng_state=None, ...)            -> x_t      [B, C, H, W]
     exchange_update(x_t, eps, ref_t, eps_ref, noise=None, *, ...)   -> x_next   [B, C, H, W]
 
-Noise is either given (``noise``, a tensor like ``x``) or, on the triton backend, drawn in the
-kernel from Philox with ``rng_state`` (int64 ``[2]`` = seed, offset, on the device; the offset is
+Noise is either given (``noise``, a tensor like ``x``) or, on the triton and cuda backends, drawn in
+the kernel from Philox with ``rng_state`` (int64 ``[2]`` = seed, offset, on the device; the offset is
 advanced on the device, so captured graphs draw fresh noise on every replay).
 All ops compute in fp32 and are differentiable with respect to their image inputs.
 """
@@ -37,8 +37,10 @@ def _noise_arguments(noise, rng_state, like, backend):
     if (noise is None) == (rng_state is None):
         raise ValueError("pass exactly one of noise= (a tensor) and rng_state= (device seed/offset)")
     if rng_state is not None:
-        if backend != "triton":
-            raise ValueError(f"rng_state (in-kernel Philox noise) needs the triton backend, not {backend!r}")
+        if backend not in ("triton", "cuda"):
+            raise ValueError(
+                f"rng_state (in-kernel Philox noise) needs the triton or cuda backend, not {backend!r}"
+            )
         if rng_state.dtype != torch.int64 or rng_state.shape != (2,) or rng_state.device != like.device:
             raise ValueError(
                 f"rng_state must be an int64 [2] tensor on {like.device}, got "
@@ -81,6 +83,10 @@ def mani_noise(
     )
     if name == "reference":
         return _reference_mani_noise(x, t, noise, detach_map=detach_map, **options)
+    if name == "cuda":
+        from . import cuda_ops
+
+        return cuda_ops.mani_noise(_fp32(x), _fp32(noise), rng_state, t, detach_map=detach_map, **options)
     from .triton_mani import ManiNoise, ManiParams
 
     params = ManiParams(t, detach_map=detach_map, **options)
@@ -133,6 +139,18 @@ def exchange_update(
     )
     if name == "reference":
         return _reference_exchange_update(x_t, eps, ref_t, eps_ref, noise, **coefficients)
+    if name == "cuda":
+        from . import cuda_ops
+
+        return cuda_ops.exchange_update(
+            *(_fp32(t) for t in (x_t, eps, ref_t, eps_ref, noise)),
+            rng_state,
+            [float(coefficients[k]) for k in cuda_ops.COEFFICIENTS],
+            float(amplitude_cut_range),
+            float(phase_cut_range),
+            phase_mode == "project",
+            reconstruct == "real",
+        )
     from .triton_exchange import ExchangeParams, ExchangeUpdate
 
     return ExchangeUpdate.apply(

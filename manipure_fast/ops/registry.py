@@ -1,7 +1,9 @@
 """The backend registry: which implementation runs an op.
 
-Backends, in automatic preference order: ``triton`` (fused kernels), ``reference`` (plain
-PyTorch, runs everywhere). Each states what it supports (device, dtype, plane size) per op.
+Backends: ``triton`` (fused Triton kernels), ``cuda`` (the CUDA C++ kernels through CuPy's NVRTC
+JIT, see ``cuda_ops``), ``reference`` (plain PyTorch, runs everywhere). Each states what it
+supports (device, dtype, plane size) per op. ``"auto"`` tries ``AUTO_ORDER``: triton, then the
+reference. The cuda backend is explicit-only until GPU benchmarks have measured where it wins.
 
 Selection, highest priority first: the ``backend=`` argument, the ``use_backend(...)`` context
 manager, the ``MANIPURE_BACKEND`` environment variable, else ``"auto"``. ``"auto"`` takes the first
@@ -23,11 +25,15 @@ import os
 
 import torch
 
-BACKENDS = ("triton", "reference")
+BACKENDS = ("triton", "cuda", "reference")
+AUTO_ORDER = ("triton", "reference")
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("manipure_backend", default=None)
 
 # Largest plane side each triton op handles (see ops/triton_mani.py and ops/triton_exchange.py).
 TRITON_MAX_SIDE = {"mani_noise": 64, "exchange_update": 256}
+# The cuda kernels: MANI in one block per plane; the exchange's band DFT (its shared memory also
+# depends on the cut radius, checked at launch).
+CUDA_MAX_SIDE = {"mani_noise": 64, "exchange_update": 256}
 
 
 @contextlib.contextmanager
@@ -77,6 +83,20 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
         if x.shape[-1] > side or x.shape[-2] > side:
             return f"triton {op} handles planes up to {side}x{side}, not {x.shape[-2]}x{x.shape[-1]}"
         return None
+    if backend == "cuda":
+        if x.device.type != "cuda":
+            return f"the cuda kernels run on CUDA devices, not {x.device}"
+        from .cuda_ops import cupy_unavailable_reason
+
+        reason = cupy_unavailable_reason()
+        if reason is not None:
+            return reason
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"cuda computes in fp32 from fp32/fp16/bf16 inputs, not {x.dtype}"
+        side = CUDA_MAX_SIDE[op]
+        if x.shape[-1] > side or x.shape[-2] > side:
+            return f"cuda {op} handles planes up to {side}x{side}, not {x.shape[-2]}x{x.shape[-1]}"
+        return None
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -88,7 +108,7 @@ def select_backend(op: str, x: torch.Tensor, requested: str | None = None) -> st
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run {op}: {reason}")
         return name
-    for candidate in BACKENDS:
+    for candidate in AUTO_ORDER:
         if unsupported_reason(candidate, op, x) is None:
             return candidate
     return "reference"

@@ -1,0 +1,154 @@
+// Fused reverse step after the model call (SPEC §2.1-2.2), one thread block per (image, channel)
+// plane, the same semantics as kernels/triton/exchange_update.py:
+//
+//   x0      = (x_t - sqrt(1-abar_t) eps) / sqrt(abar_t)
+//   x_ref0  = (ref_t - sqrt(1-abar_f) eps_ref) / sqrt(abar_f)      (or ref_t when there is no eps_ref)
+//   p, q    = pixel-scale x0, x_ref0;  F_p, F_q their spectra, only on the band |f| <= floor(R)
+//   F_out   = amplitude of F_q inside the amplitude disc, phase of F_q inside the phase disc
+//             ("replace"), or x0's phase clipped to within delta of F_q's ("project")
+//   x0'     = back to [-1, 1] from |p + ifft2(F_out - F_p)| (or its real part)
+//   x_next  = sqrt(abar_next) x0' + c1 z + c2 eps,  z given or drawn from Philox
+//
+// The exchange changes only the band, so the spectra are band-only DFTs (thin [K, N] twiddle
+// tables, K = 2 floor(R) + 1 clipped to N) and the inverse adds ifft2(Delta) to p: exact, and
+// O(N^2 K) per plane instead of a full 2-D transform.
+//
+// Stages (dynamic shared memory, float2): Gp, Gq [H x KW] row transforms; Fp, Fq [KH x KW] band
+// spectra; Delta overwrites Fq and the inverse column transform overwrites Gq.
+#include "manipure_common.cuh"
+
+using manipure::philox_normal;
+using manipure::to_diffusion;
+using manipure::to_pixels;
+
+struct ExchangeCoefficients {
+  float sqrt_abar, sqrt_one_minus_abar;          // step t
+  float ref_sqrt_abar, ref_sqrt_one_minus_abar;  // the reference's t_f
+  float sqrt_abar_next, c1, c2;                  // the DDPM/DDIM update
+  float delta;                                   // "project" phase tolerance
+};
+
+// Scalars travel as plain floats (CuPy passes numpy scalars, not structs).
+extern "C" __global__ void exchange_update_kernel(
+    const float* __restrict__ x_t, const float* __restrict__ eps, const float* __restrict__ ref_t,
+    const float* __restrict__ eps_ref, const float* __restrict__ noise, float* __restrict__ out,
+    const long long* __restrict__ rng_state,
+    const float* __restrict__ cos_h, const float* __restrict__ sin_h,  // [KH, H]
+    const float* __restrict__ cos_w, const float* __restrict__ sin_w,  // [KW, W]
+    const float* __restrict__ amp_mask, const float* __restrict__ phase_mask,  // [KH, KW]
+    int H, int W, int KH, int KW, float sqrt_abar, float sqrt_one_minus_abar, float ref_sqrt_abar,
+    float ref_sqrt_one_minus_abar, float sqrt_abar_next, float c1, float c2, float delta,
+    int has_eps_ref, int has_noise, int phase_project, int reconstruct_real) {
+  const ExchangeCoefficients k = {sqrt_abar, sqrt_one_minus_abar, ref_sqrt_abar, ref_sqrt_one_minus_abar,
+                                  sqrt_abar_next, c1, c2, delta};
+  extern __shared__ float2 smem[];
+  float2* Gp = smem;
+  float2* Gq = Gp + H * KW;
+  float2* Fp = Gq + H * KW;
+  float2* Fq = Fp + KH * KW;
+
+  const long long plane = blockIdx.x;
+  const long long base = plane * H * W;
+
+  // Stage A: row transforms of both pixel images, G[h][j] = sum_w v[h][w] e^{-i theta_j w}.
+  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
+    const int h = idx / KW, j = idx - h * KW;
+    float2 gp = make_float2(0.f, 0.f), gq = make_float2(0.f, 0.f);
+    for (int w = 0; w < W; ++w) {
+      const long long e = base + (long long)h * W + w;
+      const float x0 = (x_t[e] - eps[e] * k.sqrt_one_minus_abar) / k.sqrt_abar;
+      const float xr = has_eps_ref ? (ref_t[e] - eps_ref[e] * k.ref_sqrt_one_minus_abar) / k.ref_sqrt_abar
+                                   : ref_t[e];
+      const float p = to_pixels(x0), q = to_pixels(xr);
+      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
+      gp.x += p * c;
+      gp.y -= p * s;
+      gq.x += q * c;
+      gq.y -= q * s;
+    }
+    Gp[idx] = gp;
+    Gq[idx] = gq;
+  }
+  __syncthreads();
+
+  // Stage B: column transforms on the band, F[i][j] = sum_h G[h][j] e^{-i theta_i h}.
+  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
+    const int i = idx / KW, j = idx - i * KW;
+    float2 fp = make_float2(0.f, 0.f), fq = make_float2(0.f, 0.f);
+    for (int h = 0; h < H; ++h) {
+      const float c = cos_h[i * H + h], s = sin_h[i * H + h];
+      const float2 gp = Gp[h * KW + j], gq = Gq[h * KW + j];
+      fp.x += gp.x * c + gp.y * s;
+      fp.y += gp.y * c - gp.x * s;
+      fq.x += gq.x * c + gq.y * s;
+      fq.y += gq.y * c - gq.x * s;
+    }
+    Fp[idx] = fp;
+    Fq[idx] = fq;
+  }
+  __syncthreads();
+
+  // Mix: Delta = F_out - F_p inside the discs, 0 outside (written over Fq).
+  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
+    const bool in_amp = amp_mask[idx] != 0.f, in_phase = phase_mask[idx] != 0.f;
+    const float2 fp = Fp[idx], fq = Fq[idx];
+    float2 d = make_float2(0.f, 0.f);
+    if (in_amp || in_phase) {
+      const float amp_p = hypotf(fp.x, fp.y), amp_q = hypotf(fq.x, fq.y);
+      const float phase_p = atan2f(fp.y, fp.x), phase_q = atan2f(fq.y, fq.x);
+      float phase = phase_p;
+      if (in_phase) {
+        if (phase_project) {
+          // (phase_p - phase_q + pi) mod 2 pi - pi, as torch.remainder (result in [0, 2 pi)).
+          const float two_pi = 6.283185307179586f, pi = 3.141592653589793f;
+          float diff = phase_p - phase_q + pi;
+          diff = diff - two_pi * floorf(diff / two_pi) - pi;
+          phase = phase_q + fminf(fmaxf(diff, -k.delta), k.delta);
+        } else {
+          phase = phase_q;
+        }
+      }
+      const float amp = in_amp ? amp_q : amp_p;
+      float s, c;
+      sincosf(phase, &s, &c);
+      d = make_float2(amp * c - fp.x, amp * s - fp.y);
+    }
+    Fq[idx] = d;
+  }
+  __syncthreads();
+
+  // Inverse column transform of Delta: E[h][j] = sum_i Delta[i][j] e^{+i theta_i h} (over Gq).
+  float2* E = Gq;
+  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
+    const int h = idx / KW, j = idx - h * KW;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int i = 0; i < KH; ++i) {
+      const float c = cos_h[i * H + h], s = sin_h[i * H + h];
+      const float2 d = Fq[i * KW + j];
+      acc.x += d.x * c - d.y * s;
+      acc.y += d.x * s + d.y * c;
+    }
+    E[idx] = acc;
+  }
+  __syncthreads();
+
+  // Stage D, per pixel: ifft2(F_out) = p + ifft2(Delta); abs or real; back to [-1, 1]; update.
+  const float inv_n = 1.0f / (float)(H * W);
+  for (int idx = threadIdx.x; idx < H * W; idx += blockDim.x) {
+    const int h = idx / W, w = idx - h * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int j = 0; j < KW; ++j) {
+      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
+      const float2 e = E[h * KW + j];
+      acc.x += e.x * c - e.y * s;
+      acc.y += e.x * s + e.y * c;
+    }
+    const long long el = base + idx;
+    const float eps_v = eps[el];
+    const float x0 = (x_t[el] - eps_v * k.sqrt_one_minus_abar) / k.sqrt_abar;
+    const float re = to_pixels(x0) + acc.x * inv_n, im = acc.y * inv_n;
+    const float pixel = reconstruct_real ? re : hypotf(re, im);
+    const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
+    out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;
+  }
+}

@@ -1,0 +1,327 @@
+"""The ``cuda`` backend: the CUDA C++ kernels in ``kernels/cuda``, compiled at first use by NVRTC
+through CuPy's ``RawModule`` and launched on torch's current stream.
+
+Chain: ``kernels/cuda/*.cu`` -> ``_kernel`` (NVRTC JIT, cached per device) -> ``launch_*`` (tables,
+zero-copy arguments via ``__cuda_array_interface__``, torch's stream) -> the ``torch.library`` custom
+ops ``manipure::exchange_update_cuda`` and ``manipure::mani_noise_cuda`` (fake implementations for
+tracing, autograd that recomputes through the reference with ``torch.func.vjp``) -> ``ops``.
+
+Needs CuPy (``pip install cupy-cuda13x``) and a CUDA device. Noise is given, or drawn in the kernel
+from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on the device). The custom ops only read
+``rng_state`` (functional ops, so autograd can be registered); ``exchange_update`` and
+``mani_noise`` here advance its offset on the device after each launch, so captured graphs draw
+fresh noise on replay.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from ..reference.exchange import exchange_update as reference_exchange_update
+from ..reference.grid import band_one_hot
+from ..reference.mani import mani_noise as reference_mani_noise
+from ..reference.schedule import noise_coefficients
+from .dft_tables import band_frequencies, band_masks, band_tables, full_tables, padded_band_map
+
+THREADS = 256
+MAX_SHARED_BYTES = 200 * 1024  # below the H100's 227 KB opt-in limit per block
+NORMALIZE_CODES = {"none": 0, "rms": 1, "max": 2}
+COEFFICIENTS = (
+    "sqrt_abar",
+    "sqrt_one_minus_abar",
+    "ref_sqrt_abar",
+    "ref_sqrt_one_minus_abar",
+    "sqrt_abar_next",
+    "c1",
+    "c2",
+    "delta",
+)
+
+
+def cuda_source_dir() -> Path:
+    """``kernels/cuda``, wherever the package is installed (it installs as manipure_fast.kernels)."""
+    from .. import kernels
+
+    return Path(kernels.__file__).resolve().parent / "cuda"
+
+
+def kernel_source(file: str) -> str:
+    """A kernel file with the shared header inlined (so NVRTC needs no include path, and CuPy's
+    source-hash cache sees header changes)."""
+    folder = cuda_source_dir()
+    header = (folder / "manipure_common.cuh").read_text()
+    return (folder / file).read_text().replace('#include "manipure_common.cuh"', header)
+
+
+def cupy_unavailable_reason() -> str | None:
+    try:
+        import cupy
+    except ImportError:
+        return "cupy is not installed (pip install cupy-cuda13x)"
+    try:
+        if not cupy.cuda.is_available():
+            return "cupy sees no CUDA device"
+    except Exception as error:  # a driver problem is a reason, not a crash
+        return f"cupy cannot reach a CUDA device ({error})"
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel(file: str, name: str, device_index: int):
+    import cupy
+
+    with cupy.cuda.Device(device_index):
+        module = cupy.RawModule(code=kernel_source(file), options=("-std=c++17",))
+        kernel = module.get_function(name)
+        kernel.max_dynamic_shared_size_bytes = MAX_SHARED_BYTES
+    return kernel
+
+
+def _launch(file: str, name: str, device: torch.device, grid: int, args: tuple, shared_bytes: int) -> None:
+    import cupy
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    kernel = _kernel(file, name, index)
+    stream = torch.cuda.current_stream(device)
+    with cupy.cuda.Device(index), cupy.cuda.ExternalStream(stream.cuda_stream, index):
+        converted = tuple(cupy.asarray(a) if isinstance(a, torch.Tensor) else a for a in args)
+        kernel((grid,), (THREADS,), converted, shared_mem=shared_bytes)
+
+
+def _i32(v) -> object:
+    import numpy
+
+    return numpy.int32(v)
+
+
+def _f32(v) -> object:
+    import numpy
+
+    return numpy.float32(v)
+
+
+# ---- exchange_update ----------------------------------------------------------------------------
+
+
+def exchange_shared_bytes(h: int, w: int, cut: float) -> int:
+    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    return (2 * h * kw + 2 * kh * kw) * 8
+
+
+def launch_exchange_update(
+    x_t,
+    eps,
+    ref_t,
+    eps_ref,
+    noise,
+    rng_state,
+    coefficients,
+    amplitude_cut_range,
+    phase_cut_range,
+    phase_project,
+    reconstruct_real,
+) -> torch.Tensor:
+    """One launch over all B*C planes; fp32 contiguous inputs; returns x_next."""
+    b, c, h, w = x_t.shape
+    cut = max(amplitude_cut_range, phase_cut_range)
+    shared = exchange_shared_bytes(h, w, cut)
+    if shared > MAX_SHARED_BYTES:
+        raise ValueError(
+            f"cuda exchange_update needs {shared} bytes of shared memory for {h}x{w} planes at cut "
+            f"radius {cut}; the limit is {MAX_SHARED_BYTES} (use the triton or reference backend)"
+        )
+    device = x_t.device
+    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    cos_h, sin_h = band_tables(h, cut, kh, h, device)
+    cos_w, sin_w = band_tables(w, cut, kw, w, device)
+    amp_mask, phase_mask = band_masks(h, w, amplitude_cut_range, phase_cut_range, kh, kw, device)
+    out = torch.empty_like(x_t)
+    args = (
+        x_t, eps, ref_t, eps_ref if eps_ref is not None else x_t, noise if noise is not None else x_t, out,
+        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=device),
+        cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
+        _i32(h), _i32(w), _i32(kh), _i32(kw), *(_f32(v) for v in coefficients),
+        _i32(eps_ref is not None), _i32(noise is not None), _i32(phase_project), _i32(reconstruct_real),
+    )  # fmt: skip
+    _launch("exchange_update.cu", "exchange_update_kernel", device, b * c, args, shared)
+    return out
+
+
+@torch.library.custom_op("manipure::exchange_update_cuda", mutates_args=(), device_types="cuda")
+def exchange_update_cuda(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    ref_t: torch.Tensor,
+    eps_ref: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    rng_state: torch.Tensor | None,
+    coefficients: list[float],
+    amplitude_cut_range: float,
+    phase_cut_range: float,
+    phase_project: bool,
+    reconstruct_real: bool,
+) -> torch.Tensor:
+    """``reference.exchange_update`` in one CUDA launch; ``coefficients`` in ``COEFFICIENTS`` order."""
+    return launch_exchange_update(
+        x_t, eps, ref_t, eps_ref, noise, rng_state, coefficients, amplitude_cut_range, phase_cut_range,
+        phase_project, reconstruct_real,
+    )  # fmt: skip
+
+
+@exchange_update_cuda.register_fake
+def _(x_t, eps, ref_t, eps_ref, noise, rng_state, coefficients, *args):
+    return torch.empty_like(x_t)
+
+
+def _exchange_reference(inputs, noise, coefficients, amplitude_cut_range, phase_cut_range, project, real):
+    x_t, eps, ref_t, eps_ref = inputs
+    named = dict(zip(COEFFICIENTS, coefficients))
+    delta = named.pop("delta")
+    return reference_exchange_update(
+        x_t, eps, ref_t, eps_ref, noise, **named,
+        amplitude_cut_range=amplitude_cut_range, phase_cut_range=phase_cut_range,
+        phase_mode="project" if project else "replace", delta=delta, reconstruct="real" if real else "abs",
+    )  # fmt: skip
+
+
+def _exchange_setup(ctx, inputs, output):
+    x_t, eps, ref_t, eps_ref, noise, _rng, coefficients, amp, phase, project, real = inputs
+    ctx.save_for_backward(x_t, eps, ref_t, eps_ref)
+    ctx.options = (coefficients, amp, phase, project, real)
+    ctx.has_noise = noise is not None
+
+
+def _exchange_backward(ctx, grad):
+    x_t, eps, ref_t, eps_ref = ctx.saved_tensors
+    coefficients = ctx.options[0]
+    # x_next is linear in the noise with slope c1, so the other gradients do not depend on it.
+    zeros = torch.zeros_like(x_t)
+    inputs = (x_t, eps, ref_t, eps_ref)
+    present = tuple(i for i, t in enumerate(inputs) if t is not None)
+
+    def forward(*tensors):
+        full = list(inputs)
+        for i, t in zip(present, tensors):
+            full[i] = t
+        return _exchange_reference(full, zeros, *ctx.options)
+
+    with torch.enable_grad():
+        _, vjp = torch.func.vjp(forward, *(inputs[i] for i in present))
+        grads = vjp(grad)
+    full = [None] * 4
+    for i, g in zip(present, grads):
+        full[i] = g
+    noise_grad = grad * coefficients[COEFFICIENTS.index("c1")] if ctx.has_noise else None
+    return (*full, noise_grad, None, None, None, None, None, None)
+
+
+exchange_update_cuda.register_autograd(_exchange_backward, setup_context=_exchange_setup)
+
+
+# ---- mani_noise ---------------------------------------------------------------------------------
+
+MANI_MAX_SIDE = 64
+
+
+def mani_shared_bytes(h: int, w: int, n_bands: int) -> int:
+    n = h * w
+    return ((n + 1) & ~1) * 4 + 2 * n * 8 + (32 + n_bands) * 4
+
+
+def launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
+    """One launch over all B*C planes (<= 64x64); returns (x_t, the noise drawn or an empty tensor)."""
+    b, c, h, w = x.shape
+    device = x.device
+    cos_h, sin_h = full_tables(h, h, device)
+    cos_w, sin_w = full_tables(w, w, device)
+    bands = padded_band_map(h, w, n_bands, band_mode, h, w, device)
+    _, counts = band_one_hot(h, w, n_bands, band_mode, device)
+    coef = noise_coefficients(t)
+    out = torch.empty_like(x)
+    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+    args = (
+        x, noise if noise is not None else x, out, drawn if noise is None else out,
+        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=device),
+        cos_h, sin_h, cos_w, sin_w, bands, counts,
+        _i32(h), _i32(w), _i32(n_bands), _f32(gamma), _f32(eps0), _i32(weight_map == "kernel"),
+        _i32(NORMALIZE_CODES[normalize]), _f32(coef.signal), _f32(coef.noise),
+        _i32(noise is not None), _i32(noise is None),
+    )  # fmt: skip
+    _launch("mani_noise.cu", "mani_noise_kernel", device, b * c, args, mani_shared_bytes(h, w, n_bands))
+    return out, drawn
+
+
+@torch.library.custom_op("manipure::mani_noise_cuda", mutates_args=(), device_types="cuda")
+def mani_noise_cuda(
+    x: torch.Tensor,
+    noise: torch.Tensor | None,
+    rng_state: torch.Tensor | None,
+    t: int,
+    n_bands: int,
+    gamma: float,
+    eps0: float,
+    band_mode: str,
+    weight_map: str,
+    normalize: str,
+    detach_map: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference.mani_noise`` in one CUDA launch; returns (x_t, drawn noise or an empty tensor)."""
+    return launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize)
+
+
+@mani_noise_cuda.register_fake
+def _(x, noise, rng_state, t, *args):
+    return torch.empty_like(x), (torch.empty_like(x) if noise is None else x.new_empty(0))
+
+
+def _mani_setup(ctx, inputs, output):
+    x, noise, _rng, t, n_bands, gamma, eps0, band_mode, weight_map, normalize, detach_map = inputs
+    ctx.save_for_backward(x, noise if noise is not None else output[1])
+    ctx.options = dict(
+        t=t, n_bands=n_bands, gamma=gamma, eps0=eps0, band_mode=band_mode, weight_map=weight_map,
+        normalize=normalize, detach_map=detach_map,
+    )  # fmt: skip
+    ctx.has_noise = noise is not None
+
+
+def _mani_backward(ctx, grad, _grad_drawn):
+    x, noise = ctx.saved_tensors
+    options = dict(ctx.options)
+    t = options.pop("t")
+    with torch.enable_grad():
+        if ctx.has_noise:
+            _, vjp = torch.func.vjp(lambda a, z: reference_mani_noise(a, t, z, **options), x, noise)
+            grad_x, grad_noise = vjp(grad)
+        else:
+            _, vjp = torch.func.vjp(lambda a: reference_mani_noise(a, t, noise, **options), x)
+            (grad_x,), grad_noise = vjp(grad), None
+    return grad_x, grad_noise, None, None, None, None, None, None, None, None, None
+
+
+mani_noise_cuda.register_autograd(_mani_backward, setup_context=_mani_setup)
+
+
+def _advance(rng_state: torch.Tensor | None, like: torch.Tensor) -> None:
+    if rng_state is not None:
+        rng_state[1].add_(like.numel())  # on the device: graph-safe, replays draw fresh noise
+
+
+def exchange_update(x_t, eps, ref_t, eps_ref, noise, rng_state, coefficients, amplitude_cut_range,
+                    phase_cut_range, phase_project, reconstruct_real) -> torch.Tensor:  # fmt: skip
+    """The op plus the device-side offset advance (what ``ops.exchange_update`` calls)."""
+    out = exchange_update_cuda(
+        x_t, eps, ref_t, eps_ref, noise, rng_state if noise is None else None, coefficients,
+        amplitude_cut_range, phase_cut_range, phase_project, reconstruct_real,
+    )  # fmt: skip
+    _advance(rng_state if noise is None else None, x_t)
+    return out
+
+
+def mani_noise(x, noise, rng_state, t, **options) -> torch.Tensor:
+    """The op plus the device-side offset advance (what ``ops.mani_noise`` calls)."""
+    out, _ = mani_noise_cuda(x, noise, rng_state if noise is None else None, t, **options)
+    _advance(rng_state if noise is None else None, x)
+    return out

@@ -1,0 +1,200 @@
+"""The CUDA C++ kernels (kernels/cuda): every source compiles for sm_90 with nvcc (CI has nvcc and
+no GPU), the backend is explicit-only and refuses clearly where it cannot run; on a GPU with CuPy,
+forward against the reference and the triton ops, in-kernel Philox noise, gradients, graph replay
+and torch.library's opcheck."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from manipure_fast import ops
+from manipure_fast import reference as ref
+from manipure_fast.ops import cuda_ops
+from manipure_fast.reference.schedule import step_coefficients
+
+SOURCES = sorted(cuda_ops.cuda_source_dir().glob("*.cu"))
+
+
+def test_there_are_cuda_sources():
+    assert {p.name for p in SOURCES} == {"exchange_update.cu", "mani_noise.cu"}
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_sources_compile_for_sm90(source, tmp_path):
+    """The file as nvcc/CMake sees it, and as NVRTC sees it (header inlined), compile cleanly."""
+    inlined = tmp_path / source.name
+    inlined.write_text(cuda_ops.kernel_source(source.name))
+    for path, include in ((source, [f"-I{source.parent}"]), (inlined, [])):
+        result = subprocess.run(
+            ["nvcc", "-arch=sm_90", "-std=c++17", "-Werror=all-warnings", *include, "-c", str(path),
+             "-o", str(tmp_path / "out.o")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+
+def test_cuda_backend_is_explicit_only_and_named_when_unavailable():
+    x = torch.zeros(1, 1, 32, 32)
+    assert ops.select_backend("exchange_update", x) != "cuda"
+    with pytest.raises(ValueError, match="cuda"):
+        ops.select_backend("exchange_update", x, "cuda")
+    assert "CUDA devices" in ops.unsupported_reason("cuda", "mani_noise", x)
+
+
+def test_shared_memory_budget_covers_the_presets():
+    # CIFAR 32x32 and ImageNet 256x256 at the presets' cut radii fit one block's shared memory.
+    assert cuda_ops.exchange_shared_bytes(32, 32, 10) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.exchange_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
+
+
+# ---- on a GPU with CuPy ------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or cuda_ops.cupy_unavailable_reason() is not None,
+    reason="the cuda backend needs a CUDA device and CuPy",
+)
+SHAPES = [(b, c, h, w) for (h, w) in ((31, 33), (28, 28), (32, 32), (64, 64)) for c in (1, 3) for b in (1, 7)]
+SHAPES += [(64, 3, 32, 32)]
+
+
+def _bound(out, exact, eager, atol=1e-5):
+    err = (out.double() - exact).abs().max()
+    bound = 2 * (eager.double() - exact).abs().max() + atol
+    assert err <= bound, f"max err {err:.3g} > {bound:.3g}"
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_mani_noise_matches_reference(shape, dtype):
+    gen = torch.Generator("cuda").manual_seed(sum(shape))
+    x = (torch.rand(shape, generator=gen, device="cuda") * 2 - 1).to(dtype)
+    z = torch.randn(shape, generator=gen, device="cuda")
+    out = ops.mani_noise(x, 300, z, backend="cuda")
+    _bound(out, ref.mani_noise(x.double(), 300, z.double()), ref.mani_noise(x.float(), 300, z))
+    torch.testing.assert_close(out, ops.mani_noise(x, 300, z, backend="triton"), rtol=0, atol=1e-4)
+
+
+@gpu
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(band_mode="count"),
+        dict(weight_map="kernel"),
+        dict(normalize="max"),
+        dict(normalize="none", n_bands=3),
+    ],
+)
+def test_mani_noise_options(options):
+    x = torch.rand(2, 3, 20, 24, device="cuda") * 2 - 1
+    z = torch.randn_like(x)
+    out = ops.mani_noise(x, 700, z, backend="cuda", **options)
+    _bound(out, ref.mani_noise(x.double(), 700, z.double(), **options), ref.mani_noise(x, 700, z, **options))
+
+
+EXCHANGE_SHAPES = SHAPES + [(1, 3, 256, 256), (7, 1, 256, 256), (64, 3, 256, 256)]
+
+
+@gpu
+@pytest.mark.parametrize("mode", [("replace", "abs"), ("project", "real")], ids=lambda m: "-".join(m))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", EXCHANGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_exchange_update_matches_reference(shape, dtype, mode):
+    gen = torch.Generator("cuda").manual_seed(sum(shape))
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(shape, generator=gen, device="cuda") for _ in range(5))
+    x_t, eps = x_t.to(dtype), eps.to(dtype)
+    step = step_coefficients(99, 89, eta=1.0)
+    options = dict(step=step, phase_mode=mode[0], reconstruct=mode[1])
+    out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, backend="cuda", **options)
+
+    def reference(*tensors):
+        return ops.exchange_update(*tensors, backend="reference", **options)
+
+    exact = reference(*(t.double() for t in (x_t, eps, ref_t, eps_ref, z)))
+    _bound(out, exact, reference(*(t.float() for t in (x_t, eps, ref_t, eps_ref, z))))
+    triton = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, backend="triton", **options)
+    torch.testing.assert_close(out, triton, rtol=0, atol=1e-4)
+
+
+@gpu
+def test_exchange_update_without_reference_model_call():
+    x_t, eps, ref_t, z = (torch.randn(2, 3, 32, 32, device="cuda") for _ in range(4))
+    step = step_coefficients(29, 19, eta=0.0)
+    out = ops.exchange_update(x_t, eps, ref_t, None, z, step=step, backend="cuda")
+    expected = ops.exchange_update(x_t, eps, ref_t, None, z, step=step, backend="reference")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+@gpu
+def test_philox_noise_statistics_and_fresh_draws():
+    x = torch.zeros(64, 3, 32, 32, device="cuda")
+    rng = torch.tensor([1234, 0], dtype=torch.int64, device="cuda")
+    first = ops.mani_noise(x, 999, rng_state=rng, backend="cuda", normalize="none", weight_map="kernel")
+    second = ops.mani_noise(x, 999, rng_state=rng, backend="cuda", normalize="none", weight_map="kernel")
+    assert int(rng[1]) == 2 * x.numel()
+    assert not torch.equal(first, second)
+    rng.copy_(torch.tensor([1234, 0]))
+    again = ops.mani_noise(x, 999, rng_state=rng, backend="cuda", normalize="none", weight_map="kernel")
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    # exchange_update with x_t = eps = 0 and c1 = 1, c2 = 0 exposes its noise: mean 0, std 1
+    step = step_coefficients(999, 989, eta=1.0)
+    zeros = torch.zeros(64, 3, 32, 32, device="cuda")
+    out = ops.exchange_update(zeros, zeros, zeros, None, step=step, rng_state=rng, backend="cuda")
+    noise = (out - out.mean()) / step.c1
+    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1) < 0.01
+    planes = noise.view(-1, 32 * 32)
+    assert abs(float(torch.corrcoef(planes[:2])[0, 1])) < 0.15
+
+
+@gpu
+def test_gradients_match_reference():
+    gen = torch.Generator("cuda").manual_seed(5)
+    inputs = [torch.randn(2, 3, 16, 20, generator=gen, device="cuda") for _ in range(4)]
+    z = torch.randn(2, 3, 16, 20, generator=gen, device="cuda")
+    step = step_coefficients(29, 19, eta=1.0)
+    weight = torch.linspace(0, 1, z.numel(), device="cuda").view_as(z)
+    grads = []
+    for backend in ("cuda", "reference"):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = ops.exchange_update(
+            *leaves, z, step=step, amplitude_cut_range=3, phase_cut_range=2, backend=backend
+        )
+        x = leaves[0]
+        mani = ops.mani_noise(x, 400, z, backend=backend)
+        grads.append(torch.autograd.grad((out * weight).sum() + (mani * weight).sum(), leaves))
+    for g_fast, g_ref in zip(*grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-4)
+
+
+@gpu
+def test_graph_replay_draws_fresh_noise():
+    x = torch.rand(8, 3, 32, 32, device="cuda") * 2 - 1
+    rng = torch.tensor([7, 0], dtype=torch.int64, device="cuda")
+    ops.mani_noise(x, 500, rng_state=rng, backend="cuda")  # compile and build tables first
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.mani_noise(x, 500, rng_state=rng, backend="cuda")
+    graph.replay()
+    first = out.clone()
+    graph.replay()
+    assert not torch.equal(first, out)
+
+
+@gpu
+def test_opcheck():
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(2, 3, 16, 16, device="cuda") for _ in range(5))
+    coefficients = [0.9, 0.4, 0.95, 0.3, 0.92, 0.1, 0.05, 0.3]
+    torch.library.opcheck(
+        cuda_ops.exchange_update_cuda,
+        (x_t, eps, ref_t, eps_ref, z, None, coefficients, 4.0, 3.0, False, False),
+    )
+    torch.library.opcheck(
+        cuda_ops.mani_noise_cuda, (x_t, z, None, 300, 8, 1.8, 1e-6, "width", "spectral", "rms", False)
+    )
