@@ -194,7 +194,7 @@ def test_noise_arguments_are_checked():
     x = torch.zeros(1, 1, 8, 8, device=DEVICE)
     with pytest.raises(ValueError, match="exactly one of noise"):
         ops.mani_noise(x, 10, backend="triton")
-    with pytest.raises(ValueError, match="needs the triton backend"):
+    with pytest.raises(ValueError, match="needs the triton or cuda backend"):
         ops.mani_noise(x, 10, rng_state=_rng(0), backend="reference")
     with pytest.raises(ValueError, match="int64 \\[2\\]"):
         ops.mani_noise(x, 10, rng_state=torch.zeros(3, dtype=torch.int64), backend="triton")
