@@ -20,6 +20,7 @@
 using manipure::philox_normal;
 using manipure::to_diffusion;
 using manipure::to_pixels;
+using manipure::twiddle_mac;
 
 struct ExchangeCoefficients {
   float sqrt_abar, sqrt_one_minus_abar;          // step t
@@ -78,10 +79,8 @@ extern "C" __global__ void exchange_update_kernel(
     for (int h = 0; h < H; ++h) {
       const float c = cos_h[i * H + h], s = sin_h[i * H + h];
       const float2 gp = Gp[h * KW + j], gq = Gq[h * KW + j];
-      fp.x += gp.x * c + gp.y * s;
-      fp.y += gp.y * c - gp.x * s;
-      fq.x += gq.x * c + gq.y * s;
-      fq.y += gq.y * c - gq.x * s;
+      fp = twiddle_mac(fp, gp, c, -s);
+      fq = twiddle_mac(fq, gq, c, -s);
     }
     Fp[idx] = fp;
     Fq[idx] = fq;
@@ -125,8 +124,7 @@ extern "C" __global__ void exchange_update_kernel(
     for (int i = 0; i < KH; ++i) {
       const float c = cos_h[i * H + h], s = sin_h[i * H + h];
       const float2 d = Fq[i * KW + j];
-      acc.x += d.x * c - d.y * s;
-      acc.y += d.x * s + d.y * c;
+      acc = twiddle_mac(acc, d, c, s);
     }
     E[idx] = acc;
   }
@@ -140,8 +138,7 @@ extern "C" __global__ void exchange_update_kernel(
     for (int j = 0; j < KW; ++j) {
       const float c = cos_w[j * W + w], s = sin_w[j * W + w];
       const float2 e = E[h * KW + j];
-      acc.x += e.x * c - e.y * s;
-      acc.y += e.x * s + e.y * c;
+      acc = twiddle_mac(acc, e, c, s);
     }
     const long long el = base + idx;
     const float eps_v = eps[el];

@@ -14,6 +14,7 @@
 
 using manipure::block_reduce;
 using manipure::philox_normal;
+using manipure::twiddle_mac;
 
 extern "C" __global__ void mani_noise_kernel(
     const float* __restrict__ x, const float* __restrict__ noise, float* __restrict__ out,
@@ -55,8 +56,7 @@ extern "C" __global__ void mani_noise_kernel(
     for (int h = 0; h < H; ++h) {
       const float c = cos_h[kh * H + h], s = sin_h[kh * H + h];
       const float2 g = G[h * W + kw];
-      acc.x += g.x * c + g.y * s;
-      acc.y += g.y * c - g.x * s;
+      acc = twiddle_mac(acc, g, c, -s);
     }
     F[idx] = acc;
   }
@@ -84,8 +84,7 @@ extern "C" __global__ void mani_noise_kernel(
     for (int kh = 0; kh < H; ++kh) {
       const float c = cos_h[kh * H + h], s = sin_h[kh * H + h];
       const float2 f = F[kh * W + kw];
-      acc.x += f.x * c - f.y * s;
-      acc.y += f.x * s + f.y * c;
+      acc = twiddle_mac(acc, f, c, s);
     }
     G[idx] = acc;
   }
@@ -99,8 +98,7 @@ extern "C" __global__ void mani_noise_kernel(
     for (int kw = 0; kw < W; ++kw) {
       const float c = cos_w[kw * W + w], s = sin_w[kw * W + w];
       const float2 g = G[h * W + kw];
-      acc.x += g.x * c - g.y * s;
-      acc.y += g.x * s + g.y * c;
+      acc = twiddle_mac(acc, g, c, s);
     }
     const float m = hypotf(acc.x * inv_n, acc.y * inv_n);
     X[idx] = m;

@@ -46,6 +46,15 @@ __device__ __forceinline__ float philox_normal(const long long* rng_state, unsig
   return sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
 }
 
+// ---- DFT accumulation ---------------------------------------------------------------------------
+// acc + v (c + i s): with (c, s) = (cos, sin) of a twiddle angle, s negated for the forward
+// transform (e^{-i theta}) and as is for the inverse (e^{+i theta}).
+__device__ __forceinline__ float2 twiddle_mac(float2 acc, float2 v, float c, float s) {
+  acc.x += v.x * c - v.y * s;
+  acc.y += v.x * s + v.y * c;
+  return acc;
+}
+
 // ---- block reductions (blockDim.x a multiple of 32, at most 1024) ------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
