@@ -1,12 +1,14 @@
 """Benchmark the fused ops against their baselines (PERFORMANCE.md targets T1-T3).
 
     python bench/bench_ops.py                      # on a GPU: CIFAR B=512 and ImageNet B=64, JSON rows
+    python bench/bench_ops.py --sweep              # also the shapes of the auto-dispatch table
     python bench/bench_ops.py --smoke              # anywhere: tiny shapes, checks the path, writes nothing
 
 Ops and providers:
 - exchange_update: ``reference-structure`` (the per-image, per-channel loop of SPEC §2.4, exchange
   plus update), ``torch-eager`` (the vectorised reference: batched fft2 / mask / ifft2), ``triton``,
-  ``cuda`` (the CUDA C++ kernels through CuPy; skipped, with the reason, where they cannot run).
+  ``cuda`` (the CUDA C++ kernels through the loader ``cuda_ops.active_loader()`` picks, recorded
+  as ``cuda_loader``; skipped, with the reason, where they cannot run).
 - mani_noise: ``torch-eager``, ``triton`` and ``cuda`` (planes up to 64x64; ImageNet planes use the
   reference).
 
@@ -16,6 +18,8 @@ p20, p80) after warm-up. GB/s counts each tensor the op must read or write once:
 exchange_update reads x_t, eps, ref_t, eps_ref, noise and writes x_next (6 planes, the roofline
 of the fused step); mani_noise reads x, noise and writes x_t (3 planes). Rows carry the GPU, SM
 count, versions, commit and date; they go to ``bench/results/ops-<gpu>-<date>.json``.
+``bench/dispatch_table.py`` turns them into the auto-dispatch table (``--sweep`` measures more plane
+sizes and batches for it; the per-plane reference-structure loop is timed on the target shapes only).
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ from manipure_fast.reference.schedule import noise_coefficients, step_coefficien
 
 HBM_PEAK_GBPS = {132: 3350.0, 114: 2000.0}  # H100 SXM / PCIe (PERFORMANCE.md)
 SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256)}
+SWEEP_SHAPES = {
+    f"{h}x{h}-B{b}": (b, 3, h, h)
+    for h, batches in ((32, (1, 8, 64)), (64, (1, 8, 64, 256)), (256, (1, 8)))
+    for b in batches
+}
 SMOKE_SHAPES = {"smoke-B2": (2, 3, 16, 16)}
 
 
@@ -154,7 +163,7 @@ def _run(op, label, shape, device, smoke, providers, planes):
             if reason is not None:
                 print(f"{op:16s} {label:14s} {provider:20s} skipped: {reason}")
                 continue
-            if provider == "reference-structure" and shape[0] > 64 and smoke:
+            if provider == "reference-structure" and (label not in SHAPES or smoke) and shape[0] > 8:
                 continue
             err = (fn() - expected).abs().max().item()
             if err > 1e-4:
@@ -174,6 +183,10 @@ def _run(op, label, shape, device, smoke, providers, planes):
                 gb_per_s=gbps,
                 max_err_vs_reference=err,
             )
+            if provider == "cuda":
+                from manipure_fast.ops import cuda_ops
+
+                row["cuda_loader"] = cuda_ops.active_loader()
             if device.type == "cuda":
                 sm = torch.cuda.get_device_properties(device).multi_processor_count
                 peak = HBM_PEAK_GBPS.get(sm)
@@ -195,12 +208,13 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on any device; writes nothing")
+    parser.add_argument("--sweep", action="store_true", help="also the auto-dispatch table's shapes")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
         parser.error("timings need a CUDA device; use --smoke to check the code path on a CPU")
-    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    shapes = SMOKE_SHAPES if args.smoke else {**SHAPES, **(SWEEP_SHAPES if args.sweep else {})}
     rows = []
     for label, shape in shapes.items():
         rows += bench_exchange(label, shape, device, args.smoke)

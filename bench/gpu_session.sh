@@ -1,28 +1,46 @@
 #!/usr/bin/env bash
 # Everything a GPU session should run, in stages that each fit one device call (10 min).
-#   bash bench/gpu_session.sh tests|sanitize|ops|purifier-cifar|purifier-imagenet|plot
+#   bash bench/gpu_session.sh aot|tests|sanitize|ops|purifier-cifar|purifier-imagenet|plot
+# Run `aot` first: it builds the ahead-of-time CUDA library (root CMakeLists.txt) into build/aot,
+# and every later stage then exercises the cuda backend through it as well as through the JIT.
 # Results and logs go to $OUT (the device tool's output folder) or bench/results.
 # The GPU machine has torch, triton and cupy but no diffusers: only the GPU test files run here.
 set -euo pipefail
 OUT_DIR="${OUT:-bench/results}"
+PY="$(command -v python3 || command -v python)"  # the device has python3 (with torch)
 mkdir -p "$OUT_DIR" bench/results
 export TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+AOT_LIBRARY="$(ls build/aot/_cuda_ops*.so 2>/dev/null | head -1 || true)"
+[ -n "$AOT_LIBRARY" ] && export MANIPURE_CUDA_LIBRARY="$PWD/$AOT_LIBRARY"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT_DIR/gpu.txt"
 case "${1:?stage}" in
+  aot)
+    cmake -S . -B build/aot -G Ninja -DPython_EXECUTABLE="$PY" \
+      -DMANIPURE_CUDA_ARCHITECTURES=90 2>&1 | tee "$OUT_DIR/aot-build.log"
+    cmake --build build/aot 2>&1 | tee -a "$OUT_DIR/aot-build.log"
+    MANIPURE_CUDA_LIBRARY="$PWD/$(ls build/aot/_cuda_ops*.so | head -1)" \
+      "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py 2>&1 | tee "$OUT_DIR/aot-tests.log" ;;
   tests)
-    python -m pytest -q -p no:cacheprovider tests/test_triton_ops.py tests/test_graphs.py \
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_ops.py tests/test_graphs.py \
       tests/test_cuda_ops.py tests/test_gradients.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" ;;
   sanitize)
-    compute-sanitizer --tool memcheck --error-exitcode 1 python bench/sanitize_ops.py 2>&1 | tail -20 | tee "$OUT_DIR/memcheck.log"
-    compute-sanitizer --tool racecheck --error-exitcode 1 python bench/sanitize_ops.py --backends cuda 2>&1 | tail -20 | tee "$OUT_DIR/racecheck.log" ;;
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitize_ops.py 2>&1 | tail -20 | tee "$OUT_DIR/memcheck.log"
+    for loader in jit ${MANIPURE_CUDA_LIBRARY:+aot}; do
+      for tool in racecheck memcheck; do
+        MANIPURE_CUDA_LOADER=$loader compute-sanitizer --tool $tool --error-exitcode 1 \
+          "$PY" bench/sanitize_ops.py --backends cuda 2>&1 | tail -20 | tee "$OUT_DIR/$tool-cuda-$loader.log"
+      done
+    done ;;
   ops)
-    python bench/bench_ops.py 2>&1 | tee "$OUT_DIR/bench-ops.log" ;;
+    "$PY" bench/bench_ops.py --sweep 2>&1 | tee "$OUT_DIR/bench-ops.log"
+    "$PY" bench/dispatch_table.py "$(ls -t bench/results/ops-*.json | head -1)" 2>&1 | tee -a "$OUT_DIR/bench-ops.log"
+    cp manipure_fast/ops/dispatch_table.json "$OUT_DIR/" ;;
   purifier-cifar)
-    python bench/bench_purifier.py --model ddpmpp --preset cifar10 --batch 1,8,64,256 2>&1 | tee "$OUT_DIR/bench-purifier-cifar.log" ;;
+    "$PY" bench/bench_purifier.py --model ddpmpp --preset cifar10 --batch 1,8,64,256 2>&1 | tee "$OUT_DIR/bench-purifier-cifar.log" ;;
   purifier-imagenet)
-    python bench/bench_purifier.py --model adm --preset imagenet --batch 8,64 --repeats 5 2>&1 | tee "$OUT_DIR/bench-purifier-imagenet.log" ;;
+    "$PY" bench/bench_purifier.py --model adm --preset imagenet --batch 8,64 --repeats 5 2>&1 | tee "$OUT_DIR/bench-purifier-imagenet.log" ;;
   plot)
-    python bench/plot_throughput.py bench/results/purifier-*.json -o "$OUT_DIR/throughput.png" ;;
+    "$PY" bench/plot_throughput.py bench/results/purifier-*.json -o "$OUT_DIR/throughput.png" ;;
   *) echo "unknown stage $1" >&2; exit 2 ;;
 esac
 cp bench/results/*.json "$OUT_DIR/" 2>/dev/null || true

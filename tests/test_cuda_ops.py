@@ -1,7 +1,8 @@
 """The CUDA C++ kernels (kernels/cuda): every source compiles for sm_90 with nvcc (CI has nvcc and
-no GPU), the backend is explicit-only and refuses clearly where it cannot run; on a GPU with CuPy,
-forward against the reference and the triton ops, in-kernel Philox noise, gradients, graph replay
-and torch.library's opcheck."""
+no GPU), the backend is explicit-only and refuses clearly where it cannot run; on a GPU, through each
+loader that is available (the ahead-of-time library and the CuPy JIT): forward against the reference
+and the triton ops, in-kernel Philox noise, gradients, graph replay and torch.library's opcheck.
+The library's build itself is tested in test_cuda_library.py."""
 
 from __future__ import annotations
 
@@ -16,20 +17,24 @@ from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops
 from manipure_fast.reference.schedule import step_coefficients
 
+KERNEL_FILES = ("exchange_update.cu", "mani_noise.cu")  # what the JIT compiles
 SOURCES = sorted(cuda_ops.cuda_source_dir().glob("*.cu"))
 
 
 def test_there_are_cuda_sources():
-    assert {p.name for p in SOURCES} == {"exchange_update.cu", "mani_noise.cu"}
+    assert {p.name for p in SOURCES} == {*KERNEL_FILES, "launchers.cu"}
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
 def test_sources_compile_for_sm90(source, tmp_path):
     """The file as nvcc/CMake sees it, and as NVRTC sees it (header inlined), compile cleanly."""
-    inlined = tmp_path / source.name
-    inlined.write_text(cuda_ops.kernel_source(source.name))
-    for path, include in ((source, [f"-I{source.parent}"]), (inlined, [])):
+    variants = [(source, [f"-I{source.parent}"])]
+    if source.name in KERNEL_FILES:
+        inlined = tmp_path / source.name
+        inlined.write_text(cuda_ops.kernel_source(source.name))
+        variants.append((inlined, []))
+    for path, include in variants:
         result = subprocess.run(
             ["nvcc", "-arch=sm_90", "-std=c++17", "-Werror=all-warnings", *include, "-c", str(path),
              "-o", str(tmp_path / "out.o")],
@@ -54,12 +59,29 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
 
 
-# ---- on a GPU with CuPy ------------------------------------------------------------------------
+def test_loader_selection_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("MANIPURE_CUDA_LOADER", "nvrtc")
+    with pytest.raises(ValueError, match="MANIPURE_CUDA_LOADER"):
+        cuda_ops.requested_loader()
+    monkeypatch.setenv("MANIPURE_CUDA_LOADER", "jit")
+    assert cuda_ops.active_loader() == "jit"
 
-gpu = pytest.mark.skipif(
-    not torch.cuda.is_available() or cuda_ops.cupy_unavailable_reason() is not None,
-    reason="the cuda backend needs a CUDA device and CuPy",
-)
+
+# ---- on a GPU, through each loader -------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(params=cuda_ops.LOADERS)
+def loader(request, monkeypatch):
+    """Runs the test once per loader (the AOT library, the CuPy JIT), skipping one that is absent."""
+    reason = cuda_ops.loader_unavailable_reason(request.param)
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setenv("MANIPURE_CUDA_LOADER", request.param)
+    return request.param
+
+
 SHAPES = [(b, c, h, w) for (h, w) in ((31, 33), (28, 28), (32, 32), (64, 64)) for c in (1, 3) for b in (1, 7)]
 SHAPES += [(64, 3, 32, 32)]
 
@@ -73,7 +95,7 @@ def _bound(out, exact, eager, atol=1e-5):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_mani_noise_matches_reference(shape, dtype):
+def test_mani_noise_matches_reference(shape, dtype, loader):
     gen = torch.Generator("cuda").manual_seed(sum(shape))
     x = (torch.rand(shape, generator=gen, device="cuda") * 2 - 1).to(dtype)
     z = torch.randn(shape, generator=gen, device="cuda")
@@ -92,7 +114,7 @@ def test_mani_noise_matches_reference(shape, dtype):
         dict(normalize="none", n_bands=3),
     ],
 )
-def test_mani_noise_options(options):
+def test_mani_noise_options(options, loader):
     x = torch.rand(2, 3, 20, 24, device="cuda") * 2 - 1
     z = torch.randn_like(x)
     out = ops.mani_noise(x, 700, z, backend="cuda", **options)
@@ -106,7 +128,7 @@ EXCHANGE_SHAPES = SHAPES + [(1, 3, 256, 256), (7, 1, 256, 256), (64, 3, 256, 256
 @pytest.mark.parametrize("mode", [("replace", "abs"), ("project", "real")], ids=lambda m: "-".join(m))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", EXCHANGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_exchange_update_matches_reference(shape, dtype, mode):
+def test_exchange_update_matches_reference(shape, dtype, mode, loader):
     gen = torch.Generator("cuda").manual_seed(sum(shape))
     x_t, eps, ref_t, eps_ref, z = (torch.randn(shape, generator=gen, device="cuda") for _ in range(5))
     x_t, eps = x_t.to(dtype), eps.to(dtype)
@@ -124,7 +146,7 @@ def test_exchange_update_matches_reference(shape, dtype, mode):
 
 
 @gpu
-def test_exchange_update_without_reference_model_call():
+def test_exchange_update_without_reference_model_call(loader):
     x_t, eps, ref_t, z = (torch.randn(2, 3, 32, 32, device="cuda") for _ in range(4))
     step = step_coefficients(29, 19, eta=0.0)
     out = ops.exchange_update(x_t, eps, ref_t, None, z, step=step, backend="cuda")
@@ -133,7 +155,7 @@ def test_exchange_update_without_reference_model_call():
 
 
 @gpu
-def test_philox_noise_statistics_and_fresh_draws():
+def test_philox_noise_statistics_and_fresh_draws(loader):
     x = torch.zeros(64, 3, 32, 32, device="cuda")
     rng = torch.tensor([1234, 0], dtype=torch.int64, device="cuda")
     first = ops.mani_noise(x, 999, rng_state=rng, backend="cuda", normalize="none", weight_map="kernel")
@@ -154,7 +176,7 @@ def test_philox_noise_statistics_and_fresh_draws():
 
 
 @gpu
-def test_gradients_match_reference():
+def test_gradients_match_reference(loader):
     gen = torch.Generator("cuda").manual_seed(5)
     inputs = [torch.randn(2, 3, 16, 20, generator=gen, device="cuda") for _ in range(4)]
     z = torch.randn(2, 3, 16, 20, generator=gen, device="cuda")
@@ -174,7 +196,7 @@ def test_gradients_match_reference():
 
 
 @gpu
-def test_graph_replay_draws_fresh_noise():
+def test_graph_replay_draws_fresh_noise(loader):
     x = torch.rand(8, 3, 32, 32, device="cuda") * 2 - 1
     rng = torch.tensor([7, 0], dtype=torch.int64, device="cuda")
     ops.mani_noise(x, 500, rng_state=rng, backend="cuda")  # compile and build tables first
@@ -188,7 +210,7 @@ def test_graph_replay_draws_fresh_noise():
 
 
 @gpu
-def test_opcheck():
+def test_opcheck(loader):
     x_t, eps, ref_t, eps_ref, z = (torch.randn(2, 3, 16, 16, device="cuda") for _ in range(5))
     coefficients = [0.9, 0.4, 0.95, 0.3, 0.92, 0.1, 0.05, 0.3]
     torch.library.opcheck(
@@ -197,4 +219,34 @@ def test_opcheck():
     )
     torch.library.opcheck(
         cuda_ops.mani_noise_cuda, (x_t, z, None, 300, 8, 1.8, 1e-6, "width", "spectral", "rms", False)
+    )
+
+
+@gpu
+def test_aot_library_ops_pass_opcheck_and_match_the_jit():
+    for name in cuda_ops.LOADERS:
+        reason = cuda_ops.loader_unavailable_reason(name)
+        if reason is not None:
+            pytest.skip(reason)
+    from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables
+
+    gen = torch.Generator("cuda").manual_seed(11)
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(3, 2, 20, 24, generator=gen, device="cuda") for _ in range(5))
+    kh, kw = band_frequencies(20, 4.0).numel(), band_frequencies(24, 4.0).numel()
+    tables = (*band_tables(20, 4.0, kh, 20, x_t.device), *band_tables(24, 4.0, kw, 24, x_t.device))
+    masks = band_masks(20, 24, 4.0, 3.0, kh, kw, x_t.device)
+    coefficients = [0.9, 0.4, 0.95, 0.3, 0.92, 0.1, 0.05, 0.3]
+    args = (x_t, eps, ref_t, eps_ref, z, None, *tables, *masks, coefficients, False, False,
+            cuda_ops.exchange_shared_bytes(20, 24, 4.0))  # fmt: skip
+    torch.library.opcheck(torch.ops.manipure_aot.exchange_update.default, args)
+    aot = torch.ops.manipure_aot.exchange_update(*args)
+    torch.testing.assert_close(aot, cuda_ops._jit_exchange_update(*args), rtol=0, atol=1e-6)
+    # in-kernel noise: the same seed/offset draws the same noise through both loaders
+    rng = torch.tensor([3, 0], dtype=torch.int64, device="cuda")
+    drawn = (*args[:4], None, rng, *args[6:])
+    torch.testing.assert_close(
+        torch.ops.manipure_aot.exchange_update(*drawn),
+        cuda_ops._jit_exchange_update(*drawn),
+        rtol=0,
+        atol=1e-6,
     )

@@ -1,21 +1,31 @@
-"""The ``cuda`` backend: the CUDA C++ kernels in ``kernels/cuda``, compiled at first use by NVRTC
-through CuPy's ``RawModule`` and launched on torch's current stream.
+"""The ``cuda`` backend: the CUDA C++ kernels in ``kernels/cuda``, launched on torch's current stream
+by one of two loaders of the same sources:
 
-Chain: ``kernels/cuda/*.cu`` -> ``_kernel`` (NVRTC JIT, cached per device) -> ``launch_*`` (tables,
-zero-copy arguments via ``__cuda_array_interface__``, torch's stream) -> the ``torch.library`` custom
-ops ``manipure::exchange_update_cuda`` and ``manipure::mani_noise_cuda`` (fake implementations for
+- ``aot``: the ahead-of-time library ``manipure_fast._cuda_ops`` (root ``CMakeLists.txt``, built by
+  ``MANIPURE_BUILD_CUDA=1 pip install --no-build-isolation -e .``), whose ``torch.library`` ops
+  ``manipure_aot::exchange_update`` and ``manipure_aot::mani_noise`` launch the kernels;
+  ``MANIPURE_CUDA_LIBRARY=/path/to/_cuda_ops*.so`` loads a library built elsewhere.
+- ``jit``: NVRTC through CuPy's ``RawModule``, compiled at first use per device; tensors pass
+  zero-copy through ``__cuda_array_interface__``.
+
+``MANIPURE_CUDA_LOADER`` = ``auto`` (the library if it loads, else the JIT), ``aot`` or ``jit``.
+
+Chain: kernels -> a loader's launch (one call shape for both: images, the cached DFT tables and
+masks built here, scalars, shared-memory bytes) -> the ``torch.library`` custom ops
+``manipure::exchange_update_cuda`` and ``manipure::mani_noise_cuda`` (fake implementations for
 tracing, autograd that recomputes through the reference with ``torch.func.vjp``) -> ``ops``.
 
-Needs CuPy (``pip install cupy-cuda13x``) and a CUDA device. Noise is given, or drawn in the kernel
-from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on the device). The custom ops only read
-``rng_state`` (functional ops, so autograd can be registered); ``exchange_update`` and
-``mani_noise`` here advance its offset on the device after each launch, so captured graphs draw
-fresh noise on replay.
+Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
+the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
+registered); ``exchange_update`` and ``mani_noise`` here advance its offset on the device after each
+launch, so captured graphs draw fresh noise on replay.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import os
 from pathlib import Path
 
 import torch
@@ -69,6 +79,56 @@ def cupy_unavailable_reason() -> str | None:
     return None
 
 
+LOADERS = ("aot", "jit")
+BUILD_HINT = "MANIPURE_BUILD_CUDA=1 pip install --no-build-isolation -e ."
+
+
+@functools.lru_cache(maxsize=1)
+def aot_unavailable_reason() -> str | None:
+    """None once the ahead-of-time library is loaded (its ops registered), else why it is not.
+    Loads at most once per process: a second load would register the ops twice."""
+    path = os.environ.get("MANIPURE_CUDA_LIBRARY")
+    try:
+        if path:
+            torch.ops.load_library(path)
+        else:
+            importlib.import_module(__name__.rsplit(".", 2)[0] + "._cuda_ops")
+    except (ImportError, OSError) as error:
+        where = path or "manipure_fast._cuda_ops"
+        return f"the ahead-of-time CUDA library {where} does not load ({error}); build it with {BUILD_HINT}"
+    return None
+
+
+def requested_loader() -> str:
+    name = os.environ.get("MANIPURE_CUDA_LOADER", "auto")
+    if name not in LOADERS + ("auto",):
+        raise ValueError(f"MANIPURE_CUDA_LOADER must be one of {LOADERS + ('auto',)}, got {name!r}")
+    return name
+
+
+def loader_unavailable_reason(loader: str) -> str | None:
+    return aot_unavailable_reason() if loader == "aot" else cupy_unavailable_reason()
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None if a loader the environment allows can launch the kernels, else why not."""
+    name = requested_loader()
+    candidates = LOADERS if name == "auto" else (name,)
+    reasons = [loader_unavailable_reason(candidate) for candidate in candidates]
+    if any(reason is None for reason in reasons):
+        return None
+    return "; ".join(reasons)
+
+
+def active_loader() -> str:
+    """The loader that launches the next kernel: the requested one, or under ``auto`` the library
+    when it loads (no JIT compile, no CuPy), else the JIT."""
+    name = requested_loader()
+    if name == "auto":
+        return "aot" if aot_unavailable_reason() is None else "jit"
+    return name
+
+
 @functools.lru_cache(maxsize=16)
 def _kernel(file: str, name: str, device_index: int):
     import cupy
@@ -111,6 +171,22 @@ def exchange_shared_bytes(h: int, w: int, cut: float) -> int:
     return (2 * h * kw + 2 * kh * kw) * 8
 
 
+def _jit_exchange_update(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
+                        phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update``."""
+    b, c, h, w = x_t.shape
+    out = torch.empty_like(x_t)
+    args = (
+        x_t, eps, ref_t, eps_ref if eps_ref is not None else x_t, noise if noise is not None else x_t, out,
+        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x_t.device),
+        cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
+        _i32(h), _i32(w), _i32(cos_h.shape[0]), _i32(cos_w.shape[0]), *(_f32(v) for v in coefficients),
+        _i32(eps_ref is not None), _i32(noise is not None), _i32(phase_project), _i32(reconstruct_real),
+    )  # fmt: skip
+    _launch("exchange_update.cu", "exchange_update_kernel", x_t.device, b * c, args, shared_bytes)
+    return out
+
+
 def launch_exchange_update(
     x_t,
     eps,
@@ -125,7 +201,7 @@ def launch_exchange_update(
     reconstruct_real,
 ) -> torch.Tensor:
     """One launch over all B*C planes; fp32 contiguous inputs; returns x_next."""
-    b, c, h, w = x_t.shape
+    _, _, h, w = x_t.shape
     cut = max(amplitude_cut_range, phase_cut_range)
     shared = exchange_shared_bytes(h, w, cut)
     if shared > MAX_SHARED_BYTES:
@@ -138,16 +214,11 @@ def launch_exchange_update(
     cos_h, sin_h = band_tables(h, cut, kh, h, device)
     cos_w, sin_w = band_tables(w, cut, kw, w, device)
     amp_mask, phase_mask = band_masks(h, w, amplitude_cut_range, phase_cut_range, kh, kw, device)
-    out = torch.empty_like(x_t)
-    args = (
-        x_t, eps, ref_t, eps_ref if eps_ref is not None else x_t, noise if noise is not None else x_t, out,
-        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=device),
-        cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
-        _i32(h), _i32(w), _i32(kh), _i32(kw), *(_f32(v) for v in coefficients),
-        _i32(eps_ref is not None), _i32(noise is not None), _i32(phase_project), _i32(reconstruct_real),
+    launch = torch.ops.manipure_aot.exchange_update if active_loader() == "aot" else _jit_exchange_update
+    return launch(
+        x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
+        list(coefficients), bool(phase_project), bool(reconstruct_real), shared,
     )  # fmt: skip
-    _launch("exchange_update.cu", "exchange_update_kernel", device, b * c, args, shared)
-    return out
 
 
 @torch.library.custom_op("manipure::exchange_update_cuda", mutates_args=(), device_types="cuda")
@@ -231,27 +302,38 @@ def mani_shared_bytes(h: int, w: int, n_bands: int) -> int:
     return ((n + 1) & ~1) * 4 + 2 * n * 8 + (32 + n_bands) * 4
 
 
+def _jit_mani_noise(x, noise, rng_state, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, gamma, eps0,
+                    weight_kernel, normalize, signal, noise_scale, shared_bytes):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_noise``."""
+    b, c, h, w = x.shape
+    out = torch.empty_like(x)
+    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+    args = (
+        x, noise if noise is not None else x, out, drawn if noise is None else out,
+        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x.device),
+        cos_h, sin_h, cos_w, sin_w, band_map, band_counts,
+        _i32(h), _i32(w), _i32(band_counts.numel()), _f32(gamma), _f32(eps0), _i32(weight_kernel),
+        _i32(normalize), _f32(signal), _f32(noise_scale), _i32(noise is not None), _i32(noise is None),
+    )  # fmt: skip
+    _launch("mani_noise.cu", "mani_noise_kernel", x.device, b * c, args, shared_bytes)
+    return out, drawn
+
+
 def launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
     """One launch over all B*C planes (<= 64x64); returns (x_t, the noise drawn or an empty tensor)."""
-    b, c, h, w = x.shape
+    _, _, h, w = x.shape
     device = x.device
     cos_h, sin_h = full_tables(h, h, device)
     cos_w, sin_w = full_tables(w, w, device)
     bands = padded_band_map(h, w, n_bands, band_mode, h, w, device)
     _, counts = band_one_hot(h, w, n_bands, band_mode, device)
     coef = noise_coefficients(t)
-    out = torch.empty_like(x)
-    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
-    args = (
-        x, noise if noise is not None else x, out, drawn if noise is None else out,
-        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=device),
-        cos_h, sin_h, cos_w, sin_w, bands, counts,
-        _i32(h), _i32(w), _i32(n_bands), _f32(gamma), _f32(eps0), _i32(weight_map == "kernel"),
-        _i32(NORMALIZE_CODES[normalize]), _f32(coef.signal), _f32(coef.noise),
-        _i32(noise is not None), _i32(noise is None),
+    launch = torch.ops.manipure_aot.mani_noise if active_loader() == "aot" else _jit_mani_noise
+    return launch(
+        x, noise, rng_state, cos_h, sin_h, cos_w, sin_w, bands, counts, float(gamma), float(eps0),
+        weight_map == "kernel", NORMALIZE_CODES[normalize], float(coef.signal), float(coef.noise),
+        mani_shared_bytes(h, w, n_bands),
     )  # fmt: skip
-    _launch("mani_noise.cu", "mani_noise_kernel", device, b * c, args, mani_shared_bytes(h, w, n_bands))
-    return out, drawn
 
 
 @torch.library.custom_op("manipure::mani_noise_cuda", mutates_args=(), device_types="cuda")

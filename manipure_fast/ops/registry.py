@@ -1,14 +1,15 @@
 """The backend registry: which implementation runs an op.
 
-Backends: ``triton`` (fused Triton kernels), ``cuda`` (the CUDA C++ kernels through CuPy's NVRTC
-JIT, see ``cuda_ops``), ``reference`` (plain PyTorch, runs everywhere). Each states what it
-supports (device, dtype, plane size) per op. ``"auto"`` tries ``AUTO_ORDER``: triton, then the
-reference. The cuda backend is explicit-only until GPU benchmarks have measured where it wins.
+Backends: ``triton`` (fused Triton kernels), ``cuda`` (the CUDA C++ kernels, from the
+ahead-of-time library or CuPy's NVRTC JIT, see ``cuda_ops``), ``reference`` (plain PyTorch, runs
+everywhere). Each states what it supports (device, dtype, plane size) per op.
 
 Selection, highest priority first: the ``backend=`` argument, the ``use_backend(...)`` context
 manager, the ``MANIPURE_BACKEND`` environment variable, else ``"auto"``. ``"auto"`` takes the first
-capable backend and falls back quietly; an explicit request that cannot be met raises
-``ValueError`` saying why.
+capable backend of the measured order for the op and shape (``dispatch``: the committed table that
+the GPU benchmarks produce), then of ``AUTO_ORDER`` (triton, then the reference), and falls back
+quietly. The cuda backend joins ``"auto"`` only where the table measured it fastest. An explicit
+request that cannot be met raises ``ValueError`` saying why.
 
 Example::
 
@@ -24,6 +25,8 @@ import functools
 import os
 
 import torch
+
+from .dispatch import measured_order
 
 BACKENDS = ("triton", "cuda", "reference")
 AUTO_ORDER = ("triton", "reference")
@@ -86,9 +89,9 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
     if backend == "cuda":
         if x.device.type != "cuda":
             return f"the cuda kernels run on CUDA devices, not {x.device}"
-        from .cuda_ops import cupy_unavailable_reason
+        from .cuda_ops import cuda_unavailable_reason
 
-        reason = cupy_unavailable_reason()
+        reason = cuda_unavailable_reason()
         if reason is not None:
             return reason
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -108,7 +111,13 @@ def select_backend(op: str, x: torch.Tensor, requested: str | None = None) -> st
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run {op}: {reason}")
         return name
-    for candidate in AUTO_ORDER:
+    for candidate in auto_order(op, tuple(x.shape), on_gpu=x.device.type == "cuda"):
         if unsupported_reason(candidate, op, x) is None:
             return candidate
     return "reference"
+
+
+def auto_order(op: str, shape: tuple[int, ...], on_gpu: bool) -> tuple[str, ...]:
+    """The order ``"auto"`` tries: the measured one for a GPU tensor of this shape, then AUTO_ORDER."""
+    measured = measured_order(op, shape) if on_gpu and len(shape) == 4 else None
+    return tuple(dict.fromkeys((*(measured or ()), *AUTO_ORDER)))

@@ -1,0 +1,53 @@
+// Host launchers for the ahead-of-time library (see launchers.h). The kernel sources are included
+// as they are, so the CMake build and the CuPy JIT compile byte-identical device code.
+#include "launchers.h"
+
+#include "exchange_update.cu"
+#include "mani_noise.cu"
+
+namespace manipure {
+
+namespace {
+constexpr int kThreads = 256;  // the block size the kernels are written for (cuda_ops.THREADS)
+
+template <typename Kernel>
+cudaError_t allow_shared(Kernel kernel, int shared_bytes) {
+  // Above 48 KB a kernel must opt in; setting the attribute is cheap and allowed during capture.
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes);
+}
+}  // namespace
+
+cudaError_t launch_exchange_update(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, const float* noise,
+    float* out, const long long* rng_state,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const float* amp_mask, const float* phase_mask,
+    int H, int W, int KH, int KW, const float coefficients[8],
+    int has_eps_ref, int has_noise, int phase_project, int reconstruct_real) {
+  cudaError_t status = allow_shared(exchange_update_kernel, shared_bytes);
+  if (status != cudaSuccess) return status;
+  const float* k = coefficients;
+  exchange_update_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      x_t, eps, ref_t, eps_ref, noise, out, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
+      phase_mask, H, W, KH, KW, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], has_eps_ref,
+      has_noise, phase_project, reconstruct_real);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_noise(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* x, const float* noise, float* out, float* noise_out, const long long* rng_state,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const int* band_map, const float* band_counts,
+    int H, int W, int n_bands, float gamma, float eps0, int weight_kernel, int normalize,
+    float signal, float noise_scale, int has_noise, int store_noise) {
+  cudaError_t status = allow_shared(mani_noise_kernel, shared_bytes);
+  if (status != cudaSuccess) return status;
+  mani_noise_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      x, noise, out, noise_out, rng_state, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, H, W,
+      n_bands, gamma, eps0, weight_kernel, normalize, signal, noise_scale, has_noise, store_noise);
+  return cudaGetLastError();
+}
+
+}  // namespace manipure

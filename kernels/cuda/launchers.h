@@ -1,0 +1,30 @@
+// Host launchers for the CUDA kernels, for the ahead-of-time library built by the root
+// CMakeLists.txt (kernels/cuda/torch_library.cpp calls them). Plain CUDA runtime types only, so
+// this unit compiles without torch's headers. The CuPy JIT (manipure_fast/ops/cuda_ops.py) launches
+// the same kernels itself and does not use this file.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace manipure {
+
+// One thread block per (image, channel) plane; the launchers raise the kernel's dynamic
+// shared-memory limit to `shared_bytes` first and return cudaGetLastError() after the launch.
+cudaError_t launch_exchange_update(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, const float* noise,
+    float* out, const long long* rng_state,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const float* amp_mask, const float* phase_mask,
+    int H, int W, int KH, int KW, const float coefficients[8],
+    int has_eps_ref, int has_noise, int phase_project, int reconstruct_real);
+
+cudaError_t launch_mani_noise(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* x, const float* noise, float* out, float* noise_out, const long long* rng_state,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const int* band_map, const float* band_counts,
+    int H, int W, int n_bands, float gamma, float eps0, int weight_kernel, int normalize,
+    float signal, float noise_scale, int has_noise, int store_noise);
+
+}  // namespace manipure

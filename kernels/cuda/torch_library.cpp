@@ -1,0 +1,209 @@
+// The ahead-of-time library's torch ops (built by the root CMakeLists.txt when
+// MANIPURE_BUILD_CUDA=1; loaded by manipure_fast/ops/cuda_ops.py as manipure_fast._cuda_ops).
+//
+//   manipure_aot::exchange_update(...) -> Tensor             x_next  [B, C, H, W]
+//   manipure_aot::mani_noise(...)      -> (Tensor, Tensor)   x_t, and the noise drawn (or empty)
+//
+// These are the launch layer: they take the cached DFT tables and masks that cuda_ops builds (one
+// Python source for them, shared with the CuPy JIT) and launch the kernels of kernels/cuda on
+// torch's current stream. Autograd and the public argument checks live above, in cuda_ops and
+// manipure_fast.ops; the checks here only keep a bad call from reaching a kernel. A Meta
+// implementation lets fake tensors, torch.compile and opcheck trace the ops without a launch.
+#include <Python.h>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "launchers.h"
+
+namespace {
+
+constexpr int64_t kMaxSharedBytes = 200 * 1024;  // cuda_ops.MAX_SHARED_BYTES
+
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& like) {
+  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_image(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  check_tensor(t, name, at::kFloat, like);
+  TORCH_CHECK(t.sizes() == like.sizes(), name, " has shape ", t.sizes(), ", expected ", like.sizes());
+}
+
+void check_table(const at::Tensor& t, const char* name, int64_t rows, int64_t cols, const at::Tensor& like) {
+  check_tensor(t, name, at::kFloat, like);
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must be [", rows, ", ",
+              cols, "], got ", t.sizes());
+}
+
+void check_launch(int64_t planes, int64_t shared_bytes, const at::Tensor& x) {
+  TORCH_CHECK(x.is_cuda(), "manipure_aot ops run on CUDA tensors, got ", x.device());
+  TORCH_CHECK(x.dim() == 4, "expected a [B, C, H, W] tensor, got ", x.sizes());
+  TORCH_CHECK(planes > 0 && planes <= INT32_MAX, "the batch has ", planes, " planes; need 1 to 2^31-1");
+  TORCH_CHECK(shared_bytes > 0 && shared_bytes <= kMaxSharedBytes, "shared_bytes ", shared_bytes,
+              " is outside (0, ", kMaxSharedBytes, "]");
+}
+
+const long long* rng_pointer(const std::optional<at::Tensor>& rng_state, const at::Tensor& like) {
+  if (!rng_state.has_value()) return nullptr;
+  check_tensor(*rng_state, "rng_state", at::kLong, like);
+  TORCH_CHECK(rng_state->numel() == 2, "rng_state must hold [seed, offset], got ", rng_state->sizes());
+  return reinterpret_cast<const long long*>(rng_state->data_ptr<int64_t>());
+}
+
+// torch's current stream on x's device. The device-generic c10 interface (rather than
+// c10/cuda's CUDAStream) keeps this file buildable against a CPU torch, whose headers lack the
+// CUDA-specific configuration; at run time it reaches the same CUDA stream registry.
+cudaStream_t current_stream(const at::Tensor& x) {
+  const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+  return static_cast<cudaStream_t>(cuda.getStream(x.device()).native_handle());
+}
+
+void check_status(cudaError_t status, const char* op) {
+  TORCH_CHECK(status == cudaSuccess, "manipure_aot::", op, " launch failed: ", cudaGetErrorString(status));
+}
+
+at::Tensor exchange_update_cuda(
+    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
+    const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
+    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
+    bool reconstruct_real, int64_t shared_bytes) {
+  const int64_t planes = x_t.dim() == 4 ? x_t.size(0) * x_t.size(1) : 0;
+  check_launch(planes, shared_bytes, x_t);
+  const int64_t H = x_t.size(2), W = x_t.size(3), KH = cos_h.size(0), KW = cos_w.size(0);
+  check_image(x_t, "x_t", x_t);
+  check_image(eps, "eps", x_t);
+  check_image(ref_t, "ref_t", x_t);
+  if (eps_ref.has_value()) check_image(*eps_ref, "eps_ref", x_t);
+  if (noise.has_value()) check_image(*noise, "noise", x_t);
+  check_table(cos_h, "cos_h", KH, H, x_t);
+  check_table(sin_h, "sin_h", KH, H, x_t);
+  check_table(cos_w, "cos_w", KW, W, x_t);
+  check_table(sin_w, "sin_w", KW, W, x_t);
+  check_table(amp_mask, "amp_mask", KH, KW, x_t);
+  check_table(phase_mask, "phase_mask", KH, KW, x_t);
+  TORCH_CHECK(coefficients.size() == 8, "coefficients must hold 8 values (cuda_ops.COEFFICIENTS), got ",
+              coefficients.size());
+  const long long* rng = rng_pointer(rng_state, x_t);
+  TORCH_CHECK(noise.has_value() || rng != nullptr, "exchange_update needs noise or rng_state");
+
+  float k[8];
+  for (int i = 0; i < 8; ++i) k[i] = static_cast<float>(coefficients[i]);
+  at::Tensor out = at::empty_like(x_t);
+  const float* x = x_t.data_ptr<float>();
+  const c10::DeviceGuard guard(x_t.device());
+  check_status(
+      manipure::launch_exchange_update(
+          static_cast<int>(planes), static_cast<int>(shared_bytes),
+          current_stream(x_t), x, eps.data_ptr<float>(),
+          ref_t.data_ptr<float>(), eps_ref.has_value() ? eps_ref->data_ptr<float>() : x,
+          noise.has_value() ? noise->data_ptr<float>() : x, out.data_ptr<float>(), rng,
+          cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
+          sin_w.data_ptr<float>(), amp_mask.data_ptr<float>(), phase_mask.data_ptr<float>(),
+          static_cast<int>(H), static_cast<int>(W), static_cast<int>(KH), static_cast<int>(KW), k,
+          eps_ref.has_value(), noise.has_value(), phase_project, reconstruct_real),
+      "exchange_update");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_noise_cuda(
+    const at::Tensor& x, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& band_map,
+    const at::Tensor& band_counts, double gamma, double eps0, bool weight_kernel, int64_t normalize,
+    double signal, double noise_scale, int64_t shared_bytes) {
+  const int64_t planes = x.dim() == 4 ? x.size(0) * x.size(1) : 0;
+  check_launch(planes, shared_bytes, x);
+  const int64_t H = x.size(2), W = x.size(3), n_bands = band_counts.numel();
+  check_image(x, "x", x);
+  if (noise.has_value()) check_image(*noise, "noise", x);
+  check_table(cos_h, "cos_h", H, H, x);
+  check_table(sin_h, "sin_h", H, H, x);
+  check_table(cos_w, "cos_w", W, W, x);
+  check_table(sin_w, "sin_w", W, W, x);
+  check_tensor(band_map, "band_map", at::kInt, x);
+  TORCH_CHECK(band_map.numel() == H * W, "band_map must hold H*W = ", H * W, " labels, got ", band_map.numel());
+  check_tensor(band_counts, "band_counts", at::kFloat, x);
+  TORCH_CHECK(n_bands >= 1, "band_counts is empty");
+  TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
+  const long long* rng = rng_pointer(rng_state, x);
+  TORCH_CHECK(noise.has_value() || rng != nullptr, "mani_noise needs noise or rng_state");
+
+  at::Tensor out = at::empty_like(x);
+  at::Tensor drawn = noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x);
+  const c10::DeviceGuard guard(x.device());
+  check_status(
+      manipure::launch_mani_noise(
+          static_cast<int>(planes), static_cast<int>(shared_bytes),
+          current_stream(x), x.data_ptr<float>(),
+          noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>(), out.data_ptr<float>(),
+          noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>(), rng,
+          cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
+          sin_w.data_ptr<float>(), band_map.data_ptr<int>(), band_counts.data_ptr<float>(),
+          static_cast<int>(H), static_cast<int>(W), static_cast<int>(n_bands), static_cast<float>(gamma),
+          static_cast<float>(eps0), weight_kernel, static_cast<int>(normalize), static_cast<float>(signal),
+          static_cast<float>(noise_scale), noise.has_value(), !noise.has_value()),
+      "mani_noise");
+  return {out, drawn};
+}
+
+// Meta: shapes only, for fake tensors (torch.compile, opcheck).
+at::Tensor exchange_update_meta(
+    const at::Tensor& x_t, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    at::ArrayRef<double>, bool, bool, int64_t) {
+  return at::empty_like(x_t);
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_noise_meta(
+    const at::Tensor& x, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, double, double, bool, int64_t, double, double, int64_t) {
+  return {at::empty_like(x), noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(manipure_aot, m) {
+  m.def(
+      "exchange_update(Tensor x_t, Tensor eps, Tensor ref_t, Tensor? eps_ref, Tensor? noise, "
+      "Tensor? rng_state, Tensor cos_h, Tensor sin_h, Tensor cos_w, Tensor sin_w, Tensor amp_mask, "
+      "Tensor phase_mask, float[] coefficients, bool phase_project, bool reconstruct_real, "
+      "int shared_bytes) -> Tensor");
+  m.def(
+      "mani_noise(Tensor x, Tensor? noise, Tensor? rng_state, Tensor cos_h, Tensor sin_h, "
+      "Tensor cos_w, Tensor sin_w, Tensor band_map, Tensor band_counts, float gamma, float eps0, "
+      "bool weight_kernel, int normalize, float signal, float noise_scale, int shared_bytes) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
+  m.impl("exchange_update", &exchange_update_cuda);
+  m.impl("mani_noise", &mani_noise_cuda);
+}
+
+TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
+  m.impl("exchange_update", &exchange_update_meta);
+  m.impl("mani_noise", &mani_noise_meta);
+}
+
+// The ops register when the library is loaded; the module object itself is empty. Building it as
+// a Python extension lets `import manipure_fast._cuda_ops` find it wherever pip installed it.
+PyMODINIT_FUNC PyInit__cuda_ops(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cuda_ops", nullptr, -1, nullptr,
+                               nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}
