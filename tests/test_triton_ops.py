@@ -231,6 +231,70 @@ def test_exchange_update_gradients_match_reference():
         assert torch.allclose(g_fast, g_ref, atol=1e-5)
 
 
+BACKWARD_CASES = [
+    # (B, C, H, W, amplitude cut, phase cut, phase mode, reconstruct, explicit eps_ref)
+    (1, 3, 31, 33, 10, 10, "replace", "abs", True),
+    (2, 1, 28, 28, 4, 7, "replace", "real", True),
+    (1, 3, 32, 32, 6, 3, "project", "abs", False),
+    (2, 2, 16, 20, 3, 5, "project", "real", True),
+    (1, 1, 64, 64, 10, 10, "project", "abs", True),
+    (1, 1, 9, 40, 30, 30, "replace", "abs", True),  # the band covers every frequency
+    (1, 1, 256, 256, 10, 10, "replace", "abs", True),  # ImageNet planes: 16-row tiles
+]
+
+
+@pytest.mark.parametrize(
+    "case", BACKWARD_CASES, ids=lambda c: f"B{c[0]}-C{c[1]}-H{c[2]}-W{c[3]}-R{c[4]},{c[5]}-{c[6]}-{c[7]}"
+)
+def test_fused_exchange_backward_matches_autograd(case):
+    """The fused backward kernel against autograd through the reference (in fp64), within twice
+    the fp32 reference's own gradient error plus a small atol (STYLE.md); the inputs are wide
+    enough that both [0, 255] clamps cut some pixels, so their masks are exercised too."""
+    b, c, h, w, amp_cut, phase_cut, phase_mode, reconstruct, with_eps_ref = case
+    gen = torch.Generator().manual_seed(h * w + b)
+    inputs = [torch.randn(b, c, h, w, generator=gen) * 0.6 for _ in range(4)]
+    if not with_eps_ref:
+        inputs[3] = None
+    noise = torch.randn(b, c, h, w, generator=gen)
+    weight = torch.randn(b, c, h, w, generator=gen)
+    step = step_coefficients(199, 179, eta=1.0)
+    options = dict(
+        step=step, amplitude_cut_range=amp_cut, phase_cut_range=phase_cut, phase_mode=phase_mode,
+        reconstruct=reconstruct,
+    )  # fmt: skip
+
+    def gradients(backend, dtype, device):
+        leaves = [None if t is None else t.to(device, dtype).requires_grad_() for t in inputs]
+        z = noise.to(device, dtype).requires_grad_()
+        out = ops.exchange_update(*leaves, z, backend=backend, **options)
+        present = [t for t in leaves if t is not None] + [z]
+        return torch.autograd.grad((out * weight.to(device, dtype)).sum(), present)
+
+    fused = gradients("triton", torch.float32, DEVICE)
+    exact = gradients("reference", torch.float64, "cpu")
+    eager = gradients("reference", torch.float32, "cpu")
+    names = ["x_t", "eps", "ref_t"] + (["eps_ref"] if with_eps_ref else []) + ["noise"]
+    # atol on the scale of all gradients: where the band covers every frequency, x_t's exact
+    # gradient is zero, and the kernel's is two cancelling fp32 paths.
+    scale = max(float(g.abs().max()) for g in exact)
+    for name, g_fast, g_exact, g_eager in zip(names, fused, exact, eager):
+        err = (g_fast.cpu().double() - g_exact).abs()
+        bound = 2 * (g_eager.double() - g_exact).abs().max() + 1e-5 * scale
+        worst = divmod(int(err.argmax()), w)
+        assert err.max() <= bound, f"{name}: max err {err.max():.3g} > {bound:.3g} at flat row/col {worst}"
+
+
+def test_fused_exchange_backward_writes_every_gradient():
+    """With NaN-poisoned outputs (the autouse fixture), every gradient element must be written."""
+    x_t, eps, ref_t, eps_ref = (torch.randn(3, 2, 13, 17, device=DEVICE) for _ in range(4))
+    grad = torch.randn(3, 2, 13, 17, device=DEVICE)
+    params = triton_exchange.ExchangeParams(0.9, 0.43, 0.99, 0.1, 0.92, 0.2, 0.1)
+    for eps_ref_arg in (eps_ref, None):
+        grads = triton_exchange.launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref_arg, params)
+        for g in grads:
+            assert g is None or torch.isfinite(g).all()
+
+
 # -- dispatch and the sampler ------------------------------------------------------------------------
 
 

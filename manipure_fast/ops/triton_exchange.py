@@ -1,19 +1,19 @@
 """The triton backend's ``exchange_update``: launcher and autograd Function.
 
-Chain: ``exchange_update_kernel`` (kernels/triton) -> ``ExchangeUpdate`` (here) -> the public
-``manipure_fast.ops.exchange_update``. The backward recomputes through the reference composition
-(``torch.func.vjp`` of ``reference.exchange_update``), which is exact and simple; a fused backward
-kernel is future work. The noise term has no gradient, so backward needs no noise.
+Chain: ``exchange_update_kernel`` and ``exchange_update_backward_kernel`` (kernels/triton) ->
+``ExchangeUpdate`` (here) -> the public ``manipure_fast.ops.exchange_update``. The backward is one
+fused launch that recomputes the forward's band spectra from the saved inputs (no activations are
+kept) and returns the gradients for x_t, eps, ref_t and eps_ref; the noise's gradient is
+``c1 * grad``. ``tests/test_triton_ops.py`` checks it against autograd through the reference.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from ..reference.exchange import exchange_update as reference_exchange_update
 from .dft_tables import band_frequencies, band_masks, band_tables, next_pow2
 
 MAX_SIDE = 256  # one row of BLOCK_W = next_pow2(W) floats per tile row; beyond this, use reference
@@ -45,6 +45,35 @@ def _precision(device: torch.device) -> str:
     return "ieee"
 
 
+@dataclass(frozen=True)
+class _Tiling:
+    block_m: int
+    block_w: int
+    h_pad: int
+    band_h: int
+    band_w: int
+
+
+def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.device):
+    """The tile sizes and the cached band tables and masks both kernels read."""
+    cut = max(params.amplitude_cut_range, params.phase_cut_range)
+    block_w = next_pow2(w)
+    block_m = min(next_pow2(h), 32 if w <= 64 else 16)
+    tiling = _Tiling(
+        block_m=block_m,
+        block_w=block_w,
+        h_pad=math.ceil(h / block_m) * block_m,
+        band_h=next_pow2(band_frequencies(h, cut).numel()),
+        band_w=next_pow2(band_frequencies(w, cut).numel()),
+    )
+    cos_h, sin_h = band_tables(h, cut, tiling.band_h, tiling.h_pad, device)
+    cos_w, sin_w = band_tables(w, cut, tiling.band_w, block_w, device)
+    amp_mask, phase_mask = band_masks(
+        h, w, params.amplitude_cut_range, params.phase_cut_range, tiling.band_h, tiling.band_w, device
+    )
+    return tiling, (cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask)
+
+
 def launch_exchange_update(
     x_t, eps, ref_t, eps_ref, noise, rng_state, params: ExchangeParams, store_noise: bool = False
 ):
@@ -54,17 +83,7 @@ def launch_exchange_update(
     from ..kernels.triton.exchange_update import exchange_update_kernel
 
     b, c, h, w = x_t.shape
-    cut = max(params.amplitude_cut_range, params.phase_cut_range)
-    block_w = next_pow2(w)
-    block_m = min(next_pow2(h), 32 if w <= 64 else 16)
-    h_pad = math.ceil(h / block_m) * block_m
-    band_h = next_pow2(band_frequencies(h, cut).numel())
-    band_w = next_pow2(band_frequencies(w, cut).numel())
-    cos_h, sin_h = band_tables(h, cut, band_h, h_pad, x_t.device)
-    cos_w, sin_w = band_tables(w, cut, band_w, block_w, x_t.device)
-    amp_mask, phase_mask = band_masks(
-        h, w, params.amplitude_cut_range, params.phase_cut_range, band_h, band_w, x_t.device
-    )
+    tiling, tables = _tiling_and_tables(h, w, params, x_t.device)
     out = _empty_like(x_t)
     noise_out = _empty_like(x_t) if (noise is None and store_noise) else out
     exchange_update_kernel[(b * c,)](
@@ -76,15 +95,10 @@ def launch_exchange_update(
         out,
         noise_out,
         rng_state if rng_state is not None else x_t,
-        cos_h,
-        sin_h,
-        cos_w,
-        sin_w,
-        amp_mask,
-        phase_mask,
+        *tables,
         h,
         w,
-        h_pad,
+        tiling.h_pad,
         params.sqrt_abar,
         params.sqrt_one_minus_abar,
         params.ref_sqrt_abar,
@@ -100,16 +114,60 @@ def launch_exchange_update(
         STORE_NOISE=store_noise,
         PROJECT=params.phase_mode == "project",
         RECON_ABS=params.reconstruct == "abs",
-        BLOCK_M=block_m,
-        BLOCK_W=block_w,
-        BAND_H=band_h,
-        BAND_W=band_w,
+        BLOCK_M=tiling.block_m,
+        BLOCK_W=tiling.block_w,
+        BAND_H=tiling.band_h,
+        BAND_W=tiling.band_w,
         PRECISION=_precision(x_t.device),
     )
     if noise is None:
         rng_state[1].add_(b * c * h * w)  # on the device: graph-safe, replays draw fresh noise
         return out, (noise_out if store_noise else None)
     return out, noise
+
+
+def launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params: ExchangeParams):
+    """The gradients of ``x_next`` for (x_t, eps, ref_t, eps_ref or None), one launch; all
+    fp32 contiguous ``[B, C, H, W]``. Reads what the forward read, plus ``grad``."""
+    from ..kernels.triton.exchange_update_backward import exchange_update_backward_kernel
+
+    b, c, h, w = x_t.shape
+    tiling, tables = _tiling_and_tables(h, w, params, x_t.device)
+    g_x_t, g_eps, g_ref_t = _empty_like(x_t), _empty_like(x_t), _empty_like(x_t)
+    g_eps_ref = _empty_like(x_t) if eps_ref is not None else None
+    exchange_update_backward_kernel[(b * c,)](
+        grad,
+        x_t,
+        eps,
+        ref_t,
+        eps_ref if eps_ref is not None else x_t,
+        g_x_t,
+        g_eps,
+        g_ref_t,
+        g_eps_ref if g_eps_ref is not None else g_ref_t,
+        *tables,
+        h,
+        w,
+        tiling.h_pad,
+        params.sqrt_abar,
+        params.sqrt_one_minus_abar,
+        params.ref_sqrt_abar,
+        params.ref_sqrt_one_minus_abar,
+        params.sqrt_abar_next,
+        params.c2,
+        math.cos(params.delta),
+        math.sin(params.delta),
+        1.0 / (h * w),
+        HAS_EPS_REF=eps_ref is not None,
+        PROJECT=params.phase_mode == "project",
+        RECON_ABS=params.reconstruct == "abs",
+        BLOCK_M=tiling.block_m,
+        BLOCK_W=tiling.block_w,
+        BAND_H=tiling.band_h,
+        BAND_W=tiling.band_w,
+        PRECISION=_precision(x_t.device),
+    )
+    return g_x_t, g_eps, g_ref_t, g_eps_ref
 
 
 class ExchangeUpdate(torch.autograd.Function):
@@ -124,14 +182,13 @@ class ExchangeUpdate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x_t, eps, ref_t, eps_ref = ctx.saved_tensors
-        kwargs = asdict(ctx.params)
-        zeros = torch.zeros_like(x_t)
-        if ctx.has_eps_ref:
-            fn = lambda a, b_, r, er: reference_exchange_update(a, b_, r, er, zeros, **kwargs)  # noqa: E731
-            _, vjp = torch.func.vjp(fn, x_t, eps, ref_t, eps_ref)
-            g = vjp(grad)
-            return g[0], g[1], g[2], g[3], None, None, None
-        fn = lambda a, b_, r: reference_exchange_update(a, b_, r, None, zeros, **kwargs)  # noqa: E731
-        _, vjp = torch.func.vjp(fn, x_t, eps, ref_t)
-        g = vjp(grad)
-        return g[0], g[1], g[2], None, None, None, None
+        g_x_t, g_eps, g_ref_t, g_eps_ref = launch_exchange_update_backward(
+            grad.to(torch.float32).contiguous(),
+            x_t,
+            eps,
+            ref_t,
+            eps_ref if ctx.has_eps_ref else None,
+            ctx.params,
+        )
+        g_noise = grad * ctx.params.c1 if ctx.needs_input_grad[4] else None
+        return g_x_t, g_eps, g_ref_t, g_eps_ref, g_noise, None, None
