@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import LinearEps
 
 from manipure_fast import DefendedClassifier, GeneratorNoise, Purifier, PurifierConfig, RecordedNoise, Round
 from manipure_fast.reference import denoise_round, exchange, intensity_map, mani_noise
 from manipure_fast.reference.sampler import purify_round
+from manipure_fast.reference.schedule import noise_coefficients
 
 
 def _smooth(*shape, seed):
@@ -93,3 +95,13 @@ def test_denoise_round_gradient_wrt_round_input():
     )
     (g,) = torch.autograd.grad(out.sum(), x_in)
     assert g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("normalize", ["rms", "max"])
+def test_mani_gradient_of_a_constant_plane_is_the_direct_term(normalize):
+    """A mid-grey plane has no spectrum to shape W by (W = 1 there): the gradient is sqrt(abar),
+    finite. (sqrt(0)' once made the rms path's gradient NaN.)"""
+    x = torch.zeros(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(mani_noise(x, 300, z, normalize=normalize).sum(), x)
+    assert torch.equal(grad, torch.full_like(x, noise_coefficients(300).signal))

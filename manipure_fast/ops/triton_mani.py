@@ -3,18 +3,17 @@
 Chain: ``mani_noise_kernel`` (kernels/triton) -> ``ManiNoise`` (here) -> the public
 ``manipure_fast.ops.mani_noise``. One launch for planes up to 64x64 (``MAX_SIDE``); larger planes
 are the reference's (cuFFT) business, because a full-spectrum DFT of a 256x256 plane does not fit
-one program's registers and MANI runs once per round, not per step. The backward recomputes
-through the reference (``torch.func.vjp`` of ``reference.mani_noise``) with the noise the forward
-used, which the kernel stores only when a gradient is needed.
+one program's registers and MANI runs once per round, not per step. The backward is one fused
+launch (``mani_noise_backward_kernel``) that recomputes the map from x and needs the noise the
+forward used, which the forward kernel stores only when a gradient is needed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from ..reference.mani import mani_noise as reference_mani_noise
 from ..reference.schedule import noise_coefficients
 from .dft_tables import full_tables, next_pow2, padded_band_map
 
@@ -39,6 +38,14 @@ class ManiParams:
     detach_map: bool = False
 
 
+def _tables(h: int, w: int, params: ManiParams, device: torch.device):
+    block_h, block_w = next_pow2(h), next_pow2(w)
+    cos_h, sin_h = full_tables(h, block_h, device)
+    cos_w, sin_w = full_tables(w, block_w, device)
+    bands = padded_band_map(h, w, params.n_bands, params.band_mode, block_h, block_w, device)
+    return block_h, block_w, (cos_h, sin_h, cos_w, sin_w, bands)
+
+
 def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
     """x (, noise): fp32 contiguous ``[B, C, H, W]``, H and W <= 64. Returns ``(out, noise_used)``;
     ``noise_used`` is None when Philox noise was drawn and not stored."""
@@ -46,10 +53,7 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
 
     b, c, h, w = x.shape
     coef = noise_coefficients(params.t)
-    block_h, block_w = next_pow2(h), next_pow2(w)
-    cos_h, sin_h = full_tables(h, block_h, x.device)
-    cos_w, sin_w = full_tables(w, block_w, x.device)
-    bands = padded_band_map(h, w, params.n_bands, params.band_mode, block_h, block_w, x.device)
+    block_h, block_w, tables = _tables(h, w, params, x.device)
     out = _empty_like(x)
     noise_out = _empty_like(x) if (noise is None and store_noise) else out
     mani_noise_kernel[(b * c,)](
@@ -58,11 +62,7 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
         out,
         noise_out,
         rng_state if rng_state is not None else x,
-        cos_h,
-        sin_h,
-        cos_w,
-        sin_w,
-        bands,
+        *tables,
         h,
         w,
         coef.signal,
@@ -85,6 +85,42 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
     return out, noise
 
 
+def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
+    """The gradients of ``out`` for x and (when ``noise_grad``) for the noise, one launch; grad,
+    x and noise: fp32 contiguous ``[B, C, H, W]``. Returns ``(g_x, g_noise or None)``."""
+    from ..kernels.triton.mani_noise_backward import mani_noise_backward_kernel
+
+    b, c, h, w = x.shape
+    coef = noise_coefficients(params.t)
+    block_h, block_w, tables = _tables(h, w, params, x.device)
+    g_x = _empty_like(x)
+    g_noise = _empty_like(x) if noise_grad else None
+    mani_noise_backward_kernel[(b * c,)](
+        grad,
+        x,
+        noise,
+        g_x,
+        g_noise if noise_grad else g_x,
+        *tables,
+        h,
+        w,
+        coef.signal,
+        coef.noise,
+        params.gamma,
+        params.eps0,
+        1.0 / (h * w),
+        N_BANDS=params.n_bands,
+        SPECTRAL=params.weight_map == "spectral",
+        NORMALIZE=_NORMALIZE[params.normalize],
+        DETACH_MAP=params.detach_map,
+        NOISE_GRAD=noise_grad,
+        BLOCK_H=block_h,
+        BLOCK_W=block_w,
+        PRECISION="ieee",
+    )
+    return g_x, g_noise
+
+
 class ManiNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
@@ -96,6 +132,7 @@ class ManiNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        options = {k: v for k, v in asdict(ctx.params).items() if k != "t"}
-        _, vjp = torch.func.vjp(lambda v: reference_mani_noise(v, ctx.params.t, z, **options), x)
-        return vjp(grad)[0], None, None, None, None
+        g_x, g_noise = launch_mani_noise_backward(
+            grad.to(torch.float32).contiguous(), x, z, ctx.params, noise_grad=ctx.needs_input_grad[1]
+        )
+        return g_x, g_noise, None, None, None

@@ -76,12 +76,16 @@ def intensity_map(
     if normalize == "none":
         return shaped
     if normalize == "rms":
-        scale = shaped.square().mean(dim=(-2, -1), keepdim=True).sqrt()
+        mean_square = shaped.square().mean(dim=(-2, -1), keepdim=True)
+        nonzero = mean_square > 0
+        # sqrt of a safe value: sqrt'(0) is infinite, and 0 * inf would make the gradient of a
+        # constant plane NaN even though its map W = 1 does not depend on x.
+        scale = torch.where(nonzero, mean_square, torch.ones_like(mean_square)).sqrt()
     elif normalize == "max":
         scale = shaped.amax(dim=(-2, -1), keepdim=True)
+        nonzero = scale > 0
     else:
         raise ValueError(f"normalize must be 'rms', 'max' or 'none', got {normalize!r}")
-    nonzero = scale > 0
     # Divide by a safe denominator so the unselected branch never produces inf (and a NaN grad).
     normalised = shaped / torch.where(nonzero, scale, torch.ones_like(scale))
     return torch.where(nonzero, normalised, torch.ones_like(shaped))

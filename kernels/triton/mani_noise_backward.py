@@ -1,0 +1,181 @@
+"""Fused backward of ``mani_noise`` for planes up to 64x64: the gradients of
+``out = sqrt(abar) x + sqrt(1 - abar) (W z)`` with respect to x (through the intensity map W, as
+autograd through ``reference.mani_noise`` computes it) and to z, in one launch, one program per
+plane, the whole plane in one tile.
+
+Recompute (no activations are saved): F = DFT(x), |F|, band means M_b, weights w_b, G = w[band] F
+(or w[band]), Y = ifft2(G), S = |Y|, W = S normalised. Then, backwards:
+
+    g_W = sqrt(1-abar) grad z                        g_z = sqrt(1-abar) W grad
+    g_S: rms  (g_W - S <g_W, S> / (N s^2)) / s       max  g_W / m - [S = m] <g_W, S> / (m^2 #max)
+    g_Y = g_S Y / |Y|                                 g_G = fft2(g_Y) / (H W)
+    g_w[k] = Re(g_G conj(F)) (spectral) or Re(g_G)   g_M_b = -gamma M_b^(gamma-1) w_b^2 sum_b g_w
+    g_F = w[band] g_G (spectral) + (g_M_b / count_b) F / |F|
+    g_x = sqrt(abar) grad + Re(sum_k e^{+i theta n} g_F[k])
+
+Zero where torch's derivative is zero: |.| and F/|F| at 0, a zero band mean (gamma > 1), a plane
+whose map is constant (scale 0: W = 1). ``DETACH_MAP`` keeps only the direct term, like the
+reference's ``detach_map=True``. Memory traffic per plane: reads x, z and grad, writes g_x (and g_z).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dft(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
+    """(C_H - i S_H) (re + i im) (C_W - i S_W): the unnormalised 2-D DFT of a complex plane."""
+    a = tl.dot(ch, re, input_precision=PRECISION) + tl.dot(sh, im, input_precision=PRECISION)
+    b = tl.dot(ch, im, input_precision=PRECISION) - tl.dot(sh, re, input_precision=PRECISION)
+    out_re = tl.dot(a, cw, input_precision=PRECISION) + tl.dot(b, sw, input_precision=PRECISION)
+    out_im = tl.dot(b, cw, input_precision=PRECISION) - tl.dot(a, sw, input_precision=PRECISION)
+    return out_re, out_im
+
+
+@triton.jit
+def _inverse(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
+    """(C_H + i S_H) (re + i im) (C_W + i S_W), unnormalised."""
+    p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
+    q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
+    out_re = tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
+    out_im = tl.dot(p, sw, input_precision=PRECISION) + tl.dot(q, cw, input_precision=PRECISION)
+    return out_re, out_im
+
+
+@triton.jit
+def _inverse_real(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
+    """Re((C_H + i S_H) (re + i im) (C_W + i S_W)): the adjoint of a real plane's DFT."""
+    p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
+    q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
+    return tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
+
+
+@triton.jit
+def mani_noise_backward_kernel(
+    grad_ptr,
+    x_ptr,
+    noise_ptr,
+    g_x_ptr,
+    g_noise_ptr,
+    cos_h_ptr,
+    sin_h_ptr,
+    cos_w_ptr,
+    sin_w_ptr,
+    band_ptr,
+    H: tl.constexpr,
+    W: tl.constexpr,
+    signal,
+    noise_scale,
+    gamma,
+    eps0,
+    inv_hw,
+    N_BANDS: tl.constexpr,
+    SPECTRAL: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    DETACH_MAP: tl.constexpr,
+    NOISE_GRAD: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    plane = tl.program_id(0)
+    base = plane.to(tl.int64) * H * W
+    rows = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    inside = (rows[:, None] < H) & (cols[None, :] < W)
+    offs = base + rows[:, None] * W + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=inside, other=0.0)
+    z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
+    grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
+
+    sq_h = rows[:, None] * BLOCK_H + rows[None, :]
+    sq_w = cols[:, None] * BLOCK_W + cols[None, :]
+    ch = tl.load(cos_h_ptr + sq_h)
+    sh = tl.load(sin_h_ptr + sq_h)
+    cw = tl.load(cos_w_ptr + sq_w)
+    sw = tl.load(sin_w_ptr + sq_w)
+
+    # ---- recompute the forward ------------------------------------------------------------------
+    f_re, f_im = _dft(x, tl.zeros((BLOCK_H, BLOCK_W), tl.float32), ch, sh, cw, sw, PRECISION)
+    magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
+    bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
+    weight = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+    for i in tl.static_range(N_BANDS):
+        selected = bands == i
+        count = tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0)
+        mean = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0) / tl.maximum(count, 1.0)
+        powered = tl.where(mean > 0, tl.exp(gamma * tl.log(tl.where(mean > 0, mean, 1.0))), 0.0)
+        weight = tl.where(selected, 1.0 / (powered + eps0), weight)
+    if SPECTRAL:
+        g_re = weight * f_re
+        g_im = weight * f_im
+    else:
+        g_re = weight
+        g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+    y_re, y_im = _inverse(g_re, g_im, ch, sh, cw, sw, PRECISION)
+    y_re = tl.where(inside, y_re * inv_hw, 0.0)
+    y_im = tl.where(inside, y_im * inv_hw, 0.0)
+    shaped = tl.sqrt(y_re * y_re + y_im * y_im)
+    if NORMALIZE == 2:  # none
+        scale = 1.0
+        normalised = shaped
+    else:
+        if NORMALIZE == 0:  # rms
+            scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
+        else:  # max
+            scale = tl.max(tl.max(shaped, axis=1), axis=0)
+        normalised = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+
+    if NOISE_GRAD:
+        tl.store(g_noise_ptr + offs, noise_scale * normalised * grad, mask=inside)
+    g_x = signal * grad
+    if not DETACH_MAP:
+        # ---- through the normalisation and |Y| ---------------------------------------------------
+        g_map = tl.where(inside, noise_scale * grad * z, 0.0)
+        if NORMALIZE == 2:
+            g_shaped = g_map
+        else:
+            # A plane with scale 0 has the constant map W = 1: no gradient.
+            safe_scale = tl.where(scale > 0, scale, 1.0)
+            dot = tl.sum(tl.sum(g_map * shaped, axis=1), axis=0)
+            if NORMALIZE == 0:
+                g_shaped = (g_map - shaped * (dot * inv_hw / (safe_scale * safe_scale))) / safe_scale
+            else:  # amax shares its gradient evenly between tied maxima, as torch's does
+                at_max = inside & (shaped == scale)
+                n_max = tl.maximum(tl.sum(tl.sum(at_max.to(tl.float32), axis=1), axis=0), 1.0)
+                g_shaped = g_map / safe_scale - tl.where(at_max, dot / (safe_scale * safe_scale * n_max), 0.0)
+            g_shaped = tl.where(scale > 0, tl.where(inside, g_shaped, 0.0), 0.0)
+        nonzero = shaped > 0
+        safe = tl.where(nonzero, shaped, 1.0)
+        gy_re = tl.where(nonzero, g_shaped * y_re / safe, 0.0)
+        gy_im = tl.where(nonzero, g_shaped * y_im / safe, 0.0)
+        gg_re, gg_im = _dft(gy_re, gy_im, ch, sh, cw, sw, PRECISION)
+        gg_re = gg_re * inv_hw
+        gg_im = gg_im * inv_hw
+
+        # ---- through the band weights and means ---------------------------------------------------
+        if SPECTRAL:
+            g_weight = gg_re * f_re + gg_im * f_im
+        else:
+            g_weight = gg_re
+        g_abs = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+        for i in tl.static_range(N_BANDS):
+            selected = bands == i
+            count = tl.maximum(tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0), 1.0)
+            mean = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0) / count
+            log_mean = tl.log(tl.where(mean > 0, mean, 1.0))
+            powered = tl.where(mean > 0, tl.exp(gamma * log_mean), 0.0)
+            w_i = 1.0 / (powered + eps0)
+            # d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1.
+            slope = tl.where(mean > 0, -gamma * tl.exp((gamma - 1.0) * log_mean) * w_i * w_i, 0.0)
+            g_mean = slope * tl.sum(tl.sum(tl.where(selected, g_weight, 0.0), axis=1), axis=0)
+            g_abs = tl.where(selected, g_mean / count, g_abs)
+        live_f = magnitude > 0
+        safe_mag = tl.where(live_f, magnitude, 1.0)
+        gf_re = tl.where(live_f, g_abs * f_re / safe_mag, 0.0)
+        gf_im = tl.where(live_f, g_abs * f_im / safe_mag, 0.0)
+        if SPECTRAL:
+            gf_re += weight * gg_re
+            gf_im += weight * gg_im
+        g_x += _inverse_real(gf_re, gf_im, ch, sh, cw, sw, PRECISION)
+    tl.store(g_x_ptr + offs, g_x, mask=inside)
