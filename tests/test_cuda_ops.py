@@ -17,7 +17,7 @@ from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops
 from manipure_fast.reference.schedule import step_coefficients
 
-KERNEL_FILES = ("exchange_update.cu", "mani_noise.cu")  # what the JIT compiles
+KERNEL_FILES = ("exchange_update.cu", "exchange_update_backward.cu", "mani_noise.cu")  # what the JIT compiles
 SOURCES = sorted(cuda_ops.cuda_source_dir().glob("*.cu"))
 
 
@@ -55,6 +55,7 @@ def test_shared_memory_budget_covers_the_presets():
     # CIFAR 32x32 and ImageNet 256x256 at the presets' cut radii fit one block's shared memory.
     assert cuda_ops.exchange_shared_bytes(32, 32, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.exchange_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.exchange_backward_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
 
@@ -196,6 +197,41 @@ def test_gradients_match_reference(loader):
 
 
 @gpu
+@pytest.mark.parametrize("mode", [("replace", "abs"), ("project", "real")], ids=lambda m: "-".join(m))
+@pytest.mark.parametrize(
+    "shape, cuts, with_eps_ref",
+    [((1, 3, 31, 33), (10, 10), True), ((7, 1, 28, 28), (4, 7), False), ((2, 3, 256, 256), (10, 10), True)],
+    ids=["31x33", "28x28-no-eps-ref", "256x256"],
+)
+def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mode, loader):
+    """The CUDA backward kernel against fp64 autograd through the reference, within twice the fp32
+    reference's own gradient error (as tests/test_triton_ops.py checks the Triton backward)."""
+    gen = torch.Generator("cuda").manual_seed(sum(shape))
+    inputs = [torch.randn(shape, generator=gen, device="cuda") * 0.6 for _ in range(4)]
+    if not with_eps_ref:
+        inputs[3] = None
+    weight = torch.randn(shape, generator=gen, device="cuda")
+    z = torch.randn(shape, generator=gen, device="cuda")
+    options = dict(step=step_coefficients(199, 179, eta=1.0), amplitude_cut_range=cuts[0],
+                   phase_cut_range=cuts[1], phase_mode=mode[0], reconstruct=mode[1])  # fmt: skip
+
+    def gradients(backend, dtype):
+        leaves = [None if t is None else t.to(dtype).requires_grad_() for t in inputs]
+        out = ops.exchange_update(*leaves, z.to(dtype), backend=backend, **options)
+        return torch.autograd.grad((out * weight.to(dtype)).sum(), [t for t in leaves if t is not None])
+
+    fused, exact, eager = (
+        gradients("cuda", torch.float32),
+        gradients("reference", torch.float64),
+        gradients("reference", torch.float32),
+    )
+    scale = max(float(g.abs().max()) for g in exact)
+    for g_fast, g_exact, g_eager in zip(fused, exact, eager):
+        err = (g_fast.double() - g_exact).abs().max()
+        assert err <= 2 * (g_eager.double() - g_exact).abs().max() + 1e-5 * scale
+
+
+@gpu
 def test_graph_replay_draws_fresh_noise(loader):
     x = torch.rand(8, 3, 32, 32, device="cuda") * 2 - 1
     rng = torch.tensor([7, 0], dtype=torch.int64, device="cuda")
@@ -220,6 +256,12 @@ def test_opcheck(loader):
     torch.library.opcheck(
         cuda_ops.mani_noise_cuda, (x_t, z, None, 300, 8, 1.8, 1e-6, "width", "spectral", "rms", False)
     )
+    grad = torch.randn_like(x_t)
+    for ref_eps in (eps_ref, None):
+        torch.library.opcheck(
+            cuda_ops.exchange_update_backward_cuda,
+            (grad, x_t, eps, ref_t, ref_eps, coefficients, 4.0, 3.0, True, False),
+        )
 
 
 @gpu

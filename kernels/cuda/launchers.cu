@@ -3,6 +3,7 @@
 #include "launchers.h"
 
 #include "exchange_update.cu"
+#include "exchange_update_backward.cu"
 #include "mani_noise.cu"
 
 namespace manipure {
@@ -32,6 +33,24 @@ cudaError_t launch_exchange_update(
       x_t, eps, ref_t, eps_ref, noise, out, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
       phase_mask, H, W, KH, KW, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], has_eps_ref,
       has_noise, phase_project, reconstruct_real);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_exchange_update_backward(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* grad, const float* x_t, const float* eps, const float* ref_t, const float* eps_ref,
+    float* g_x_t, float* g_eps, float* g_ref_t, float* g_eps_ref,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const float* amp_mask, const float* phase_mask,
+    int H, int W, int KH, int KW, const float coefficients[8],
+    int has_eps_ref, int phase_project, int reconstruct_real) {
+  cudaError_t status = allow_shared(exchange_update_backward_kernel, shared_bytes);
+  if (status != cudaSuccess) return status;
+  const float* k = coefficients;
+  exchange_update_backward_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      grad, x_t, eps, ref_t, eps_ref, g_x_t, g_eps, g_ref_t, g_eps_ref, cos_h, sin_h, cos_w, sin_w,
+      amp_mask, phase_mask, H, W, KH, KW, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7],
+      has_eps_ref, phase_project, reconstruct_real);
   return cudaGetLastError();
 }
 

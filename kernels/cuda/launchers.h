@@ -19,6 +19,16 @@ cudaError_t launch_exchange_update(
     int H, int W, int KH, int KW, const float coefficients[8],
     int has_eps_ref, int has_noise, int phase_project, int reconstruct_real);
 
+// The gradients for (x_t, eps, ref_t, eps_ref); g_eps_ref is not written without eps_ref.
+cudaError_t launch_exchange_update_backward(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* grad, const float* x_t, const float* eps, const float* ref_t, const float* eps_ref,
+    float* g_x_t, float* g_eps, float* g_ref_t, float* g_eps_ref,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const float* amp_mask, const float* phase_mask,
+    int H, int W, int KH, int KW, const float coefficients[8],
+    int has_eps_ref, int phase_project, int reconstruct_real);
+
 cudaError_t launch_mani_noise(
     int planes, int shared_bytes, cudaStream_t stream,
     const float* x, const float* noise, float* out, float* noise_out, const long long* rng_state,

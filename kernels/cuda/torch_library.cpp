@@ -1,8 +1,10 @@
 // The ahead-of-time library's torch ops (built by the root CMakeLists.txt when
 // MANIPURE_BUILD_CUDA=1; loaded by manipure_fast/ops/cuda_ops.py as manipure_fast._cuda_ops).
 //
-//   manipure_aot::exchange_update(...) -> Tensor             x_next  [B, C, H, W]
-//   manipure_aot::mani_noise(...)      -> (Tensor, Tensor)   x_t, and the noise drawn (or empty)
+//   manipure_aot::exchange_update(...)          -> Tensor          x_next  [B, C, H, W]
+//   manipure_aot::exchange_update_backward(...) -> 4 x Tensor      grads for x_t, eps, ref_t, eps_ref
+//                                                                  (the last empty without eps_ref)
+//   manipure_aot::mani_noise(...)               -> (Tensor, Tensor) x_t, and the noise drawn (or empty)
 //
 // These are the launch layer: they take the cached DFT tables and masks that cuda_ops builds (one
 // Python source for them, shared with the CuPy JIT) and launch the kernels of kernels/cuda on
@@ -21,6 +23,7 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "launchers.h"
@@ -73,13 +76,12 @@ void check_status(cudaError_t status, const char* op) {
   TORCH_CHECK(status == cudaSuccess, "manipure_aot::", op, " launch failed: ", cudaGetErrorString(status));
 }
 
-at::Tensor exchange_update_cuda(
+// The exchange ops' shared checks; returns (KH, KW).
+std::pair<int64_t, int64_t> check_exchange(
     const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
-    const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
-    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const std::optional<at::Tensor>& eps_ref, const at::Tensor& cos_h, const at::Tensor& sin_h,
     const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
-    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
-    bool reconstruct_real, int64_t shared_bytes) {
+    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, int64_t shared_bytes) {
   const int64_t planes = x_t.dim() == 4 ? x_t.size(0) * x_t.size(1) : 0;
   check_launch(planes, shared_bytes, x_t);
   const int64_t H = x_t.size(2), W = x_t.size(3), KH = cos_h.size(0), KW = cos_w.size(0);
@@ -87,7 +89,6 @@ at::Tensor exchange_update_cuda(
   check_image(eps, "eps", x_t);
   check_image(ref_t, "ref_t", x_t);
   if (eps_ref.has_value()) check_image(*eps_ref, "eps_ref", x_t);
-  if (noise.has_value()) check_image(*noise, "noise", x_t);
   check_table(cos_h, "cos_h", KH, H, x_t);
   check_table(sin_h, "sin_h", KH, H, x_t);
   check_table(cos_w, "cos_w", KW, W, x_t);
@@ -96,26 +97,72 @@ at::Tensor exchange_update_cuda(
   check_table(phase_mask, "phase_mask", KH, KW, x_t);
   TORCH_CHECK(coefficients.size() == 8, "coefficients must hold 8 values (cuda_ops.COEFFICIENTS), got ",
               coefficients.size());
+  return {KH, KW};
+}
+
+void to_floats(at::ArrayRef<double> coefficients, float* k) {
+  for (int i = 0; i < 8; ++i) k[i] = static_cast<float>(coefficients[i]);
+}
+
+at::Tensor exchange_update_cuda(
+    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
+    const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
+    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
+    bool reconstruct_real, int64_t shared_bytes) {
+  const auto [KH, KW] = check_exchange(x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
+                                       phase_mask, coefficients, shared_bytes);
+  if (noise.has_value()) check_image(*noise, "noise", x_t);
   const long long* rng = rng_pointer(rng_state, x_t);
   TORCH_CHECK(noise.has_value() || rng != nullptr, "exchange_update needs noise or rng_state");
 
   float k[8];
-  for (int i = 0; i < 8; ++i) k[i] = static_cast<float>(coefficients[i]);
+  to_floats(coefficients, k);
   at::Tensor out = at::empty_like(x_t);
   const float* x = x_t.data_ptr<float>();
   const c10::DeviceGuard guard(x_t.device());
   check_status(
       manipure::launch_exchange_update(
-          static_cast<int>(planes), static_cast<int>(shared_bytes),
-          current_stream(x_t), x, eps.data_ptr<float>(),
-          ref_t.data_ptr<float>(), eps_ref.has_value() ? eps_ref->data_ptr<float>() : x,
+          static_cast<int>(x_t.size(0) * x_t.size(1)), static_cast<int>(shared_bytes), current_stream(x_t), x,
+          eps.data_ptr<float>(), ref_t.data_ptr<float>(), eps_ref.has_value() ? eps_ref->data_ptr<float>() : x,
           noise.has_value() ? noise->data_ptr<float>() : x, out.data_ptr<float>(), rng,
           cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
           sin_w.data_ptr<float>(), amp_mask.data_ptr<float>(), phase_mask.data_ptr<float>(),
-          static_cast<int>(H), static_cast<int>(W), static_cast<int>(KH), static_cast<int>(KW), k,
-          eps_ref.has_value(), noise.has_value(), phase_project, reconstruct_real),
+          static_cast<int>(x_t.size(2)), static_cast<int>(x_t.size(3)), static_cast<int>(KH),
+          static_cast<int>(KW), k, eps_ref.has_value(), noise.has_value(), phase_project, reconstruct_real),
       "exchange_update");
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exchange_update_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
+    const std::optional<at::Tensor>& eps_ref, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
+    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
+    bool reconstruct_real, int64_t shared_bytes) {
+  const auto [KH, KW] = check_exchange(x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
+                                       phase_mask, coefficients, shared_bytes);
+  check_image(grad, "grad", x_t);
+  float k[8];
+  to_floats(coefficients, k);
+  at::Tensor g_x_t = at::empty_like(x_t), g_eps = at::empty_like(x_t), g_ref_t = at::empty_like(x_t);
+  at::Tensor g_eps_ref = eps_ref.has_value() ? at::empty_like(x_t) : at::empty({0}, x_t.options());
+  const float* x = x_t.data_ptr<float>();
+  const c10::DeviceGuard guard(x_t.device());
+  check_status(
+      manipure::launch_exchange_update_backward(
+          static_cast<int>(x_t.size(0) * x_t.size(1)), static_cast<int>(shared_bytes), current_stream(x_t),
+          grad.data_ptr<float>(), x, eps.data_ptr<float>(), ref_t.data_ptr<float>(),
+          eps_ref.has_value() ? eps_ref->data_ptr<float>() : x, g_x_t.data_ptr<float>(),
+          g_eps.data_ptr<float>(), g_ref_t.data_ptr<float>(),
+          eps_ref.has_value() ? g_eps_ref.data_ptr<float>() : g_ref_t.data_ptr<float>(),
+          cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
+          sin_w.data_ptr<float>(), amp_mask.data_ptr<float>(), phase_mask.data_ptr<float>(),
+          static_cast<int>(x_t.size(2)), static_cast<int>(x_t.size(3)), static_cast<int>(KH),
+          static_cast<int>(KW), k, eps_ref.has_value(), phase_project, reconstruct_real),
+      "exchange_update_backward");
+  return {g_x_t, g_eps, g_ref_t, g_eps_ref};
 }
 
 std::tuple<at::Tensor, at::Tensor> mani_noise_cuda(
@@ -168,6 +215,14 @@ at::Tensor exchange_update_meta(
   return at::empty_like(x_t);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exchange_update_backward_meta(
+    const at::Tensor&, const at::Tensor& x_t, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>& eps_ref, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, at::ArrayRef<double>, bool, bool, int64_t) {
+  return {at::empty_like(x_t), at::empty_like(x_t), at::empty_like(x_t),
+          eps_ref.has_value() ? at::empty_like(x_t) : at::empty({0}, x_t.options())};
+}
+
 std::tuple<at::Tensor, at::Tensor> mani_noise_meta(
     const at::Tensor& x, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>&,
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -184,6 +239,11 @@ TORCH_LIBRARY(manipure_aot, m) {
       "Tensor phase_mask, float[] coefficients, bool phase_project, bool reconstruct_real, "
       "int shared_bytes) -> Tensor");
   m.def(
+      "exchange_update_backward(Tensor grad, Tensor x_t, Tensor eps, Tensor ref_t, Tensor? eps_ref, "
+      "Tensor cos_h, Tensor sin_h, Tensor cos_w, Tensor sin_w, Tensor amp_mask, Tensor phase_mask, "
+      "float[] coefficients, bool phase_project, bool reconstruct_real, int shared_bytes) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
       "mani_noise(Tensor x, Tensor? noise, Tensor? rng_state, Tensor cos_h, Tensor sin_h, "
       "Tensor cos_w, Tensor sin_w, Tensor band_map, Tensor band_counts, float gamma, float eps0, "
       "bool weight_kernel, int normalize, float signal, float noise_scale, int shared_bytes) "
@@ -192,11 +252,13 @@ TORCH_LIBRARY(manipure_aot, m) {
 
 TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
   m.impl("exchange_update", &exchange_update_cuda);
+  m.impl("exchange_update_backward", &exchange_update_backward_cuda);
   m.impl("mani_noise", &mani_noise_cuda);
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
   m.impl("exchange_update", &exchange_update_meta);
+  m.impl("exchange_update_backward", &exchange_update_backward_meta);
   m.impl("mani_noise", &mani_noise_meta);
 }
 

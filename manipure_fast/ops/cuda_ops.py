@@ -13,7 +13,9 @@ by one of two loaders of the same sources:
 Chain: kernels -> a loader's launch (one call shape for both: images, the cached DFT tables and
 masks built here, scalars, shared-memory bytes) -> the ``torch.library`` custom ops
 ``manipure::exchange_update_cuda`` and ``manipure::mani_noise_cuda`` (fake implementations for
-tracing, autograd that recomputes through the reference with ``torch.func.vjp``) -> ``ops``.
+tracing; exchange_update's backward is the fused kernel ``exchange_update_backward.cu``, itself the
+custom op ``manipure::exchange_update_backward_cuda``; mani_noise's backward recomputes through the
+reference with ``torch.func.vjp``) -> ``ops``.
 
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
@@ -30,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from ..reference.exchange import exchange_update as reference_exchange_update
 from ..reference.grid import band_one_hot
 from ..reference.mani import mani_noise as reference_mani_noise
 from ..reference.schedule import noise_coefficients
@@ -171,6 +172,12 @@ def exchange_shared_bytes(h: int, w: int, cut: float) -> int:
     return (2 * h * kw + 2 * kh * kw) * 8
 
 
+def exchange_backward_shared_bytes(h: int, w: int, cut: float) -> int:
+    """exchange_update_backward.cu: two [H, KW] and three [KH, KW] float2 arrays."""
+    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    return (2 * h * kw + 3 * kh * kw) * 8
+
+
 def _jit_exchange_update(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
                         phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes):  # fmt: skip
     """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update``."""
@@ -201,9 +208,20 @@ def launch_exchange_update(
     reconstruct_real,
 ) -> torch.Tensor:
     """One launch over all B*C planes; fp32 contiguous inputs; returns x_next."""
+    shared, tables = _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, exchange_shared_bytes)
+    launch = torch.ops.manipure_aot.exchange_update if active_loader() == "aot" else _jit_exchange_update
+    return launch(
+        x_t, eps, ref_t, eps_ref, noise, rng_state, *tables, list(coefficients), bool(phase_project),
+        bool(reconstruct_real), shared,
+    )  # fmt: skip
+
+
+def _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, shared_bytes):
+    """(shared bytes, (cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask)) for one exchange kernel;
+    refuses a band whose working set does not fit one block's shared memory."""
     _, _, h, w = x_t.shape
     cut = max(amplitude_cut_range, phase_cut_range)
-    shared = exchange_shared_bytes(h, w, cut)
+    shared = shared_bytes(h, w, cut)
     if shared > MAX_SHARED_BYTES:
         raise ValueError(
             f"cuda exchange_update needs {shared} bytes of shared memory for {h}x{w} planes at cut "
@@ -214,10 +232,53 @@ def launch_exchange_update(
     cos_h, sin_h = band_tables(h, cut, kh, h, device)
     cos_w, sin_w = band_tables(w, cut, kw, w, device)
     amp_mask, phase_mask = band_masks(h, w, amplitude_cut_range, phase_cut_range, kh, kw, device)
-    launch = torch.ops.manipure_aot.exchange_update if active_loader() == "aot" else _jit_exchange_update
+    return shared, (cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask)
+
+
+def _jit_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
+                                  phase_mask, coefficients, project, real, shared_bytes):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update_backward``."""
+    b, c, h, w = x_t.shape
+    g_x_t, g_eps, g_ref_t = torch.empty_like(x_t), torch.empty_like(x_t), torch.empty_like(x_t)
+    g_eps_ref = torch.empty_like(x_t) if eps_ref is not None else x_t.new_empty(0)
+    args = (
+        grad, x_t, eps, ref_t, eps_ref if eps_ref is not None else x_t, g_x_t, g_eps, g_ref_t,
+        g_eps_ref if eps_ref is not None else g_ref_t, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
+        _i32(h), _i32(w), _i32(cos_h.shape[0]), _i32(cos_w.shape[0]), *(_f32(v) for v in coefficients),
+        _i32(eps_ref is not None), _i32(project), _i32(real),
+    )  # fmt: skip
+    _launch(
+        "exchange_update_backward.cu",
+        "exchange_update_backward_kernel",
+        x_t.device,
+        b * c,
+        args,
+        shared_bytes,
+    )
+    return g_x_t, g_eps, g_ref_t, g_eps_ref
+
+
+def launch_exchange_update_backward(
+    grad,
+    x_t,
+    eps,
+    ref_t,
+    eps_ref,
+    coefficients,
+    amplitude_cut_range,
+    phase_cut_range,
+    phase_project,
+    reconstruct_real,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients for (x_t, eps, ref_t, eps_ref), one launch; the last is empty without eps_ref."""
+    shared, tables = _exchange_tables(
+        x_t, amplitude_cut_range, phase_cut_range, exchange_backward_shared_bytes
+    )
+    aot = active_loader() == "aot"
+    launch = torch.ops.manipure_aot.exchange_update_backward if aot else _jit_exchange_update_backward
     return launch(
-        x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
-        list(coefficients), bool(phase_project), bool(reconstruct_real), shared,
+        grad, x_t, eps, ref_t, eps_ref, *tables, list(coefficients), bool(phase_project),
+        bool(reconstruct_real), shared,
     )  # fmt: skip
 
 
@@ -247,15 +308,30 @@ def _(x_t, eps, ref_t, eps_ref, noise, rng_state, coefficients, *args):
     return torch.empty_like(x_t)
 
 
-def _exchange_reference(inputs, noise, coefficients, amplitude_cut_range, phase_cut_range, project, real):
-    x_t, eps, ref_t, eps_ref = inputs
-    named = dict(zip(COEFFICIENTS, coefficients))
-    delta = named.pop("delta")
-    return reference_exchange_update(
-        x_t, eps, ref_t, eps_ref, noise, **named,
-        amplitude_cut_range=amplitude_cut_range, phase_cut_range=phase_cut_range,
-        phase_mode="project" if project else "replace", delta=delta, reconstruct="real" if real else "abs",
+@torch.library.custom_op("manipure::exchange_update_backward_cuda", mutates_args=(), device_types="cuda")
+def exchange_update_backward_cuda(
+    grad: torch.Tensor,
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    ref_t: torch.Tensor,
+    eps_ref: torch.Tensor | None,
+    coefficients: list[float],
+    amplitude_cut_range: float,
+    phase_cut_range: float,
+    phase_project: bool,
+    reconstruct_real: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused backward of ``exchange_update_cuda``: gradients for (x_t, eps, ref_t, eps_ref)."""
+    return launch_exchange_update_backward(
+        grad, x_t, eps, ref_t, eps_ref, coefficients, amplitude_cut_range, phase_cut_range, phase_project,
+        reconstruct_real,
     )  # fmt: skip
+
+
+@exchange_update_backward_cuda.register_fake
+def _(grad, x_t, eps, ref_t, eps_ref, *args):
+    g_eps_ref = torch.empty_like(x_t) if eps_ref is not None else x_t.new_empty(0)
+    return torch.empty_like(x_t), torch.empty_like(x_t), torch.empty_like(x_t), g_eps_ref
 
 
 def _exchange_setup(ctx, inputs, output):
@@ -268,25 +344,13 @@ def _exchange_setup(ctx, inputs, output):
 def _exchange_backward(ctx, grad):
     x_t, eps, ref_t, eps_ref = ctx.saved_tensors
     coefficients = ctx.options[0]
-    # x_next is linear in the noise with slope c1, so the other gradients do not depend on it.
-    zeros = torch.zeros_like(x_t)
-    inputs = (x_t, eps, ref_t, eps_ref)
-    present = tuple(i for i, t in enumerate(inputs) if t is not None)
-
-    def forward(*tensors):
-        full = list(inputs)
-        for i, t in zip(present, tensors):
-            full[i] = t
-        return _exchange_reference(full, zeros, *ctx.options)
-
-    with torch.enable_grad():
-        _, vjp = torch.func.vjp(forward, *(inputs[i] for i in present))
-        grads = vjp(grad)
-    full = [None] * 4
-    for i, g in zip(present, grads):
-        full[i] = g
+    g_x_t, g_eps, g_ref_t, g_eps_ref = exchange_update_backward_cuda(
+        grad.contiguous(), x_t, eps, ref_t, eps_ref, *ctx.options
+    )
+    # x_next is linear in the noise with slope c1.
     noise_grad = grad * coefficients[COEFFICIENTS.index("c1")] if ctx.has_noise else None
-    return (*full, noise_grad, None, None, None, None, None, None)
+    g_eps_ref = g_eps_ref if eps_ref is not None else None
+    return g_x_t, g_eps, g_ref_t, g_eps_ref, noise_grad, None, None, None, None, None, None
 
 
 exchange_update_cuda.register_autograd(_exchange_backward, setup_context=_exchange_setup)
