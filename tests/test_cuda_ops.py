@@ -17,7 +17,13 @@ from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops
 from manipure_fast.reference.schedule import step_coefficients
 
-KERNEL_FILES = ("exchange_update.cu", "exchange_update_backward.cu", "mani_noise.cu")  # what the JIT compiles
+# what the JIT compiles
+KERNEL_FILES = (
+    "exchange_update.cu",
+    "exchange_update_backward.cu",
+    "mani_noise.cu",
+    "mani_noise_backward.cu",
+)
 SOURCES = sorted(cuda_ops.cuda_source_dir().glob("*.cu"))
 
 
@@ -57,6 +63,7 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.exchange_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.exchange_backward_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.mani_backward_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
 
 
@@ -232,6 +239,38 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
 
 
 @gpu
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ((1, 3, 31, 33), {}),
+        ((7, 1, 28, 28), dict(band_mode="count", weight_map="kernel")),
+        ((2, 3, 64, 64), dict(normalize="max")),
+        ((2, 2, 16, 20), dict(normalize="none", n_bands=5, gamma=1.2)),
+        ((1, 2, 12, 16), dict(detach_map=True)),
+    ],
+    ids=["31x33", "28x28-count-kernel", "64x64-max", "16x20-none", "detached"],
+)
+def test_fused_mani_backward_matches_autograd(shape, options, loader):
+    gen = torch.Generator("cuda").manual_seed(sum(shape))
+    x0 = torch.rand(shape, generator=gen, device="cuda") * 2 - 1
+    z0 = torch.randn(shape, generator=gen, device="cuda")
+    weight = torch.randn(shape, generator=gen, device="cuda")
+
+    def gradients(backend, dtype):
+        x, z = x0.to(dtype).requires_grad_(), z0.to(dtype).requires_grad_()
+        out = ops.mani_noise(x, 600, z, backend=backend, **options)
+        return torch.autograd.grad((out * weight.to(dtype)).sum(), (x, z))
+
+    fused = gradients("cuda", torch.float32)
+    exact = gradients("reference", torch.float64)
+    eager = gradients("reference", torch.float32)
+    scale = max(float(g.abs().max()) for g in exact)
+    for g_fast, g_exact, g_eager in zip(fused, exact, eager):
+        err = (g_fast.double() - g_exact).abs().max()
+        assert err <= 2 * (g_eager.double() - g_exact).abs().max() + 1e-5 * scale
+
+
+@gpu
 def test_graph_replay_draws_fresh_noise(loader):
     x = torch.rand(8, 3, 32, 32, device="cuda") * 2 - 1
     rng = torch.tensor([7, 0], dtype=torch.int64, device="cuda")
@@ -257,6 +296,11 @@ def test_opcheck(loader):
         cuda_ops.mani_noise_cuda, (x_t, z, None, 300, 8, 1.8, 1e-6, "width", "spectral", "rms", False)
     )
     grad = torch.randn_like(x_t)
+    for noise_grad in (True, False):
+        torch.library.opcheck(
+            cuda_ops.mani_noise_backward_cuda,
+            (grad, x_t, z, 300, 8, 1.8, 1e-6, "width", "spectral", "rms", False, noise_grad),
+        )
     for ref_eps in (eps_ref, None):
         torch.library.opcheck(
             cuda_ops.exchange_update_backward_cuda,

@@ -5,6 +5,7 @@
 #include "exchange_update.cu"
 #include "exchange_update_backward.cu"
 #include "mani_noise.cu"
+#include "mani_noise_backward.cu"
 
 namespace manipure {
 
@@ -66,6 +67,21 @@ cudaError_t launch_mani_noise(
   mani_noise_kernel<<<planes, kThreads, shared_bytes, stream>>>(
       x, noise, out, noise_out, rng_state, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, H, W,
       n_bands, gamma, eps0, weight_kernel, normalize, signal, noise_scale, has_noise, store_noise);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_noise_backward(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* grad, const float* x, const float* noise, float* g_x, float* g_noise,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const int* band_map, const float* band_counts,
+    int H, int W, int n_bands, float gamma, float eps0, int weight_kernel, int normalize,
+    float signal, float noise_scale, int detach_map, int noise_grad) {
+  cudaError_t status = allow_shared(mani_noise_backward_kernel, shared_bytes);
+  if (status != cudaSuccess) return status;
+  mani_noise_backward_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      grad, x, noise, g_x, g_noise, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, H, W, n_bands,
+      gamma, eps0, weight_kernel, normalize, signal, noise_scale, detach_map, noise_grad);
   return cudaGetLastError();
 }
 

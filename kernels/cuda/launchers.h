@@ -37,4 +37,13 @@ cudaError_t launch_mani_noise(
     int H, int W, int n_bands, float gamma, float eps0, int weight_kernel, int normalize,
     float signal, float noise_scale, int has_noise, int store_noise);
 
+// The gradients for x and (when noise_grad) the noise; g_noise is not written otherwise.
+cudaError_t launch_mani_noise_backward(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* grad, const float* x, const float* noise, float* g_x, float* g_noise,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
+    const int* band_map, const float* band_counts,
+    int H, int W, int n_bands, float gamma, float eps0, int weight_kernel, int normalize,
+    float signal, float noise_scale, int detach_map, int noise_grad);
+
 }  // namespace manipure

@@ -5,6 +5,7 @@
 //   manipure_aot::exchange_update_backward(...) -> 4 x Tensor      grads for x_t, eps, ref_t, eps_ref
 //                                                                  (the last empty without eps_ref)
 //   manipure_aot::mani_noise(...)               -> (Tensor, Tensor) x_t, and the noise drawn (or empty)
+//   manipure_aot::mani_noise_backward(...)      -> (Tensor, Tensor) grads for x and the noise (or empty)
 //
 // These are the launch layer: they take the cached DFT tables and masks that cuda_ops builds (one
 // Python source for them, shared with the CuPy JIT) and launch the kernels of kernels/cuda on
@@ -165,17 +166,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exchange_update_backw
   return {g_x_t, g_eps, g_ref_t, g_eps_ref};
 }
 
-std::tuple<at::Tensor, at::Tensor> mani_noise_cuda(
-    const at::Tensor& x, const std::optional<at::Tensor>& noise,
-    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
-    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& band_map,
-    const at::Tensor& band_counts, double gamma, double eps0, bool weight_kernel, int64_t normalize,
-    double signal, double noise_scale, int64_t shared_bytes) {
+// The MANI ops' shared checks.
+void check_mani(const at::Tensor& x, const at::Tensor& cos_h, const at::Tensor& sin_h, const at::Tensor& cos_w,
+                const at::Tensor& sin_w, const at::Tensor& band_map, const at::Tensor& band_counts,
+                int64_t normalize, int64_t shared_bytes) {
   const int64_t planes = x.dim() == 4 ? x.size(0) * x.size(1) : 0;
   check_launch(planes, shared_bytes, x);
-  const int64_t H = x.size(2), W = x.size(3), n_bands = band_counts.numel();
+  const int64_t H = x.size(2), W = x.size(3);
   check_image(x, "x", x);
-  if (noise.has_value()) check_image(*noise, "noise", x);
   check_table(cos_h, "cos_h", H, H, x);
   check_table(sin_h, "sin_h", H, H, x);
   check_table(cos_w, "cos_w", W, W, x);
@@ -183,8 +181,18 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cuda(
   check_tensor(band_map, "band_map", at::kInt, x);
   TORCH_CHECK(band_map.numel() == H * W, "band_map must hold H*W = ", H * W, " labels, got ", band_map.numel());
   check_tensor(band_counts, "band_counts", at::kFloat, x);
-  TORCH_CHECK(n_bands >= 1, "band_counts is empty");
+  TORCH_CHECK(band_counts.numel() >= 1, "band_counts is empty");
   TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_noise_cuda(
+    const at::Tensor& x, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& band_map,
+    const at::Tensor& band_counts, double gamma, double eps0, bool weight_kernel, int64_t normalize,
+    double signal, double noise_scale, int64_t shared_bytes) {
+  check_mani(x, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, normalize, shared_bytes);
+  if (noise.has_value()) check_image(*noise, "noise", x);
   const long long* rng = rng_pointer(rng_state, x);
   TORCH_CHECK(noise.has_value() || rng != nullptr, "mani_noise needs noise or rng_state");
 
@@ -193,17 +201,41 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cuda(
   const c10::DeviceGuard guard(x.device());
   check_status(
       manipure::launch_mani_noise(
-          static_cast<int>(planes), static_cast<int>(shared_bytes),
-          current_stream(x), x.data_ptr<float>(),
-          noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>(), out.data_ptr<float>(),
-          noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>(), rng,
+          static_cast<int>(x.size(0) * x.size(1)), static_cast<int>(shared_bytes), current_stream(x),
+          x.data_ptr<float>(), noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>(),
+          out.data_ptr<float>(), noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>(), rng,
           cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
           sin_w.data_ptr<float>(), band_map.data_ptr<int>(), band_counts.data_ptr<float>(),
-          static_cast<int>(H), static_cast<int>(W), static_cast<int>(n_bands), static_cast<float>(gamma),
-          static_cast<float>(eps0), weight_kernel, static_cast<int>(normalize), static_cast<float>(signal),
-          static_cast<float>(noise_scale), noise.has_value(), !noise.has_value()),
+          static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<int>(band_counts.numel()),
+          static_cast<float>(gamma), static_cast<float>(eps0), weight_kernel, static_cast<int>(normalize),
+          static_cast<float>(signal), static_cast<float>(noise_scale), noise.has_value(), !noise.has_value()),
       "mani_noise");
   return {out, drawn};
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_noise_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& noise, const at::Tensor& cos_h,
+    const at::Tensor& sin_h, const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& band_map,
+    const at::Tensor& band_counts, double gamma, double eps0, bool weight_kernel, int64_t normalize,
+    double signal, double noise_scale, bool detach_map, bool noise_grad, int64_t shared_bytes) {
+  check_mani(x, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, normalize, shared_bytes);
+  check_image(grad, "grad", x);
+  check_image(noise, "noise", x);
+  at::Tensor g_x = at::empty_like(x);
+  at::Tensor g_noise = noise_grad ? at::empty_like(x) : at::empty({0}, x.options());
+  const c10::DeviceGuard guard(x.device());
+  check_status(
+      manipure::launch_mani_noise_backward(
+          static_cast<int>(x.size(0) * x.size(1)), static_cast<int>(shared_bytes), current_stream(x),
+          grad.data_ptr<float>(), x.data_ptr<float>(), noise.data_ptr<float>(), g_x.data_ptr<float>(),
+          noise_grad ? g_noise.data_ptr<float>() : g_x.data_ptr<float>(), cos_h.data_ptr<float>(),
+          sin_h.data_ptr<float>(), cos_w.data_ptr<float>(), sin_w.data_ptr<float>(), band_map.data_ptr<int>(),
+          band_counts.data_ptr<float>(), static_cast<int>(x.size(2)), static_cast<int>(x.size(3)),
+          static_cast<int>(band_counts.numel()), static_cast<float>(gamma), static_cast<float>(eps0),
+          weight_kernel, static_cast<int>(normalize), static_cast<float>(signal),
+          static_cast<float>(noise_scale), detach_map, noise_grad),
+      "mani_noise_backward");
+  return {g_x, g_noise};
 }
 
 // Meta: shapes only, for fake tensors (torch.compile, opcheck).
@@ -230,6 +262,13 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_meta(
   return {at::empty_like(x), noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x)};
 }
 
+std::tuple<at::Tensor, at::Tensor> mani_noise_backward_meta(
+    const at::Tensor&, const at::Tensor& x, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, bool, int64_t,
+    double, double, bool, bool noise_grad, int64_t) {
+  return {at::empty_like(x), noise_grad ? at::empty_like(x) : at::empty({0}, x.options())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(manipure_aot, m) {
@@ -248,18 +287,25 @@ TORCH_LIBRARY(manipure_aot, m) {
       "Tensor cos_w, Tensor sin_w, Tensor band_map, Tensor band_counts, float gamma, float eps0, "
       "bool weight_kernel, int normalize, float signal, float noise_scale, int shared_bytes) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "mani_noise_backward(Tensor grad, Tensor x, Tensor noise, Tensor cos_h, Tensor sin_h, "
+      "Tensor cos_w, Tensor sin_w, Tensor band_map, Tensor band_counts, float gamma, float eps0, "
+      "bool weight_kernel, int normalize, float signal, float noise_scale, bool detach_map, "
+      "bool noise_grad, int shared_bytes) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
   m.impl("exchange_update", &exchange_update_cuda);
   m.impl("exchange_update_backward", &exchange_update_backward_cuda);
   m.impl("mani_noise", &mani_noise_cuda);
+  m.impl("mani_noise_backward", &mani_noise_backward_cuda);
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
   m.impl("exchange_update", &exchange_update_meta);
   m.impl("exchange_update_backward", &exchange_update_backward_meta);
   m.impl("mani_noise", &mani_noise_meta);
+  m.impl("mani_noise_backward", &mani_noise_backward_meta);
 }
 
 // The ops register when the library is loaded; the module object itself is empty. Building it as

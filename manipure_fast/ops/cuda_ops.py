@@ -14,8 +14,8 @@ Chain: kernels -> a loader's launch (one call shape for both: images, the cached
 masks built here, scalars, shared-memory bytes) -> the ``torch.library`` custom ops
 ``manipure::exchange_update_cuda`` and ``manipure::mani_noise_cuda`` (fake implementations for
 tracing; exchange_update's backward is the fused kernel ``exchange_update_backward.cu``, itself the
-custom op ``manipure::exchange_update_backward_cuda``; mani_noise's backward recomputes through the
-reference with ``torch.func.vjp``) -> ``ops``.
+custom op ``manipure::exchange_update_backward_cuda``, and mani_noise's is
+``mani_noise_backward.cu`` as ``manipure::mani_noise_backward_cuda``) -> ``ops``.
 
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 from ..reference.grid import band_one_hot
-from ..reference.mani import mani_noise as reference_mani_noise
 from ..reference.schedule import noise_coefficients
 from .dft_tables import band_frequencies, band_masks, band_tables, full_tables, padded_band_map
 
@@ -366,6 +365,21 @@ def mani_shared_bytes(h: int, w: int, n_bands: int) -> int:
     return ((n + 1) & ~1) * 4 + 2 * n * 8 + (32 + n_bands) * 4
 
 
+def mani_backward_shared_bytes(h: int, w: int, n_bands: int) -> int:
+    """mani_noise_backward.cu: three [H W] float2 arrays, scratch and three n_bands floats."""
+    return 3 * h * w * 8 + (32 + 3 * n_bands) * 4
+
+
+def _mani_tables(x, n_bands, band_mode):
+    """(cos_h, sin_h, cos_w, sin_w, band map, band counts) for the MANI kernels, cached."""
+    _, _, h, w = x.shape
+    cos_h, sin_h = full_tables(h, h, x.device)
+    cos_w, sin_w = full_tables(w, w, x.device)
+    bands = padded_band_map(h, w, n_bands, band_mode, h, w, x.device)
+    _, counts = band_one_hot(h, w, n_bands, band_mode, x.device)
+    return cos_h, sin_h, cos_w, sin_w, bands, counts
+
+
 def _jit_mani_noise(x, noise, rng_state, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, gamma, eps0,
                     weight_kernel, normalize, signal, noise_scale, shared_bytes):  # fmt: skip
     """The JIT loader's launch, in the call shape of ``manipure_aot::mani_noise``."""
@@ -386,17 +400,44 @@ def _jit_mani_noise(x, noise, rng_state, cos_h, sin_h, cos_w, sin_w, band_map, b
 def launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
     """One launch over all B*C planes (<= 64x64); returns (x_t, the noise drawn or an empty tensor)."""
     _, _, h, w = x.shape
-    device = x.device
-    cos_h, sin_h = full_tables(h, h, device)
-    cos_w, sin_w = full_tables(w, w, device)
-    bands = padded_band_map(h, w, n_bands, band_mode, h, w, device)
-    _, counts = band_one_hot(h, w, n_bands, band_mode, device)
     coef = noise_coefficients(t)
     launch = torch.ops.manipure_aot.mani_noise if active_loader() == "aot" else _jit_mani_noise
     return launch(
-        x, noise, rng_state, cos_h, sin_h, cos_w, sin_w, bands, counts, float(gamma), float(eps0),
+        x, noise, rng_state, *_mani_tables(x, n_bands, band_mode), float(gamma), float(eps0),
         weight_map == "kernel", NORMALIZE_CODES[normalize], float(coef.signal), float(coef.noise),
         mani_shared_bytes(h, w, n_bands),
+    )  # fmt: skip
+
+
+def _jit_mani_noise_backward(grad, x, noise, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, gamma, eps0,
+                             weight_kernel, normalize, signal, noise_scale, detach_map, noise_grad,
+                             shared_bytes):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_noise_backward``."""
+    b, c, h, w = x.shape
+    g_x = torch.empty_like(x)
+    g_noise = torch.empty_like(x) if noise_grad else x.new_empty(0)
+    args = (
+        grad, x, noise, g_x, g_noise if noise_grad else g_x, cos_h, sin_h, cos_w, sin_w, band_map,
+        band_counts, _i32(h), _i32(w), _i32(band_counts.numel()), _f32(gamma), _f32(eps0),
+        _i32(weight_kernel), _i32(normalize), _f32(signal), _f32(noise_scale), _i32(detach_map),
+        _i32(noise_grad),
+    )  # fmt: skip
+    _launch("mani_noise_backward.cu", "mani_noise_backward_kernel", x.device, b * c, args, shared_bytes)
+    return g_x, g_noise
+
+
+def launch_mani_noise_backward(grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize,
+                               detach_map, noise_grad):  # fmt: skip
+    """The gradients for x and (when ``noise_grad``) the noise, one launch; returns (g_x, g_noise
+    or an empty tensor)."""
+    _, _, h, w = x.shape
+    coef = noise_coefficients(t)
+    aot = active_loader() == "aot"
+    launch = torch.ops.manipure_aot.mani_noise_backward if aot else _jit_mani_noise_backward
+    return launch(
+        grad, x, noise, *_mani_tables(x, n_bands, band_mode), float(gamma), float(eps0),
+        weight_map == "kernel", NORMALIZE_CODES[normalize], float(coef.signal), float(coef.noise),
+        bool(detach_map), bool(noise_grad), mani_backward_shared_bytes(h, w, n_bands),
     )  # fmt: skip
 
 
@@ -433,18 +474,42 @@ def _mani_setup(ctx, inputs, output):
     ctx.has_noise = noise is not None
 
 
+@torch.library.custom_op("manipure::mani_noise_backward_cuda", mutates_args=(), device_types="cuda")
+def mani_noise_backward_cuda(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    noise: torch.Tensor,
+    t: int,
+    n_bands: int,
+    gamma: float,
+    eps0: float,
+    band_mode: str,
+    weight_map: str,
+    normalize: str,
+    detach_map: bool,
+    noise_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused backward of ``mani_noise_cuda``: (g_x, g_noise or an empty tensor)."""
+    return launch_mani_noise_backward(
+        grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize, detach_map, noise_grad
+    )
+
+
+@mani_noise_backward_cuda.register_fake
+def _(grad, x, noise, *args):
+    noise_grad = args[-1]
+    return torch.empty_like(x), (torch.empty_like(x) if noise_grad else x.new_empty(0))
+
+
 def _mani_backward(ctx, grad, _grad_drawn):
     x, noise = ctx.saved_tensors
-    options = dict(ctx.options)
-    t = options.pop("t")
-    with torch.enable_grad():
-        if ctx.has_noise:
-            _, vjp = torch.func.vjp(lambda a, z: reference_mani_noise(a, t, z, **options), x, noise)
-            grad_x, grad_noise = vjp(grad)
-        else:
-            _, vjp = torch.func.vjp(lambda a: reference_mani_noise(a, t, noise, **options), x)
-            (grad_x,), grad_noise = vjp(grad), None
-    return grad_x, grad_noise, None, None, None, None, None, None, None, None, None
+    o = ctx.options
+    noise_grad = ctx.has_noise and ctx.needs_input_grad[1]
+    g_x, g_noise = mani_noise_backward_cuda(
+        grad.contiguous(), x, noise, o["t"], o["n_bands"], o["gamma"], o["eps0"], o["band_mode"],
+        o["weight_map"], o["normalize"], o["detach_map"], noise_grad,
+    )  # fmt: skip
+    return g_x, (g_noise if noise_grad else None), None, None, None, None, None, None, None, None, None
 
 
 mani_noise_cuda.register_autograd(_mani_backward, setup_context=_mani_setup)

@@ -1,0 +1,189 @@
+// Fused backward of mani_noise (mani_noise.cu) for planes up to 64 x 64, one thread block per
+// (image, channel) plane: the gradients of out = sqrt(abar) x + sqrt(1 - abar) (W z) with respect
+// to x (through the intensity map W) and z, equal to autograd through
+// manipure_fast.reference.mani_noise. The same algorithm as kernels/triton/mani_noise_backward.py:
+//
+//   recompute F = DFT(x), the band means M_b and weights w_b, Y = ifft2(w[band] F) (or w[band]),
+//   S = |Y| and the normalisation scale; then
+//   g_W = sqrt(1-abar) grad z;  g_S: rms (g_W - S <g_W,S> / (N s^2)) / s, max g_W / m minus
+//   <g_W,S> / (m^2 #max) on the maxima (torch's amax shares ties), none g_W;
+//   g_Y = g_S Y/|Y|;  g_G = fft2(g_Y)/N;  g_w[k] = Re(g_G conj F) (spectral) or Re(g_G);
+//   g_M_b = -gamma M_b^(gamma-1) w_b^2 sum_b g_w;  g_F = w[band] g_G (spectral) + g_M_b/count_b F/|F|;
+//   g_x = sqrt(abar) grad + Re(sum_k e^{+i theta n} g_F[k]);  g_z = sqrt(1-abar) W grad.
+// Zero where torch's derivative is zero: |.| and F/|F| at 0, a zero band mean, a constant map.
+//
+// Dynamic shared memory: F, G, Y [H W] float2, 32 floats of reduction scratch and 3 n_bands
+// floats (means, weights, mean gradients) = 24 H W + (32 + 3 n_bands) 4 bytes.
+#include "manipure_common.cuh"
+
+using manipure::block_reduce;
+using manipure::twiddle_mac;
+
+extern "C" __global__ void mani_noise_backward_kernel(
+    const float* __restrict__ grad, const float* __restrict__ x, const float* __restrict__ noise,
+    float* __restrict__ g_x, float* __restrict__ g_noise,
+    const float* __restrict__ cos_h, const float* __restrict__ sin_h,  // [H, H]
+    const float* __restrict__ cos_w, const float* __restrict__ sin_w,  // [W, W]
+    const int* __restrict__ band_map,                                  // [H, W], unshifted
+    const float* __restrict__ band_counts,                             // [n_bands], >= 1
+    int H, int W, int n_bands, float gamma, float eps0, int weight_kernel, int normalize,
+    float signal, float noise_scale, int detach_map, int noise_grad) {
+  extern __shared__ float2 smem2[];
+  const int n = H * W;
+  float2* F = smem2;
+  float2* G = F + n;
+  float2* Y = G + n;
+  float* scratch = reinterpret_cast<float*>(Y + n);
+  float* means = scratch + 32;
+  float* weights = means + n_bands;
+  float* mean_grads = weights + n_bands;
+  const long long base = (long long)blockIdx.x * n;
+  const float inv_n = 1.0f / (float)n;
+
+  // ---- F = DFT(x) ------------------------------------------------------------------------------
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int h = idx / W, kw = idx - h * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int w = 0; w < W; ++w) {
+      const float v = x[base + h * W + w];
+      acc.x += v * cos_w[kw * W + w];
+      acc.y -= v * sin_w[kw * W + w];
+    }
+    G[idx] = acc;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int kh = idx / W, kw = idx - kh * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int h = 0; h < H; ++h) acc = twiddle_mac(acc, G[h * W + kw], cos_h[kh * H + h], -sin_h[kh * H + h]);
+    F[idx] = acc;
+  }
+  __syncthreads();
+
+  // ---- band means and weights (as the forward) --------------------------------------------------
+  for (int b = 0; b < n_bands; ++b) {
+    float partial = 0.f;
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
+      if (band_map[idx] == b) partial += hypotf(F[idx].x, F[idx].y);
+    const float total = block_reduce(partial, scratch, false);
+    if (threadIdx.x == 0) {
+      means[b] = total / band_counts[b];
+      weights[b] = 1.0f / (powf(means[b], gamma) + eps0);
+    }
+  }
+  __syncthreads();
+
+  // ---- Y = ifft2(w[band] F) (or of w[band]), S = |Y|, the scale ----------------------------------
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int h = idx / W, kw = idx - h * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int kh = 0; kh < H; ++kh) {
+      const int k = kh * W + kw;
+      const float wb = weights[band_map[k]];
+      const float2 f = weight_kernel ? make_float2(wb, 0.f) : make_float2(F[k].x * wb, F[k].y * wb);
+      acc = twiddle_mac(acc, f, cos_h[kh * H + h], sin_h[kh * H + h]);
+    }
+    G[idx] = acc;
+  }
+  __syncthreads();
+  float local_sq = 0.f, local_max = 0.f;
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int h = idx / W, w = idx - h * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int kw = 0; kw < W; ++kw) acc = twiddle_mac(acc, G[h * W + kw], cos_w[kw * W + w], sin_w[kw * W + w]);
+    Y[idx] = make_float2(acc.x * inv_n, acc.y * inv_n);
+    const float s = hypotf(Y[idx].x, Y[idx].y);
+    local_sq += s * s;
+    local_max = fmaxf(local_max, s);
+  }
+  // Normalisation: 0 = none, 1 = rms, 2 = max.
+  float scale = 1.f;
+  if (normalize == 1) scale = sqrtf(block_reduce(local_sq, scratch, false) * inv_n);
+  if (normalize == 2) scale = block_reduce(local_max, scratch, true);
+  const bool live = scale > 0.f;
+
+  // ---- the noise's gradient, and the map's inner product with g_W --------------------------------
+  float local_dot = 0.f, local_at_max = 0.f;
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const long long el = base + idx;
+    const float s = hypotf(Y[idx].x, Y[idx].y);
+    const float map = normalize == 0 ? s : (live ? s / scale : 1.0f);
+    if (noise_grad) g_noise[el] = noise_scale * map * grad[el];
+    local_dot += noise_scale * grad[el] * noise[el] * s;
+    local_at_max += (normalize == 2 && s == scale) ? 1.f : 0.f;
+  }
+  if (detach_map) {
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) g_x[base + idx] = signal * grad[base + idx];
+    return;
+  }
+  const float dot = block_reduce(local_dot, scratch, false);
+  const float n_max = fmaxf(block_reduce(local_at_max, scratch, false), 1.f);
+
+  // ---- g_Y = g_S Y / |Y|, over Y --------------------------------------------------------------------
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const long long el = base + idx;
+    const float2 y = Y[idx];
+    const float s = hypotf(y.x, y.y);
+    const float g_map = noise_scale * grad[el] * noise[el];
+    float g_s = g_map;
+    if (normalize == 1) g_s = live ? (g_map - s * (dot * inv_n / (scale * scale))) / scale : 0.f;
+    if (normalize == 2) g_s = live ? g_map / scale - (s == scale ? dot / (scale * scale * n_max) : 0.f) : 0.f;
+    Y[idx] = s > 0.f ? make_float2(g_s * y.x / s, g_s * y.y / s) : make_float2(0.f, 0.f);
+  }
+  __syncthreads();
+
+  // ---- g_G = fft2(g_Y) / N, into Y ---------------------------------------------------------------
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int h = idx / W, kw = idx - h * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int w = 0; w < W; ++w) acc = twiddle_mac(acc, Y[h * W + w], cos_w[kw * W + w], -sin_w[kw * W + w]);
+    G[idx] = acc;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int kh = idx / W, kw = idx - kh * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int h = 0; h < H; ++h) acc = twiddle_mac(acc, G[h * W + kw], cos_h[kh * H + h], -sin_h[kh * H + h]);
+    Y[idx] = make_float2(acc.x * inv_n, acc.y * inv_n);
+  }
+  __syncthreads();
+
+  // ---- through the band weights and means ----------------------------------------------------------
+  for (int b = 0; b < n_bands; ++b) {
+    float partial = 0.f;
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
+      if (band_map[idx] == b) partial += weight_kernel ? Y[idx].x : Y[idx].x * F[idx].x + Y[idx].y * F[idx].y;
+    const float total = block_reduce(partial, scratch, false);
+    if (threadIdx.x == 0) {
+      const float m = means[b], wb = weights[b];
+      // d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1.
+      const float slope = m > 0.f ? -gamma * powf(m, gamma - 1.0f) * wb * wb : 0.f;
+      mean_grads[b] = slope * total / band_counts[b];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {  // g_F, over Y
+    const int b = band_map[idx];
+    const float2 f = F[idx], gg = Y[idx];
+    const float mag = hypotf(f.x, f.y);
+    float2 g = mag > 0.f ? make_float2(mean_grads[b] * f.x / mag, mean_grads[b] * f.y / mag) : make_float2(0.f, 0.f);
+    if (!weight_kernel) g = make_float2(g.x + weights[b] * gg.x, g.y + weights[b] * gg.y);
+    Y[idx] = g;
+  }
+  __syncthreads();
+
+  // ---- g_x = sqrt(abar) grad + Re(sum_k e^{+i theta n} g_F[k]) ---------------------------------------
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int h = idx / W, kw = idx - h * W;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int kh = 0; kh < H; ++kh) acc = twiddle_mac(acc, Y[kh * W + kw], cos_h[kh * H + h], sin_h[kh * H + h]);
+    G[idx] = acc;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const int h = idx / W, w = idx - h * W;
+    float acc = 0.f;
+    for (int kw = 0; kw < W; ++kw) acc += G[h * W + kw].x * cos_w[kw * W + w] - G[h * W + kw].y * sin_w[kw * W + w];
+    g_x[base + idx] = signal * grad[base + idx] + acc;
+  }
+}
