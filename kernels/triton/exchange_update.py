@@ -39,6 +39,120 @@ def _unit_phasor(re, im):
 
 
 @triton.jit
+def _band_inverse_h(re, im, cht, sht, PRECISION: tl.constexpr):
+    """The H half of ``sum_k e^{+i theta n} X[k]``: ``(C_H^T + i S_H^T)[rows, band] X``."""
+    v_re = tl.dot(cht, re, input_precision=PRECISION) - tl.dot(sht, im, input_precision=PRECISION)
+    v_im = tl.dot(cht, im, input_precision=PRECISION) + tl.dot(sht, re, input_precision=PRECISION)
+    return v_re, v_im
+
+
+@triton.jit
+def _band_inverse(re, im, cht, sht, cos_w, sin_w, PRECISION: tl.constexpr):
+    """Rows of ``sum_k e^{+i theta n} X[k]`` over the band, unnormalised: (real, imaginary)."""
+    v_re, v_im = _band_inverse_h(re, im, cht, sht, PRECISION)
+    out_re = tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
+    out_im = tl.dot(v_re, sin_w, input_precision=PRECISION) + tl.dot(v_im, cos_w, input_precision=PRECISION)
+    return out_re, out_im
+
+
+@triton.jit
+def _band_inverse_real(re, im, cht, sht, cos_w, sin_w, PRECISION: tl.constexpr):
+    """``Re(sum_k e^{+i theta n} X[k])`` on rows: the adjoint of a real input's band DFT."""
+    v_re, v_im = _band_inverse_h(re, im, cht, sht, PRECISION)
+    return tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
+
+
+@triton.jit
+def _band_spectra(
+    x_t_ptr,
+    eps_ptr,
+    ref_t_ptr,
+    eps_ref_ptr,
+    cos_h_ptr,
+    sin_h_ptr,
+    cos_wt,
+    sin_wt,
+    base,
+    sqrt_abar,
+    sqrt_one_minus_abar,
+    ref_sqrt_abar,
+    ref_sqrt_one_minus_abar,
+    H: tl.constexpr,
+    W: tl.constexpr,
+    H_PAD: tl.constexpr,
+    HAS_EPS_REF: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BAND_H: tl.constexpr,
+    BAND_W: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Stream the plane's rows; return the band spectra of x0's and the reference's pixel images,
+    ``F = D_band_H . p . D_band_W^T``: (F_x0 re, im, F_ref re, im), each [BAND_H, BAND_W]."""
+    cols = tl.arange(0, BLOCK_W)
+    kh = tl.arange(0, BAND_H)
+    f0_re = tl.zeros((BAND_H, BAND_W), tl.float32)
+    f0_im = tl.zeros((BAND_H, BAND_W), tl.float32)
+    fr_re = tl.zeros((BAND_H, BAND_W), tl.float32)
+    fr_im = tl.zeros((BAND_H, BAND_W), tl.float32)
+    for m0 in range(0, H, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        inside = (rows[:, None] < H) & (cols[None, :] < W)
+        offs = base + rows[:, None] * W + cols[None, :]
+        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
+        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
+        p0 = tl.where(inside, _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar), 0.0)
+        ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
+        if HAS_EPS_REF:
+            eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
+            ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
+        pr = tl.where(inside, _to_pixels(ref), 0.0)
+        # Row transform p . D_W^T = Tc - i Ts, then F += D_H[:, rows] (Tc - i Ts).
+        ch = tl.load(cos_h_ptr + kh[:, None] * H_PAD + rows[None, :])
+        sh = tl.load(sin_h_ptr + kh[:, None] * H_PAD + rows[None, :])
+        tc = tl.dot(p0, cos_wt, input_precision=PRECISION)
+        ts = tl.dot(p0, sin_wt, input_precision=PRECISION)
+        f0_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
+        f0_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
+        tc = tl.dot(pr, cos_wt, input_precision=PRECISION)
+        ts = tl.dot(pr, sin_wt, input_precision=PRECISION)
+        fr_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
+        fr_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
+    return f0_re, f0_im, fr_re, fr_im
+
+
+@triton.jit
+def _exchange_mix(f0_re, f0_im, fr_re, fr_im, in_amp, in_phase, cos_delta, sin_delta, PROJECT: tl.constexpr):
+    """The exchange in band space, with phasors, not angles: amplitude from the reference inside
+    the amplitude disc, phase from it inside the phase disc ("project": x0's phase where
+    ``cos d >= cos delta``, else the reference's rotated by +-delta; the sign from Im(u0 conj(ur)),
+    so the +-pi wrap-around is exact). Returns the unit phasors and magnitudes of both spectra, the
+    output amplitude and phasor, where the phase came from the reference, and
+    ``Delta = F_out - F_x0`` (zero outside the discs)."""
+    u0_re, u0_im, amp0 = _unit_phasor(f0_re, f0_im)
+    ur_re, ur_im, ampr = _unit_phasor(fr_re, fr_im)
+    amp = tl.where(in_amp, ampr, amp0)
+    if PROJECT:
+        cos_d = u0_re * ur_re + u0_im * ur_im
+        sin_d = u0_im * ur_re - u0_re * ur_im
+        sign = tl.where(sin_d > 0, 1.0, -1.0)
+        rot_re = ur_re * cos_delta - ur_im * sign * sin_delta
+        rot_im = ur_im * cos_delta + ur_re * sign * sin_delta
+        keep = cos_d >= cos_delta  # |d| <= delta: x0's phase (torch's clamp passes, inclusive)
+        phase_from_ref = in_phase & (cos_d < cos_delta)
+        ph_re = tl.where(in_phase, tl.where(keep, u0_re, rot_re), u0_re)
+        ph_im = tl.where(in_phase, tl.where(keep, u0_im, rot_im), u0_im)
+    else:
+        phase_from_ref = in_phase
+        ph_re = tl.where(in_phase, ur_re, u0_re)
+        ph_im = tl.where(in_phase, ur_im, u0_im)
+    changed = in_amp | in_phase
+    d_re = tl.where(changed, amp * ph_re - f0_re, 0.0)
+    d_im = tl.where(changed, amp * ph_im - f0_im, 0.0)
+    return u0_re, u0_im, amp0, ur_re, ur_im, ampr, amp, ph_re, ph_im, phase_from_ref, changed, d_re, d_im
+
+
+@triton.jit
 def exchange_update_kernel(
     x_t_ptr,
     eps_ptr,
@@ -89,59 +203,19 @@ def exchange_update_kernel(
     cos_wt = tl.load(cos_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
     sin_wt = tl.load(sin_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
 
-    f0_re = tl.zeros((BAND_H, BAND_W), tl.float32)
-    f0_im = tl.zeros((BAND_H, BAND_W), tl.float32)
-    fr_re = tl.zeros((BAND_H, BAND_W), tl.float32)
-    fr_im = tl.zeros((BAND_H, BAND_W), tl.float32)
-    for m0 in range(0, H, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        inside = (rows[:, None] < H) & (cols[None, :] < W)
-        offs = base + rows[:, None] * W + cols[None, :]
-        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
-        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-        p0 = tl.where(inside, _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar), 0.0)
-        ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
-        if HAS_EPS_REF:
-            eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
-            ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
-        pr = tl.where(inside, _to_pixels(ref), 0.0)
-        # Row transform p . D_W^T = Tc - i Ts, then F += D_H[:, rows] (Tc - i Ts).
-        ch = tl.load(cos_h_ptr + kh[:, None] * H_PAD + rows[None, :])
-        sh = tl.load(sin_h_ptr + kh[:, None] * H_PAD + rows[None, :])
-        tc = tl.dot(p0, cos_wt, input_precision=PRECISION)
-        ts = tl.dot(p0, sin_wt, input_precision=PRECISION)
-        f0_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
-        f0_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
-        tc = tl.dot(pr, cos_wt, input_precision=PRECISION)
-        ts = tl.dot(pr, sin_wt, input_precision=PRECISION)
-        fr_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
-        fr_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
+    f0_re, f0_im, fr_re, fr_im = _band_spectra(
+        x_t_ptr, eps_ptr, ref_t_ptr, eps_ref_ptr, cos_h_ptr, sin_h_ptr, cos_wt, sin_wt, base, sqrt_abar,
+        sqrt_one_minus_abar, ref_sqrt_abar, ref_sqrt_one_minus_abar, H, W, H_PAD, HAS_EPS_REF, BLOCK_M,
+        BLOCK_W, BAND_H, BAND_W, PRECISION,
+    )  # fmt: skip
 
     # Exchange in band space.
     band_offs = kh[:, None] * BAND_W + kw[None, :]
     in_amp = tl.load(amp_mask_ptr + band_offs) > 0.5
     in_phase = tl.load(phase_mask_ptr + band_offs) > 0.5
-    u0_re, u0_im, amp0 = _unit_phasor(f0_re, f0_im)
-    ur_re, ur_im, ampr = _unit_phasor(fr_re, fr_im)
-    amp = tl.where(in_amp, ampr, amp0)
-    if PROJECT:
-        # d = angle(u0 conj(ur)) in [-pi, pi); |d| <= delta keeps x0's phase, else ref +- delta.
-        cos_d = u0_re * ur_re + u0_im * ur_im
-        sin_d = u0_im * ur_re - u0_re * ur_im
-        sign = tl.where(sin_d > 0, 1.0, -1.0)
-        rot_re = ur_re * cos_delta - ur_im * sign * sin_delta
-        rot_im = ur_im * cos_delta + ur_re * sign * sin_delta
-        keep = cos_d >= cos_delta
-        in_re = tl.where(keep, u0_re, rot_re)
-        in_im = tl.where(keep, u0_im, rot_im)
-    else:
-        in_re = ur_re
-        in_im = ur_im
-    ph_re = tl.where(in_phase, in_re, u0_re)
-    ph_im = tl.where(in_phase, in_im, u0_im)
-    changed = in_amp | in_phase
-    d_re = tl.where(changed, amp * ph_re - f0_re, 0.0)
-    d_im = tl.where(changed, amp * ph_im - f0_im, 0.0)
+    _, _, _, _, _, _, _, _, _, _, _, d_re, d_im = _exchange_mix(
+        f0_re, f0_im, fr_re, fr_im, in_amp, in_phase, cos_delta, sin_delta, PROJECT
+    )
 
     if NOISE_GIVEN:
         seed = 0
@@ -153,17 +227,11 @@ def exchange_update_kernel(
         rows = m0 + tl.arange(0, BLOCK_M)
         inside = (rows[:, None] < H) & (cols[None, :] < W)
         offs = base + rows[:, None] * W + cols[None, :]
-        # Inverse along H: V = (C_H^T + i S_H^T)[rows, band] Delta; along W: y = V (C_W + i S_W).
         cht = tl.load(cos_h_ptr + kh[None, :] * H_PAD + rows[:, None])
         sht = tl.load(sin_h_ptr + kh[None, :] * H_PAD + rows[:, None])
-        v_re = tl.dot(cht, d_re, input_precision=PRECISION) - tl.dot(sht, d_im, input_precision=PRECISION)
-        v_im = tl.dot(cht, d_im, input_precision=PRECISION) + tl.dot(sht, d_re, input_precision=PRECISION)
-        y_re = (
-            tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
-        ) * inv_hw
-        y_im = (
-            tl.dot(v_re, sin_w, input_precision=PRECISION) + tl.dot(v_im, cos_w, input_precision=PRECISION)
-        ) * inv_hw
+        y_re, y_im = _band_inverse(d_re, d_im, cht, sht, cos_w, sin_w, PRECISION)
+        y_re = y_re * inv_hw
+        y_im = y_im * inv_hw
         x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
         eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
         re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re

@@ -24,31 +24,7 @@ beyond ``c1 * grad``, which the Function adds without a kernel.
 import triton
 import triton.language as tl
 
-from .exchange_update import _to_pixels, _unit_phasor
-
-
-@triton.jit
-def _band_inverse_h(re, im, cht, sht, PRECISION: tl.constexpr):
-    """The H half of sum_k e^{+i theta n} X[k]: (C_H^T + i S_H^T)[rows, band] X."""
-    v_re = tl.dot(cht, re, input_precision=PRECISION) - tl.dot(sht, im, input_precision=PRECISION)
-    v_im = tl.dot(cht, im, input_precision=PRECISION) + tl.dot(sht, re, input_precision=PRECISION)
-    return v_re, v_im
-
-
-@triton.jit
-def _band_inverse(re, im, cht, sht, cos_w, sin_w, PRECISION: tl.constexpr):
-    """Rows of sum_k e^{+i theta n} X[k] over the band: (real, imaginary), unnormalised."""
-    v_re, v_im = _band_inverse_h(re, im, cht, sht, PRECISION)
-    out_re = tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
-    out_im = tl.dot(v_re, sin_w, input_precision=PRECISION) + tl.dot(v_im, cos_w, input_precision=PRECISION)
-    return out_re, out_im
-
-
-@triton.jit
-def _band_inverse_real(re, im, cht, sht, cos_w, sin_w, PRECISION: tl.constexpr):
-    """Re(sum_k e^{+i theta n} X[k]) on rows: the adjoint of a real input's band DFT."""
-    v_re, v_im = _band_inverse_h(re, im, cht, sht, PRECISION)
-    return tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
+from .exchange_update import _band_inverse, _band_inverse_real, _band_spectra, _exchange_mix, _to_pixels
 
 
 @triton.jit
@@ -100,56 +76,17 @@ def exchange_update_backward_kernel(
     sin_wt = tl.load(sin_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
 
     # ---- pass A: the band spectra and the exchange, as in the forward -------------------------
-    f0_re = tl.zeros((BAND_H, BAND_W), tl.float32)
-    f0_im = tl.zeros((BAND_H, BAND_W), tl.float32)
-    fr_re = tl.zeros((BAND_H, BAND_W), tl.float32)
-    fr_im = tl.zeros((BAND_H, BAND_W), tl.float32)
-    for m0 in range(0, H, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        inside = (rows[:, None] < H) & (cols[None, :] < W)
-        offs = base + rows[:, None] * W + cols[None, :]
-        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
-        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-        p0 = tl.where(inside, _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar), 0.0)
-        ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
-        if HAS_EPS_REF:
-            eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
-            ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
-        pr = tl.where(inside, _to_pixels(ref), 0.0)
-        ch = tl.load(cos_h_ptr + kh[:, None] * H_PAD + rows[None, :])
-        sh = tl.load(sin_h_ptr + kh[:, None] * H_PAD + rows[None, :])
-        tc = tl.dot(p0, cos_wt, input_precision=PRECISION)
-        ts = tl.dot(p0, sin_wt, input_precision=PRECISION)
-        f0_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
-        f0_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
-        tc = tl.dot(pr, cos_wt, input_precision=PRECISION)
-        ts = tl.dot(pr, sin_wt, input_precision=PRECISION)
-        fr_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
-        fr_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
-
+    f0_re, f0_im, fr_re, fr_im = _band_spectra(
+        x_t_ptr, eps_ptr, ref_t_ptr, eps_ref_ptr, cos_h_ptr, sin_h_ptr, cos_wt, sin_wt, base, sqrt_abar,
+        sqrt_one_minus_abar, ref_sqrt_abar, ref_sqrt_one_minus_abar, H, W, H_PAD, HAS_EPS_REF, BLOCK_M,
+        BLOCK_W, BAND_H, BAND_W, PRECISION,
+    )  # fmt: skip
     band_offs = kh[:, None] * BAND_W + kw[None, :]
     in_amp = tl.load(amp_mask_ptr + band_offs) > 0.5
     in_phase = tl.load(phase_mask_ptr + band_offs) > 0.5
-    u0_re, u0_im, amp0 = _unit_phasor(f0_re, f0_im)
-    ur_re, ur_im, ampr = _unit_phasor(fr_re, fr_im)
-    amp = tl.where(in_amp, ampr, amp0)
-    if PROJECT:
-        cos_d = u0_re * ur_re + u0_im * ur_im
-        sin_d = u0_im * ur_re - u0_re * ur_im
-        sign = tl.where(sin_d > 0, 1.0, -1.0)
-        rot_re = ur_re * cos_delta - ur_im * sign * sin_delta
-        rot_im = ur_im * cos_delta + ur_re * sign * sin_delta
-        keep = cos_d >= cos_delta  # |d| <= delta: the phase follows x0's (clamp passes, inclusive)
-        phase_from_ref = in_phase & (cos_d < cos_delta)
-        ph_re = tl.where(in_phase, tl.where(keep, u0_re, rot_re), u0_re)
-        ph_im = tl.where(in_phase, tl.where(keep, u0_im, rot_im), u0_im)
-    else:
-        phase_from_ref = in_phase
-        ph_re = tl.where(in_phase, ur_re, u0_re)
-        ph_im = tl.where(in_phase, ur_im, u0_im)
-    changed = in_amp | in_phase
-    d_re = tl.where(changed, amp * ph_re - f0_re, 0.0)
-    d_im = tl.where(changed, amp * ph_im - f0_im, 0.0)
+    u0_re, u0_im, amp0, ur_re, ur_im, ampr, amp, ph_re, ph_im, phase_from_ref, changed, d_re, d_im = (
+        _exchange_mix(f0_re, f0_im, fr_re, fr_im, in_amp, in_phase, cos_delta, sin_delta, PROJECT)
+    )
 
     # ---- pass B: g_y on each row, Re(g_y) kept, g_Delta accumulated on the band ---------------
     gd_re = tl.zeros((BAND_H, BAND_W), tl.float32)

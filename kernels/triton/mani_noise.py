@@ -15,6 +15,53 @@ import triton.language as tl
 
 
 @triton.jit
+def _dft_real(x, ch, sh, cw, sw, PRECISION: tl.constexpr):
+    """F = (C_H - i S_H) x (C_W - i S_W) for a real plane: (re, im)."""
+    a = tl.dot(ch, x, input_precision=PRECISION)
+    b = tl.dot(sh, x, input_precision=PRECISION)
+    f_re = tl.dot(a, cw, input_precision=PRECISION) - tl.dot(b, sw, input_precision=PRECISION)
+    f_im = -(tl.dot(b, cw, input_precision=PRECISION) + tl.dot(a, sw, input_precision=PRECISION))
+    return f_re, f_im
+
+
+@triton.jit
+def _inverse(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
+    """(C_H + i S_H) (re + i im) (C_W + i S_W), unnormalised: (re, im)."""
+    p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
+    q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
+    y_re = tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
+    y_im = tl.dot(p, sw, input_precision=PRECISION) + tl.dot(q, cw, input_precision=PRECISION)
+    return y_re, y_im
+
+
+@triton.jit
+def _band_mean(magnitude, selected):
+    """The mean of ``magnitude`` over the selected coefficients (0 for an empty band), and the count."""
+    count = tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0)
+    total = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0)
+    return total / tl.maximum(count, 1.0), tl.maximum(count, 1.0)
+
+
+@triton.jit
+def _band_power(mean, gamma):
+    """M^gamma via exp(gamma log M); an all-zero band has M^gamma = 0, as torch.pow(0, gamma)."""
+    return tl.where(mean > 0, tl.exp(gamma * tl.log(tl.where(mean > 0, mean, 1.0))), 0.0)
+
+
+@triton.jit
+def _band_weights(
+    magnitude, bands, gamma, eps0, N_BANDS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr
+):
+    """w[band] per coefficient: w_i = 1 / (M_i^gamma + eps0), M_i the band's mean magnitude."""
+    weight = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+    for i in tl.static_range(N_BANDS):
+        selected = bands == i
+        mean, _ = _band_mean(magnitude, selected)
+        weight = tl.where(selected, 1.0 / (_band_power(mean, gamma) + eps0), weight)
+    return weight
+
+
+@triton.jit
 def mani_noise_kernel(
     x_ptr,
     noise_ptr,
@@ -58,24 +105,10 @@ def mani_noise_kernel(
     cw = tl.load(cos_w_ptr + sq_w)
     sw = tl.load(sin_w_ptr + sq_w)
 
-    # F = (C_H - i S_H) x (C_W - i S_W)
-    a = tl.dot(ch, x, input_precision=PRECISION)
-    b = tl.dot(sh, x, input_precision=PRECISION)
-    f_re = tl.dot(a, cw, input_precision=PRECISION) - tl.dot(b, sw, input_precision=PRECISION)
-    f_im = -(tl.dot(b, cw, input_precision=PRECISION) + tl.dot(a, sw, input_precision=PRECISION))
+    f_re, f_im = _dft_real(x, ch, sh, cw, sw, PRECISION)
     magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
-
     bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    weight = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    for i in tl.static_range(N_BANDS):
-        selected = bands == i
-        count = tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0)
-        total = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0)
-        mean = total / tl.maximum(count, 1.0)
-        # M^gamma via exp(gamma log M); an all-zero band has M^gamma = 0, as torch.pow(0, gamma).
-        powered = tl.where(mean > 0, tl.exp(gamma * tl.log(tl.where(mean > 0, mean, 1.0))), 0.0)
-        w_i = 1.0 / (powered + eps0)
-        weight = tl.where(selected, w_i, weight)
+    weight = _band_weights(magnitude, bands, gamma, eps0, N_BANDS, BLOCK_H, BLOCK_W)
 
     if SPECTRAL:
         g_re = weight * f_re
@@ -84,10 +117,7 @@ def mani_noise_kernel(
         g_re = weight
         g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
     # ifft2: (C_H + i S_H) G (C_W + i S_W) / (H W), then |.|
-    p = tl.dot(ch, g_re, input_precision=PRECISION) - tl.dot(sh, g_im, input_precision=PRECISION)
-    q = tl.dot(sh, g_re, input_precision=PRECISION) + tl.dot(ch, g_im, input_precision=PRECISION)
-    y_re = tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
-    y_im = tl.dot(p, sw, input_precision=PRECISION) + tl.dot(q, cw, input_precision=PRECISION)
+    y_re, y_im = _inverse(g_re, g_im, ch, sh, cw, sw, PRECISION)
     shaped = tl.where(inside, tl.sqrt(y_re * y_re + y_im * y_im) * inv_hw, 0.0)
 
     if NORMALIZE == 0:  # rms

@@ -21,24 +21,16 @@ reference's ``detach_map=True``. Memory traffic per plane: reads x, z and grad, 
 import triton
 import triton.language as tl
 
+from .mani_noise import _band_mean, _band_power, _band_weights, _dft_real, _inverse
+
 
 @triton.jit
-def _dft(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
+def _dft_complex(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
     """(C_H - i S_H) (re + i im) (C_W - i S_W): the unnormalised 2-D DFT of a complex plane."""
     a = tl.dot(ch, re, input_precision=PRECISION) + tl.dot(sh, im, input_precision=PRECISION)
     b = tl.dot(ch, im, input_precision=PRECISION) - tl.dot(sh, re, input_precision=PRECISION)
     out_re = tl.dot(a, cw, input_precision=PRECISION) + tl.dot(b, sw, input_precision=PRECISION)
     out_im = tl.dot(b, cw, input_precision=PRECISION) - tl.dot(a, sw, input_precision=PRECISION)
-    return out_re, out_im
-
-
-@triton.jit
-def _inverse(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
-    """(C_H + i S_H) (re + i im) (C_W + i S_W), unnormalised."""
-    p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
-    q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
-    out_re = tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
-    out_im = tl.dot(p, sw, input_precision=PRECISION) + tl.dot(q, cw, input_precision=PRECISION)
     return out_re, out_im
 
 
@@ -96,16 +88,10 @@ def mani_noise_backward_kernel(
     sw = tl.load(sin_w_ptr + sq_w)
 
     # ---- recompute the forward ------------------------------------------------------------------
-    f_re, f_im = _dft(x, tl.zeros((BLOCK_H, BLOCK_W), tl.float32), ch, sh, cw, sw, PRECISION)
+    f_re, f_im = _dft_real(x, ch, sh, cw, sw, PRECISION)
     magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
     bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    weight = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    for i in tl.static_range(N_BANDS):
-        selected = bands == i
-        count = tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0)
-        mean = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0) / tl.maximum(count, 1.0)
-        powered = tl.where(mean > 0, tl.exp(gamma * tl.log(tl.where(mean > 0, mean, 1.0))), 0.0)
-        weight = tl.where(selected, 1.0 / (powered + eps0), weight)
+    weight = _band_weights(magnitude, bands, gamma, eps0, N_BANDS, BLOCK_H, BLOCK_W)
     if SPECTRAL:
         g_re = weight * f_re
         g_im = weight * f_im
@@ -149,7 +135,7 @@ def mani_noise_backward_kernel(
         safe = tl.where(nonzero, shaped, 1.0)
         gy_re = tl.where(nonzero, g_shaped * y_re / safe, 0.0)
         gy_im = tl.where(nonzero, g_shaped * y_im / safe, 0.0)
-        gg_re, gg_im = _dft(gy_re, gy_im, ch, sh, cw, sw, PRECISION)
+        gg_re, gg_im = _dft_complex(gy_re, gy_im, ch, sh, cw, sw, PRECISION)
         gg_re = gg_re * inv_hw
         gg_im = gg_im * inv_hw
 
@@ -161,11 +147,9 @@ def mani_noise_backward_kernel(
         g_abs = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
         for i in tl.static_range(N_BANDS):
             selected = bands == i
-            count = tl.maximum(tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0), 1.0)
-            mean = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0) / count
+            mean, count = _band_mean(magnitude, selected)
             log_mean = tl.log(tl.where(mean > 0, mean, 1.0))
-            powered = tl.where(mean > 0, tl.exp(gamma * log_mean), 0.0)
-            w_i = 1.0 / (powered + eps0)
+            w_i = 1.0 / (_band_power(mean, gamma) + eps0)
             # d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1.
             slope = tl.where(mean > 0, -gamma * tl.exp((gamma - 1.0) * log_mean) * w_i * w_i, 0.0)
             g_mean = slope * tl.sum(tl.sum(tl.where(selected, g_weight, 0.0), axis=1), axis=0)
