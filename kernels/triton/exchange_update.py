@@ -39,6 +39,17 @@ def _unit_phasor(re, im):
 
 
 @triton.jit
+def _band_rows(cos_w_ptr, sin_w_ptr, BLOCK_W: tl.constexpr, BAND_W: tl.constexpr):
+    """The band DFT rows along W, [BAND_W, BLOCK_W], and their transposes for the row transform."""
+    cols = tl.arange(0, BLOCK_W)
+    kw = tl.arange(0, BAND_W)
+    rows = kw[:, None] * BLOCK_W + cols[None, :]
+    cols_first = kw[None, :] * BLOCK_W + cols[:, None]
+    return (tl.load(cos_w_ptr + rows), tl.load(sin_w_ptr + rows), tl.load(cos_w_ptr + cols_first),
+            tl.load(sin_w_ptr + cols_first))  # fmt: skip
+
+
+@triton.jit
 def _band_inverse_h(re, im, cht, sht, PRECISION: tl.constexpr):
     """The H half of ``sum_k e^{+i theta n} X[k]``: ``(C_H^T + i S_H^T)[rows, band] X``."""
     v_re = tl.dot(cht, re, input_precision=PRECISION) - tl.dot(sht, im, input_precision=PRECISION)
@@ -197,11 +208,7 @@ def exchange_update_kernel(
     cols = tl.arange(0, BLOCK_W)
     kh = tl.arange(0, BAND_H)
     kw = tl.arange(0, BAND_W)
-    # Band DFT rows along W, [BAND_W, BLOCK_W], and their transposes for the row transform.
-    cos_w = tl.load(cos_w_ptr + kw[:, None] * BLOCK_W + cols[None, :])
-    sin_w = tl.load(sin_w_ptr + kw[:, None] * BLOCK_W + cols[None, :])
-    cos_wt = tl.load(cos_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
-    sin_wt = tl.load(sin_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
+    cos_w, sin_w, cos_wt, sin_wt = _band_rows(cos_w_ptr, sin_w_ptr, BLOCK_W, BAND_W)
 
     f0_re, f0_im, fr_re, fr_im = _band_spectra(
         x_t_ptr, eps_ptr, ref_t_ptr, eps_ref_ptr, cos_h_ptr, sin_h_ptr, cos_wt, sin_wt, base, sqrt_abar,

@@ -24,7 +24,14 @@ beyond ``c1 * grad``, which the Function adds without a kernel.
 import triton
 import triton.language as tl
 
-from .exchange_update import _band_inverse, _band_inverse_real, _band_spectra, _exchange_mix, _to_pixels
+from .exchange_update import (
+    _band_inverse,
+    _band_inverse_real,
+    _band_rows,
+    _band_spectra,
+    _exchange_mix,
+    _to_pixels,
+)
 
 
 @triton.jit
@@ -70,10 +77,7 @@ def exchange_update_backward_kernel(
     cols = tl.arange(0, BLOCK_W)
     kh = tl.arange(0, BAND_H)
     kw = tl.arange(0, BAND_W)
-    cos_w = tl.load(cos_w_ptr + kw[:, None] * BLOCK_W + cols[None, :])
-    sin_w = tl.load(sin_w_ptr + kw[:, None] * BLOCK_W + cols[None, :])
-    cos_wt = tl.load(cos_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
-    sin_wt = tl.load(sin_w_ptr + kw[None, :] * BLOCK_W + cols[:, None])
+    cos_w, sin_w, cos_wt, sin_wt = _band_rows(cos_w_ptr, sin_w_ptr, BLOCK_W, BAND_W)
 
     # ---- pass A: the band spectra and the exchange, as in the forward -------------------------
     f0_re, f0_im, fr_re, fr_im = _band_spectra(

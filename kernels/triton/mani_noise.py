@@ -62,6 +62,52 @@ def _band_weights(
 
 
 @triton.jit
+def _plane_tables(cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The full DFT matrices (symmetric, zero-padded): [BLOCK_H, BLOCK_H] twice, [BLOCK_W, BLOCK_W] twice."""
+    rows = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    sq_h = rows[:, None] * BLOCK_H + rows[None, :]
+    sq_w = cols[:, None] * BLOCK_W + cols[None, :]
+    return (
+        tl.load(cos_h_ptr + sq_h),
+        tl.load(sin_h_ptr + sq_h),
+        tl.load(cos_w_ptr + sq_w),
+        tl.load(sin_w_ptr + sq_w),
+    )
+
+
+@triton.jit
+def _unnormalised_map(
+    x,
+    bands,
+    ch,
+    sh,
+    cw,
+    sw,
+    gamma,
+    eps0,
+    N_BANDS: tl.constexpr,
+    SPECTRAL: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """F = DFT(x), |F|, w[band], and Y = H W ifft2(w[band] F) (or of w[band]):
+    (F re, F im, |F|, w[band], Y re, Y im)."""
+    f_re, f_im = _dft_real(x, ch, sh, cw, sw, PRECISION)
+    magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
+    weight = _band_weights(magnitude, bands, gamma, eps0, N_BANDS, BLOCK_H, BLOCK_W)
+    if SPECTRAL:
+        g_re = weight * f_re
+        g_im = weight * f_im
+    else:
+        g_re = weight
+        g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+    y_re, y_im = _inverse(g_re, g_im, ch, sh, cw, sw, PRECISION)
+    return f_re, f_im, magnitude, weight, y_re, y_im
+
+
+@triton.jit
 def mani_noise_kernel(
     x_ptr,
     noise_ptr,
@@ -97,27 +143,11 @@ def mani_noise_kernel(
     offs = base + rows[:, None] * W + cols[None, :]
     x = tl.load(x_ptr + offs, mask=inside, other=0.0)
 
-    # Full DFT matrices (symmetric, zero-padded): [BLOCK_H, BLOCK_H] and [BLOCK_W, BLOCK_W].
-    sq_h = rows[:, None] * BLOCK_H + rows[None, :]
-    sq_w = cols[:, None] * BLOCK_W + cols[None, :]
-    ch = tl.load(cos_h_ptr + sq_h)
-    sh = tl.load(sin_h_ptr + sq_h)
-    cw = tl.load(cos_w_ptr + sq_w)
-    sw = tl.load(sin_w_ptr + sq_w)
-
-    f_re, f_im = _dft_real(x, ch, sh, cw, sw, PRECISION)
-    magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
+    ch, sh, cw, sw = _plane_tables(cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H, BLOCK_W)
     bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    weight = _band_weights(magnitude, bands, gamma, eps0, N_BANDS, BLOCK_H, BLOCK_W)
-
-    if SPECTRAL:
-        g_re = weight * f_re
-        g_im = weight * f_im
-    else:
-        g_re = weight
-        g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    # ifft2: (C_H + i S_H) G (C_W + i S_W) / (H W), then |.|
-    y_re, y_im = _inverse(g_re, g_im, ch, sh, cw, sw, PRECISION)
+    _, _, _, _, y_re, y_im = _unnormalised_map(
+        x, bands, ch, sh, cw, sw, gamma, eps0, N_BANDS, SPECTRAL, BLOCK_H, BLOCK_W, PRECISION
+    )
     shaped = tl.where(inside, tl.sqrt(y_re * y_re + y_im * y_im) * inv_hw, 0.0)
 
     if NORMALIZE == 0:  # rms

@@ -21,7 +21,7 @@ reference's ``detach_map=True``. Memory traffic per plane: reads x, z and grad, 
 import triton
 import triton.language as tl
 
-from .mani_noise import _band_mean, _band_power, _band_weights, _dft_real, _inverse
+from .mani_noise import _band_mean, _band_power, _plane_tables, _unnormalised_map
 
 
 @triton.jit
@@ -80,25 +80,13 @@ def mani_noise_backward_kernel(
     z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
     grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
 
-    sq_h = rows[:, None] * BLOCK_H + rows[None, :]
-    sq_w = cols[:, None] * BLOCK_W + cols[None, :]
-    ch = tl.load(cos_h_ptr + sq_h)
-    sh = tl.load(sin_h_ptr + sq_h)
-    cw = tl.load(cos_w_ptr + sq_w)
-    sw = tl.load(sin_w_ptr + sq_w)
+    ch, sh, cw, sw = _plane_tables(cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H, BLOCK_W)
 
     # ---- recompute the forward ------------------------------------------------------------------
-    f_re, f_im = _dft_real(x, ch, sh, cw, sw, PRECISION)
-    magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
     bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    weight = _band_weights(magnitude, bands, gamma, eps0, N_BANDS, BLOCK_H, BLOCK_W)
-    if SPECTRAL:
-        g_re = weight * f_re
-        g_im = weight * f_im
-    else:
-        g_re = weight
-        g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    y_re, y_im = _inverse(g_re, g_im, ch, sh, cw, sw, PRECISION)
+    f_re, f_im, magnitude, weight, y_re, y_im = _unnormalised_map(
+        x, bands, ch, sh, cw, sw, gamma, eps0, N_BANDS, SPECTRAL, BLOCK_H, BLOCK_W, PRECISION
+    )
     y_re = tl.where(inside, y_re * inv_hw, 0.0)
     y_im = tl.where(inside, y_im * inv_hw, 0.0)
     shaped = tl.sqrt(y_re * y_re + y_im * y_im)
