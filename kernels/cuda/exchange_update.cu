@@ -15,19 +15,17 @@
 //
 // Stages (dynamic shared memory, float2): Gp, Gq [H x KW] row transforms; Fp, Fq [KH x KW] band
 // spectra; Delta overwrites Fq and the inverse column transform overwrites Gq.
-#include "manipure_common.cuh"
+#include "exchange_stages.cuh"
 
+using manipure::band_inverse_columns;
+using manipure::band_spectra;
+using manipure::exchange_mix;
+using manipure::ExchangeCoefficients;
 using manipure::philox_normal;
+using manipure::predicted_x0;
 using manipure::to_diffusion;
 using manipure::to_pixels;
 using manipure::twiddle_mac;
-
-struct ExchangeCoefficients {
-  float sqrt_abar, sqrt_one_minus_abar;          // step t
-  float ref_sqrt_abar, ref_sqrt_one_minus_abar;  // the reference's t_f
-  float sqrt_abar_next, c1, c2;                  // the DDPM/DDIM update
-  float delta;                                   // "project" phase tolerance
-};
 
 // Scalars travel as plain floats (CuPy passes numpy scalars, not structs).
 extern "C" __global__ void exchange_update_kernel(
@@ -48,87 +46,21 @@ extern "C" __global__ void exchange_update_kernel(
   float2* Fp = Gq + H * KW;
   float2* Fq = Fp + KH * KW;
 
-  const long long plane = blockIdx.x;
-  const long long base = plane * H * W;
+  const long long base = (long long)blockIdx.x * H * W;
 
-  // Stage A: row transforms of both pixel images, G[h][j] = sum_w v[h][w] e^{-i theta_j w}.
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 gp = make_float2(0.f, 0.f), gq = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) {
-      const long long e = base + (long long)h * W + w;
-      const float x0 = (x_t[e] - eps[e] * k.sqrt_one_minus_abar) / k.sqrt_abar;
-      const float xr = has_eps_ref ? (ref_t[e] - eps_ref[e] * k.ref_sqrt_one_minus_abar) / k.ref_sqrt_abar
-                                   : ref_t[e];
-      const float p = to_pixels(x0), q = to_pixels(xr);
-      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
-      gp.x += p * c;
-      gp.y -= p * s;
-      gq.x += q * c;
-      gq.y -= q * s;
-    }
-    Gp[idx] = gp;
-    Gq[idx] = gq;
-  }
-  __syncthreads();
-
-  // Stage B: column transforms on the band, F[i][j] = sum_h G[h][j] e^{-i theta_i h}.
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, j = idx - i * KW;
-    float2 fp = make_float2(0.f, 0.f), fq = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) {
-      const float c = cos_h[i * H + h], s = sin_h[i * H + h];
-      const float2 gp = Gp[h * KW + j], gq = Gq[h * KW + j];
-      fp = twiddle_mac(fp, gp, c, -s);
-      fq = twiddle_mac(fq, gq, c, -s);
-    }
-    Fp[idx] = fp;
-    Fq[idx] = fq;
-  }
-  __syncthreads();
+  // Stages A and B: both band spectra.
+  band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k, has_eps_ref, Gp, Gq,
+               Fp, Fq);
 
   // Mix: Delta = F_out - F_p inside the discs, 0 outside (written over Fq).
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const bool in_amp = amp_mask[idx] != 0.f, in_phase = phase_mask[idx] != 0.f;
-    const float2 fp = Fp[idx], fq = Fq[idx];
-    float2 d = make_float2(0.f, 0.f);
-    if (in_amp || in_phase) {
-      const float amp_p = hypotf(fp.x, fp.y), amp_q = hypotf(fq.x, fq.y);
-      const float phase_p = atan2f(fp.y, fp.x), phase_q = atan2f(fq.y, fq.x);
-      float phase = phase_p;
-      if (in_phase) {
-        if (phase_project) {
-          // (phase_p - phase_q + pi) mod 2 pi - pi, as torch.remainder (result in [0, 2 pi)).
-          const float two_pi = 6.283185307179586f, pi = 3.141592653589793f;
-          float diff = phase_p - phase_q + pi;
-          diff = diff - two_pi * floorf(diff / two_pi) - pi;
-          phase = phase_q + fminf(fmaxf(diff, -k.delta), k.delta);
-        } else {
-          phase = phase_q;
-        }
-      }
-      const float amp = in_amp ? amp_q : amp_p;
-      float s, c;
-      sincosf(phase, &s, &c);
-      d = make_float2(amp * c - fp.x, amp * s - fp.y);
-    }
-    Fq[idx] = d;
-  }
+  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x)
+    Fq[idx] = exchange_mix(Fp[idx], Fq[idx], amp_mask[idx] != 0.f, phase_mask[idx] != 0.f, phase_project, k.delta)
+                  .delta;
   __syncthreads();
 
   // Inverse column transform of Delta: E[h][j] = sum_i Delta[i][j] e^{+i theta_i h} (over Gq).
   float2* E = Gq;
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int i = 0; i < KH; ++i) {
-      const float c = cos_h[i * H + h], s = sin_h[i * H + h];
-      const float2 d = Fq[i * KW + j];
-      acc = twiddle_mac(acc, d, c, s);
-    }
-    E[idx] = acc;
-  }
-  __syncthreads();
+  band_inverse_columns(Fq, E, cos_h, sin_h, H, KH, KW);
 
   // Stage D, per pixel: ifft2(F_out) = p + ifft2(Delta); abs or real; back to [-1, 1]; update.
   const float inv_n = 1.0f / (float)(H * W);
@@ -142,8 +74,7 @@ extern "C" __global__ void exchange_update_kernel(
     }
     const long long el = base + idx;
     const float eps_v = eps[el];
-    const float x0 = (x_t[el] - eps_v * k.sqrt_one_minus_abar) / k.sqrt_abar;
-    const float re = to_pixels(x0) + acc.x * inv_n, im = acc.y * inv_n;
+    const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + acc.x * inv_n, im = acc.y * inv_n;
     const float pixel = reconstruct_real ? re : hypotf(re, im);
     const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
     out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;

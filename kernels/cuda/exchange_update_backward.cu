@@ -14,8 +14,15 @@
 //
 // Dynamic shared memory (float2): A, B [H x KW]; Fp, Fq, D [KH x KW]
 // = (2 H KW + 3 KH KW) * 8 bytes (cuda_ops.exchange_backward_shared_bytes).
-#include "manipure_common.cuh"
+#include "exchange_stages.cuh"
 
+using manipure::band_inverse_columns;
+using manipure::band_spectra;
+using manipure::exchange_mix;
+using manipure::ExchangeCoefficients;
+using manipure::ExchangeMix;
+using manipure::predicted_x0;
+using manipure::reference_x0;
 using manipure::to_pixels;
 using manipure::twiddle_mac;
 
@@ -33,7 +40,9 @@ extern "C" __global__ void exchange_update_backward_kernel(
     int H, int W, int KH, int KW, float sqrt_abar, float sqrt_one_minus_abar, float ref_sqrt_abar,
     float ref_sqrt_one_minus_abar, float sqrt_abar_next, float c1, float c2, float delta,
     int has_eps_ref, int phase_project, int reconstruct_real) {
-  (void)c1;  // the noise's gradient, c1 * grad, needs no kernel
+  // (c1 rides along unused: the noise's gradient, c1 * grad, needs no kernel.)
+  const ExchangeCoefficients k = {sqrt_abar, sqrt_one_minus_abar, ref_sqrt_abar, ref_sqrt_one_minus_abar,
+                                  sqrt_abar_next, c1, c2, delta};
   extern __shared__ float2 smem[];
   float2* A = smem;           // [H x KW]: row transforms, then inverse column transforms
   float2* B = A + H * KW;     // [H x KW]
@@ -44,81 +53,23 @@ extern "C" __global__ void exchange_update_backward_kernel(
   const long long base = (long long)blockIdx.x * H * W;
   const float inv_n = 1.0f / (float)(H * W);
 
-  // ---- recompute the band spectra (as the forward's stages A and B) ---------------------------
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 gp = make_float2(0.f, 0.f), gq = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) {
-      const long long e = base + (long long)h * W + w;
-      const float x0 = (x_t[e] - eps[e] * sqrt_one_minus_abar) / sqrt_abar;
-      const float xr = has_eps_ref ? (ref_t[e] - eps_ref[e] * ref_sqrt_one_minus_abar) / ref_sqrt_abar : ref_t[e];
-      const float p = to_pixels(x0), q = to_pixels(xr);
-      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
-      gp.x += p * c;
-      gp.y -= p * s;
-      gq.x += q * c;
-      gq.y -= q * s;
-    }
-    A[idx] = gp;
-    B[idx] = gq;
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, j = idx - i * KW;
-    float2 fp = make_float2(0.f, 0.f), fq = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) {
-      const float c = cos_h[i * H + h], s = sin_h[i * H + h];
-      fp = twiddle_mac(fp, A[h * KW + j], c, -s);
-      fq = twiddle_mac(fq, B[h * KW + j], c, -s);
-    }
-    Fp[idx] = fp;
-    Fq[idx] = fq;
-  }
-  __syncthreads();
-
-  // ---- Delta, as the forward's mix ------------------------------------------------------------
-  const float two_pi = 6.283185307179586f, pi = 3.141592653589793f;
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const bool in_amp = amp_mask[idx] != 0.f, in_phase = phase_mask[idx] != 0.f;
-    const float2 fp = Fp[idx], fq = Fq[idx];
-    float2 d = make_float2(0.f, 0.f);
-    if (in_amp || in_phase) {
-      const float phase_p = atan2f(fp.y, fp.x), phase_q = atan2f(fq.y, fq.x);
-      float phase = phase_p;
-      if (in_phase) {
-        if (phase_project) {
-          float diff = phase_p - phase_q + pi;
-          diff = diff - two_pi * floorf(diff / two_pi) - pi;
-          phase = phase_q + fminf(fmaxf(diff, -delta), delta);
-        } else {
-          phase = phase_q;
-        }
-      }
-      const float amp = in_amp ? hypotf(fq.x, fq.y) : hypotf(fp.x, fp.y);
-      float s, c;
-      sincosf(phase, &s, &c);
-      d = make_float2(amp * c - fp.x, amp * s - fp.y);
-    }
-    D[idx] = d;
-  }
+  // ---- recompute the band spectra and Delta, as the forward -----------------------------------
+  band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k, has_eps_ref, A, B,
+               Fp, Fq);
+  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x)
+    D[idx] = exchange_mix(Fp[idx], Fq[idx], amp_mask[idx] != 0.f, phase_mask[idx] != 0.f, phase_project, delta)
+                 .delta;
   __syncthreads();
 
   // ---- y = p + ifft2_band(Delta), g_y, kept in g_eps (re) and g_ref_t (im) ---------------------
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {  // inverse column transform
-    const int h = idx / KW, j = idx - h * KW;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int i = 0; i < KH; ++i) acc = twiddle_mac(acc, D[i * KW + j], cos_h[i * H + h], sin_h[i * H + h]);
-    A[idx] = acc;
-  }
-  __syncthreads();
+  band_inverse_columns(D, A, cos_h, sin_h, H, KH, KW);
   const float out_scale = sqrt_abar_next * (2.0f / 255.0f);
   for (int idx = threadIdx.x; idx < H * W; idx += blockDim.x) {
     const int h = idx / W, w = idx - h * W;
     float2 acc = make_float2(0.f, 0.f);
     for (int j = 0; j < KW; ++j) acc = twiddle_mac(acc, A[h * KW + j], cos_w[j * W + w], sin_w[j * W + w]);
     const long long el = base + idx;
-    const float x0 = (x_t[el] - eps[el] * sqrt_one_minus_abar) / sqrt_abar;
-    const float re = to_pixels(x0) + acc.x * inv_n, im = acc.y * inv_n;
+    const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + acc.x * inv_n, im = acc.y * inv_n;
     const float value = reconstruct_real ? re : hypotf(re, im);
     const float g_value = within(value, 0.f, 255.f) ? grad[el] * out_scale : 0.f;
     float2 gy = make_float2(g_value, 0.f);
@@ -153,43 +104,26 @@ extern "C" __global__ void exchange_update_backward_kernel(
     const float2 fp = Fp[idx], fq = Fq[idx];
     float2 gp = make_float2(0.f, 0.f), gq = make_float2(0.f, 0.f);
     if (in_amp || in_phase) {
-      const float amp_p = hypotf(fp.x, fp.y), amp_q = hypotf(fq.x, fq.y);
-      const float phase_p = atan2f(fp.y, fp.x), phase_q = atan2f(fq.y, fq.x);
-      float phase = phase_p;
-      bool phase_from_ref = false;
-      if (in_phase) {
-        if (phase_project) {
-          float diff = phase_p - phase_q + pi;
-          diff = diff - two_pi * floorf(diff / two_pi) - pi;
-          phase = phase_q + fminf(fmaxf(diff, -delta), delta);
-          phase_from_ref = !within(diff, -delta, delta);  // torch's clamp passes inside, inclusive
-        } else {
-          phase = phase_q;
-          phase_from_ref = true;
-        }
-      }
-      const float amp = in_amp ? amp_q : amp_p;
-      float s, c;
-      sincosf(phase, &s, &c);
+      const ExchangeMix m = exchange_mix(fp, fq, in_amp, in_phase, phase_project, delta);
       const float2 g = D[idx];
-      const float g_amp = g.x * c + g.y * s;
-      const float g_phase = amp * (g.y * c - g.x * s);
+      const float g_amp = g.x * m.c + g.y * m.s;
+      const float g_phase = m.amp * (g.y * m.c - g.x * m.s);
       gp = make_float2(-g.x, -g.y);  // Delta = F_out - F_p
       // |F|' = F / |F|
       const float2 amp_src = in_amp ? fq : fp;
-      const float amp_mag = in_amp ? amp_q : amp_p;
+      const float amp_mag = in_amp ? m.amp_q : m.amp_p;
       if (amp_mag > 0.f) {
         const float2 add = make_float2(g_amp * amp_src.x / amp_mag, g_amp * amp_src.y / amp_mag);
         if (in_amp) gq = make_float2(gq.x + add.x, gq.y + add.y);
         else gp = make_float2(gp.x + add.x, gp.y + add.y);
       }
       // angle(F)' = i F / |F|^2
-      const float2 phase_src = phase_from_ref ? fq : fp;
-      const float phase_mag = phase_from_ref ? amp_q : amp_p;
+      const float2 phase_src = m.phase_from_ref ? fq : fp;
+      const float phase_mag = m.phase_from_ref ? m.amp_q : m.amp_p;
       if (phase_mag > 0.f) {
-        const float k = g_phase / (phase_mag * phase_mag);
-        const float2 add = make_float2(-k * phase_src.y, k * phase_src.x);
-        if (phase_from_ref) gq = make_float2(gq.x + add.x, gq.y + add.y);
+        const float scale = g_phase / (phase_mag * phase_mag);
+        const float2 add = make_float2(-scale * phase_src.y, scale * phase_src.x);
+        if (m.phase_from_ref) gq = make_float2(gq.x + add.x, gq.y + add.y);
         else gp = make_float2(gp.x + add.x, gp.y + add.y);
       }
     }
@@ -222,12 +156,11 @@ extern "C" __global__ void exchange_update_backward_kernel(
     }
     const long long el = base + idx;
     const float g_p = g_eps[el] + gp_spec;  // Re(g_y), kept above by this same thread
-    const float eps_v = eps[el];
-    const float x0 = (x_t[el] - eps_v * sqrt_one_minus_abar) / sqrt_abar;
+    const float x0 = predicted_x0(x_t, eps, el, k);
     const float g_x0 = within(x0 / 2.0f + 0.5f, 0.f, 1.f) ? g_p * 127.5f : 0.f;
     g_x_t[el] = g_x0 / sqrt_abar;
     g_eps[el] = c2 * grad[el] - g_x0 * (sqrt_one_minus_abar / sqrt_abar);
-    const float xr = has_eps_ref ? (ref_t[el] - eps_ref[el] * ref_sqrt_one_minus_abar) / ref_sqrt_abar : ref_t[el];
+    const float xr = reference_x0(ref_t, eps_ref, el, has_eps_ref, k);
     const float g_ref0 = within(xr / 2.0f + 0.5f, 0.f, 1.f) ? gq_spec * 127.5f : 0.f;
     if (has_eps_ref) {
       g_ref_t[el] = g_ref0 / ref_sqrt_abar;

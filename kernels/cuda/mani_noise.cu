@@ -10,11 +10,14 @@
 //
 // Dynamic shared memory: X [H W] float (later the map), G and F [H W] float2, 32 floats of
 // reduction scratch and n_bands weights.
-#include "manipure_common.cuh"
+#include "mani_stages.cuh"
 
+using manipure::band_weights;
 using manipure::block_reduce;
+using manipure::inverse_columns;
+using manipure::inverse_row;
 using manipure::philox_normal;
-using manipure::twiddle_mac;
+using manipure::plane_spectrum;
 
 extern "C" __global__ void mani_noise_kernel(
     const float* __restrict__ x, const float* __restrict__ noise, float* __restrict__ out,
@@ -37,69 +40,16 @@ extern "C" __global__ void mani_noise_kernel(
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) X[idx] = x[base + idx];
   __syncthreads();
 
-  // Row transform G[h][k] = sum_w X[h][w] e^{-i theta_k w}.
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int h = idx / W, kw = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) {
-      const float v = X[h * W + w];
-      acc.x += v * cos_w[kw * W + w];
-      acc.y -= v * sin_w[kw * W + w];
-    }
-    G[idx] = acc;
-  }
-  __syncthreads();
-  // Column transform F[k][kw] = sum_h G[h][kw] e^{-i theta_k h}.
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int kh = idx / W, kw = idx - kh * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) {
-      const float c = cos_h[kh * H + h], s = sin_h[kh * H + h];
-      const float2 g = G[h * W + kw];
-      acc = twiddle_mac(acc, g, c, -s);
-    }
-    F[idx] = acc;
-  }
-  __syncthreads();
-
-  // Band means and weights, one deterministic reduction per band.
-  for (int b = 0; b < n_bands; ++b) {
-    float partial = 0.f;
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
-      if (band_map[idx] == b) partial += hypotf(F[idx].x, F[idx].y);
-    const float total = block_reduce(partial, scratch, false);
-    if (threadIdx.x == 0) weights[b] = 1.0f / (powf(total / band_counts[b], gamma) + eps0);
-  }
-  __syncthreads();
-
-  // The weighted spectrum, then its inverse column transform into G.
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const float wb = weights[band_map[idx]];
-    F[idx] = weight_kernel ? make_float2(wb, 0.f) : make_float2(F[idx].x * wb, F[idx].y * wb);
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int h = idx / W, kw = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int kh = 0; kh < H; ++kh) {
-      const float c = cos_h[kh * H + h], s = sin_h[kh * H + h];
-      const float2 f = F[kh * W + kw];
-      acc = twiddle_mac(acc, f, c, s);
-    }
-    G[idx] = acc;
-  }
-  __syncthreads();
+  // F = DFT(x); the band means and weights; the weighted spectrum's inverse column transform.
+  plane_spectrum(X, G, F, cos_h, sin_h, cos_w, sin_w, H, W);
+  band_weights(F, band_map, band_counts, n, n_bands, gamma, eps0, scratch, nullptr, weights);
+  inverse_columns(F, weights, band_map, weight_kernel, G, cos_h, sin_h, H, W);
   // Inverse row transform and |.|: the unnormalised map, over X.
   const float inv_n = 1.0f / (float)n;
   float local_sq = 0.f, local_max = 0.f;
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int h = idx / W, w = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int kw = 0; kw < W; ++kw) {
-      const float c = cos_w[kw * W + w], s = sin_w[kw * W + w];
-      const float2 g = G[h * W + kw];
-      acc = twiddle_mac(acc, g, c, s);
-    }
+    const float2 acc = inverse_row(G, h, w, cos_w, sin_w, W);
     const float m = hypotf(acc.x * inv_n, acc.y * inv_n);
     X[idx] = m;
     local_sq += m * m;

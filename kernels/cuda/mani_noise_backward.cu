@@ -14,9 +14,13 @@
 //
 // Dynamic shared memory: F, G, Y [H W] float2, 32 floats of reduction scratch and 3 n_bands
 // floats (means, weights, mean gradients) = 24 H W + (32 + 3 n_bands) 4 bytes.
-#include "manipure_common.cuh"
+#include "mani_stages.cuh"
 
+using manipure::band_weights;
 using manipure::block_reduce;
+using manipure::inverse_columns;
+using manipure::inverse_row;
+using manipure::plane_spectrum;
 using manipure::twiddle_mac;
 
 extern "C" __global__ void mani_noise_backward_kernel(
@@ -40,57 +44,14 @@ extern "C" __global__ void mani_noise_backward_kernel(
   const long long base = (long long)blockIdx.x * n;
   const float inv_n = 1.0f / (float)n;
 
-  // ---- F = DFT(x) ------------------------------------------------------------------------------
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int h = idx / W, kw = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) {
-      const float v = x[base + h * W + w];
-      acc.x += v * cos_w[kw * W + w];
-      acc.y -= v * sin_w[kw * W + w];
-    }
-    G[idx] = acc;
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int kh = idx / W, kw = idx - kh * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) acc = twiddle_mac(acc, G[h * W + kw], cos_h[kh * H + h], -sin_h[kh * H + h]);
-    F[idx] = acc;
-  }
-  __syncthreads();
-
-  // ---- band means and weights (as the forward) --------------------------------------------------
-  for (int b = 0; b < n_bands; ++b) {
-    float partial = 0.f;
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
-      if (band_map[idx] == b) partial += hypotf(F[idx].x, F[idx].y);
-    const float total = block_reduce(partial, scratch, false);
-    if (threadIdx.x == 0) {
-      means[b] = total / band_counts[b];
-      weights[b] = 1.0f / (powf(means[b], gamma) + eps0);
-    }
-  }
-  __syncthreads();
-
-  // ---- Y = ifft2(w[band] F) (or of w[band]), S = |Y|, the scale ----------------------------------
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int h = idx / W, kw = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int kh = 0; kh < H; ++kh) {
-      const int k = kh * W + kw;
-      const float wb = weights[band_map[k]];
-      const float2 f = weight_kernel ? make_float2(wb, 0.f) : make_float2(F[k].x * wb, F[k].y * wb);
-      acc = twiddle_mac(acc, f, cos_h[kh * H + h], sin_h[kh * H + h]);
-    }
-    G[idx] = acc;
-  }
-  __syncthreads();
+  // ---- recompute the forward: F = DFT(x), the band means and weights, Y, S = |Y| ---------------
+  plane_spectrum(x + base, G, F, cos_h, sin_h, cos_w, sin_w, H, W);
+  band_weights(F, band_map, band_counts, n, n_bands, gamma, eps0, scratch, means, weights);
+  inverse_columns(F, weights, band_map, weight_kernel, G, cos_h, sin_h, H, W);
   float local_sq = 0.f, local_max = 0.f;
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int h = idx / W, w = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int kw = 0; kw < W; ++kw) acc = twiddle_mac(acc, G[h * W + kw], cos_w[kw * W + w], sin_w[kw * W + w]);
+    const float2 acc = inverse_row(G, h, w, cos_w, sin_w, W);
     Y[idx] = make_float2(acc.x * inv_n, acc.y * inv_n);
     const float s = hypotf(Y[idx].x, Y[idx].y);
     local_sq += s * s;
@@ -173,17 +134,9 @@ extern "C" __global__ void mani_noise_backward_kernel(
   __syncthreads();
 
   // ---- g_x = sqrt(abar) grad + Re(sum_k e^{+i theta n} g_F[k]) ---------------------------------------
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int h = idx / W, kw = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int kh = 0; kh < H; ++kh) acc = twiddle_mac(acc, Y[kh * W + kw], cos_h[kh * H + h], sin_h[kh * H + h]);
-    G[idx] = acc;
-  }
-  __syncthreads();
+  inverse_columns(Y, nullptr, band_map, 0, G, cos_h, sin_h, H, W);
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int h = idx / W, w = idx - h * W;
-    float acc = 0.f;
-    for (int kw = 0; kw < W; ++kw) acc += G[h * W + kw].x * cos_w[kw * W + w] - G[h * W + kw].y * sin_w[kw * W + w];
-    g_x[base + idx] = signal * grad[base + idx] + acc;
+    g_x[base + idx] = signal * grad[base + idx] + inverse_row(G, h, w, cos_w, sin_w, W).x;
   }
 }

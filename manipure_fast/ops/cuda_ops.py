@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -59,11 +60,18 @@ def cuda_source_dir() -> Path:
 
 
 def kernel_source(file: str) -> str:
-    """A kernel file with the shared header inlined (so NVRTC needs no include path, and CuPy's
-    source-hash cache sees header changes)."""
+    """A kernel file with its local headers (``#include "x.cuh"``) inlined, recursively, so NVRTC
+    needs no include path and CuPy's source-hash cache sees header changes. The headers' include
+    guards make repeated inlining harmless."""
     folder = cuda_source_dir()
-    header = (folder / "manipure_common.cuh").read_text()
-    return (folder / file).read_text().replace('#include "manipure_common.cuh"', header)
+
+    def inline(match: re.Match) -> str:
+        return _LOCAL_INCLUDE.sub(inline, (folder / match.group(1)).read_text())
+
+    return _LOCAL_INCLUDE.sub(inline, (folder / file).read_text())
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"$', re.MULTILINE)
 
 
 def cupy_unavailable_reason() -> str | None:
