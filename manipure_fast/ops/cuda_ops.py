@@ -74,7 +74,10 @@ def kernel_source(file: str) -> str:
 _LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"$', re.MULTILINE)
 
 
+@functools.lru_cache(maxsize=1)
 def cupy_unavailable_reason() -> str | None:
+    """None if CuPy imports and sees a CUDA device, else why not (asked once per process: the
+    backend checks it on every op call)."""
     try:
         import cupy
     except ImportError:
@@ -121,10 +124,12 @@ def loader_unavailable_reason(loader: str) -> str | None:
 def cuda_unavailable_reason() -> str | None:
     """None if a loader the environment allows can launch the kernels, else why not."""
     name = requested_loader()
-    candidates = LOADERS if name == "auto" else (name,)
-    reasons = [loader_unavailable_reason(candidate) for candidate in candidates]
-    if any(reason is None for reason in reasons):
-        return None
+    reasons = []
+    for candidate in LOADERS if name == "auto" else (name,):
+        reason = loader_unavailable_reason(candidate)
+        if reason is None:
+            return None
+        reasons.append(reason)
     return "; ".join(reasons)
 
 
