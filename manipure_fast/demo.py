@@ -71,6 +71,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def check_demo_options(
+    batch_size: int, attack_steps: int, eot: int, eps: float, votes: int, threads: int | None
+) -> None:
+    """Raises ``ValueError`` naming the first bad option, before anything loads or computes."""
+    from .data.bundled import load_bundled_subset
+
+    for name, value in dict(batch_size=batch_size, attack_steps=attack_steps, eot=eot, votes=votes).items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    available = load_bundled_subset()[0].shape[0]
+    if batch_size > available:
+        raise ValueError(f"batch_size {batch_size} exceeds the {available} bundled test images")
+
+
 def run_demo(
     out_dir: Path,
     *,
@@ -88,13 +106,14 @@ def run_demo(
     from .data.bundled import load_bundled_subset
     from .models.bundled import load_bundled_classifier, load_bundled_unet
 
+    check_demo_options(batch_size, attack_steps, eot, eps, votes, threads)
+    images, labels = load_bundled_subset()
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     torch.manual_seed(seed)
-    images, labels = load_bundled_subset()
     pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:batch_size]
     x, y = images[pick].to(dev), labels[pick].to(dev)
     unet, classifier = load_bundled_unet().to(dev), load_bundled_classifier().to(dev)

@@ -54,3 +54,22 @@ def test_quality_check_runs():
         load_bundled_unet(), load_bundled_classifier(), images[pick], labels[pick], timesteps=(50,)
     )
     assert set(acc) == {"clean", "noisy t=50", "denoised t=50"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--batch-size", "0"], "batch_size must be at least 1"),
+        (["demo", "--batch-size", "5000"], "exceeds the 1000 bundled test images"),
+        (["demo", "--eps", "-0.1"], "eps must be positive"),
+        (["demo", "--threads", "0"], "threads must be at least 1"),
+        (["eval", "--eot", "0"], "eot must be at least 1"),
+        (["eval", "--defenses", "none,diffpure"], "unknown defenses"),
+    ],
+)
+def test_cli_bad_options_are_usage_errors(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2  # argparse's usage-error status; nothing was computed or written
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -109,8 +109,39 @@ def test_evaluate_report_counts(tmp_path):
     assert report["images"] == 5 and report["results"]["none"]["clean_accuracy"] == 1.0
     json_path, md_path = write_report(report, tmp_path / "r")
     assert json_path.exists() and "| mani-pure |" in md_path.read_text()
+    text = md_path.read_text()
+    assert "| none | 1.000 (" in text and "95% Wilson" in text
     with pytest.raises(ValueError, match="unknown attack"):
         EvalSettings(attack="cw")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(steps=0), "steps must be at least 1"),
+        (dict(eot=0), "eot must be at least 1"),
+        (dict(votes=0), "votes must be at least 1"),
+        (dict(batch_size=0), "batch_size must be at least 1"),
+        (dict(eps=0.0), "eps must be positive"),
+        (dict(eps=float("nan")), "eps must be positive"),
+        (dict(step_size=-0.1), "step_size must be positive"),
+        (dict(attack="lowfreq", lowpass_radius=0.0), "lowpass_radius must be positive"),
+        (dict(defenses=("none", "diffpure")), "unknown defenses"),
+    ],
+)
+def test_eval_settings_name_the_bad_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        EvalSettings(**bad)
+
+
+def test_wilson_interval():
+    from manipure_fast.evaluation.harness import wilson_interval
+
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    low, high = wilson_interval(0, 128)  # stays inside [0, 1] where the normal approximation collapses
+    assert low == 0.0 and high == pytest.approx(0.0291, abs=1e-4)
+    assert wilson_interval(128, 128)[1] == pytest.approx(1.0) and wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_autoattack_rand_uses_explicit_steps_and_attacks():

@@ -15,6 +15,7 @@ The attack schedule (surrogate) and the defense schedule are separate; votes are
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import time
@@ -55,6 +56,15 @@ class EvalSettings:
             raise ValueError(f"unknown defenses {bad}; choose from {DEFENSES}")
         if self.attack not in ATTACKS:
             raise ValueError(f"unknown attack {self.attack!r}; choose from {ATTACKS}")
+        for name in ("steps", "eot", "votes", "n_images", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be positive (or None for the default), got {self.step_size}")
+        if self.attack == "lowfreq" and not self.lowpass_radius > 0:
+            raise ValueError(f"lowpass_radius must be positive, got {self.lowpass_radius}")
 
 
 def _attack(settings: EvalSettings, defense: str, unet, classifier, x, y):
@@ -171,24 +181,53 @@ def _commit() -> str:
         return "unknown"
 
 
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for ``correct / total`` (95% for z = 1.96). Unlike the normal
+    approximation it stays inside [0, 1] and is honest near 0 and 1, where robust accuracies of
+    undefended models sit."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _attack_title(s: dict) -> str:
+    norm = "L2" if s["attack"] == "pgd-l2" else "Linf"
+    parts = [f"{s['attack']} {norm}", f"eps {s['eps']:.4f}"]
+    if s["attack"] == "lowfreq":
+        parts.append(f"r <= {s['lowpass_radius']:g}")
+    parts.append(f"{s['steps']} steps")
+    if s.get("step_size") is not None:
+        parts.append(f"step size {s['step_size']:.4g}")
+    parts += [f"EOT {s['eot']}", f"{s['votes']} votes"]
+    return ", ".join(parts)
+
+
 def write_report(report: dict, out: Path) -> tuple[Path, Path]:
-    """``<out>.json`` and ``<out>.md``."""
+    """``<out>.json`` and ``<out>.md``. The Markdown adds a 95% Wilson interval to each accuracy."""
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    s = report["settings"]
+    s, n = report["settings"], report["images"]
+
+    def cell(correct: int) -> str:
+        low, high = wilson_interval(correct, n)
+        return f"{correct / max(n, 1):.3f} ({low:.3f}–{high:.3f})"
+
     lines = [
-        f"# Robustness: {s['attack']} (eps {s['eps']:.4f}, {s['steps']} steps, EOT {s['eot']}, "
-        f"{s['votes']} votes)",
+        f"# Robustness: {_attack_title(s)}",
         "",
-        f"{report['images']} images, device {report['device']}, wall time {report['wall_time_s']} s, "
+        f"{n} images, device {report['device']}, wall time {report['wall_time_s']} s, "
         f"torch {report['torch']}, commit {report['commit']}, {report['world_size']} process(es).",
+        "Accuracies with their 95% Wilson intervals in brackets.",
         "",
         "| defense | clean accuracy | robust accuracy |",
         "|---|---|---|",
     ]
     lines += [
-        f"| {d} | {r['clean_accuracy']:.3f} | {r['robust_accuracy']:.3f} |"
+        f"| {d} | {cell(r['clean_correct'])} | {cell(r['robust_correct'])} |"
         for d, r in report["results"].items()
     ]
     md_path.write_text("\n".join(lines) + "\n")
