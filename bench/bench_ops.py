@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.baselines.reference_structure import ReferenceStructurePurifier  # noqa: E402
 from manipure_fast import PurifierConfig, ops  # noqa: E402
+from manipure_fast.provenance import git_commit  # noqa: E402
 from manipure_fast.reference.schedule import noise_coefficients, step_coefficients  # noqa: E402
 
 HBM_PEAK_GBPS = {132: 3350.0, 114: 2000.0}  # H100 SXM / PCIe (PERFORMANCE.md)
@@ -61,16 +62,7 @@ def provenance(device: torch.device) -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
-    try:
-        info["commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["commit"] = "unknown"
+    info["commit"] = git_commit()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(

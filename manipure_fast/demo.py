@@ -24,6 +24,7 @@ import torch
 
 from .config import PurifierConfig, Round
 from .evaluation.attacks import pgd_eot
+from .provenance import git_commit
 from .purifier import DefendedClassifier, Purifier
 
 # The bundled denoiser was trained on t < 300 only; one round re-noising to t = 99 in 5 steps,
@@ -113,6 +114,7 @@ def run_demo(
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
+    commit = git_commit(short=True)
     torch.manual_seed(seed)
     pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:batch_size]
     x, y = images[pick].to(dev), labels[pick].to(dev)
@@ -172,6 +174,8 @@ def run_demo(
         json.dumps(
             dict(
                 device=str(dev),
+                torch=torch.__version__,
+                commit=commit,
                 batch_size=batch_size,
                 attack_steps=attack_steps,
                 eot=eot,

@@ -24,6 +24,7 @@ def test_demo_smoke(tmp_path, capsys):
     report = json.loads((tmp_path / "demo.json").read_text())
     assert [m["method"] for m in report["methods"]] == ["mani-pure", "freqpure", "uniform"]
     assert all(0 <= m["clean_accuracy"] <= 1 and m["images_per_second"] > 0 for m in report["methods"])
+    assert report["torch"] == torch.__version__ and report["commit"]
 
 
 def test_bundled_weights_are_small_and_documented():

@@ -187,3 +187,27 @@ def test_sharded_counts_sum_exactly_across_processes(tmp_path):
     out = tmp_path / "counts.txt"
     mp.spawn(_distributed_worker, args=(3, port, 10, out), nprocs=3, join=True)
     assert out.read_text() == f"10 {sum(range(10))}"
+
+
+def test_git_commit_marks_a_dirty_tree_and_survives_no_checkout(tmp_path, monkeypatch):
+    import subprocess
+
+    from manipure_fast import provenance
+
+    monkeypatch.setattr(provenance, "_SOURCE", tmp_path)
+    assert provenance.git_commit() == "unknown"  # not a checkout (an installed wheel)
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("commit", "-qm", "one")
+    clean = provenance.git_commit(short=True)
+    assert len(clean) >= 7 and "+" not in clean
+    (tmp_path / "untracked.txt").write_text("not code of the run")
+    assert provenance.git_commit(short=True) == clean
+    (tmp_path / "f.txt").write_text("b")
+    assert provenance.git_commit(short=True) == clean + "+dirty"
+    assert provenance.git_commit().startswith(clean) and len(provenance.git_commit()) == 40 + len("+dirty")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..demo import method_config, surrogate_config
+from ..provenance import git_commit
 from ..purifier import DefendedClassifier, Purifier
 from .attacks import autoattack_rand, bpda_model, pgd_eot
 from .sharding import shard_range, sum_across_ranks
@@ -130,6 +130,7 @@ def evaluate(
     counts = {f"{d}/{k}": 0 for d in settings.defenses for k in ("clean", "robust")}
     counts["total"] = stop - start
     torch.manual_seed(settings.seed + rank)
+    commit = git_commit(short=True)  # the code that computes, even if HEAD moves during the run
     started = time.perf_counter()
     batches = range(start, stop, settings.batch_size)
     for first in tqdm(batches, desc=f"rank {rank} batches", disable=not progress):
@@ -155,7 +156,7 @@ def evaluate(
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()})",
         torch=torch.__version__,
-        commit=_commit(),
+        commit=commit,
         results={
             d: dict(
                 clean_accuracy=counts[f"{d}/clean"] / max(total, 1),
@@ -166,19 +167,6 @@ def evaluate(
             for d in settings.defenses
         },
     )
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
