@@ -207,18 +207,26 @@ def main(argv=None) -> None:
     if device.type != "cuda" and not args.smoke:
         parser.error("timings need a CUDA device; use --smoke to check the code path on a CPU")
     shapes = SMOKE_SHAPES if args.smoke else {**SHAPES, **(SWEEP_SHAPES if args.sweep else {})}
+    path, meta = None, provenance(device)
+    if not args.smoke:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"ops-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
     rows = []
     for label, shape in shapes.items():
         rows += bench_exchange(label, shape, device, args.smoke)
         rows += bench_mani(label, shape, device, args.smoke)
+        if path is not None:
+            write_rows(path, rows, meta)
     if args.smoke:
         print(f"smoke run: {len(rows)} rows, nothing written")
         return
-    meta = provenance(device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"ops-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
-    path.write_text(json.dumps([{**row, **meta} for row in rows], indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def write_rows(path: Path, rows: list[dict], meta: dict) -> None:
+    """Rewrites ``path`` with every row so far, each with the provenance. Called after each shape,
+    so that a run cut short by a device-time limit keeps what it measured."""
+    path.write_text(json.dumps([{**row, **meta} for row in rows], indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Rows with provenance go to ``bench/results/purifier-<model>-<preset>-<gpu>-<date
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.baselines.reference_structure import ReferenceStructurePurifier  # noqa: E402
-from bench.bench_ops import provenance  # noqa: E402
+from bench.bench_ops import provenance, write_rows  # noqa: E402
 from manipure_fast import GraphedPurifier, Purifier, PurifierConfig, RecordedNoise, Round  # noqa: E402
 from manipure_fast.models.adm import ADMConfig, ADMUNet  # noqa: E402
 from manipure_fast.models.ddpmpp import DDPMpp, DDPMppConfig  # noqa: E402
@@ -260,18 +259,19 @@ def main(argv=None) -> None:
         config = config.replace(rounds=(Round.from_total(20, 2),))
         batches, args.repeats, args.baseline_repeats, args.warmup = [2], 1, 1, 1
     timer = Timer(device)
+    path, meta = None, provenance(device)
+    if not args.smoke:
+        args.out.mkdir(parents=True, exist_ok=True)
+        gpu = meta["gpu"].replace(" ", "_")
+        path = args.out / f"purifier-{args.model}-{args.preset}-{gpu}-{meta['date']}.json"
     rows = []
     for batch in batches:
         rows += bench_batch(args, model, config, (batch, c, h, w), device, timer)
+        if path is not None:
+            write_rows(path, rows, meta)  # after each batch size: a cut-short run keeps its rows
     if args.smoke:
         print(f"smoke run: {len(rows)} rows, nothing written")
         return
-    meta = provenance(device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = (
-        args.out / f"purifier-{args.model}-{args.preset}-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
-    )
-    path.write_text(json.dumps([{**row, **meta} for row in rows], indent=2) + "\n")
     print(f"wrote {path}")
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything a GPU session should run, in stages that each fit one device call (10 min).
-#   bash bench/gpu_session.sh aot|tests|sanitize|ops|purifier-cifar|purifier-imagenet|plot
+#   bash bench/gpu_session.sh quick|aot|tests|sanitize|ops|purifier-cifar|purifier-imagenet|plot
+# With little device time (one call), run `quick`: the acceptance measurements in priority order,
+# each under its own timeout, so that one slow step cannot take the rest down with it.
 # Run `aot` first: it builds the ahead-of-time CUDA library (root CMakeLists.txt) into build/aot,
 # and every later stage then exercises the cuda backend through it as well as through the JIT.
 # Results and logs go to $OUT (the device tool's output folder) or bench/results.
@@ -14,6 +16,18 @@ AOT_LIBRARY="$(ls build/aot/_cuda_ops*.so 2>/dev/null | head -1 || true)"
 [ -n "$AOT_LIBRARY" ] && export MANIPURE_CUDA_LIBRARY="$PWD/$AOT_LIBRARY"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT_DIR/gpu.txt"
 case "${1:?stage}" in
+  quick)
+    # 1. T1-T3: both ops at CIFAR B=512 and ImageNet B=64, every provider (rows are kept per shape).
+    timeout 150 "$PY" bench/bench_ops.py 2>&1 | tee "$OUT_DIR/bench-ops.log" || true
+    # 2. T6 at CIFAR B=64 against the reference-structure baseline (rows are kept per batch).
+    timeout 150 "$PY" bench/bench_purifier.py --model ddpmpp --preset cifar10 --batch 64 \
+      --repeats 5 --baseline-repeats 1 2>&1 | tee "$OUT_DIR/bench-purifier-cifar.log" || true
+    # 3. Correctness on the device: the fused ops and the graphs, stopping at the first failure.
+    timeout 180 "$PY" -m pytest -x -q -p no:cacheprovider --durations 15 tests/test_triton_ops.py \
+      tests/test_cuda_ops.py tests/test_graphs.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" || true
+    # 4. memcheck over both backends' forward and backward.
+    timeout 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitize_ops.py 2>&1 \
+      | tail -20 | tee "$OUT_DIR/memcheck.log" || true ;;
   aot)
     cmake -S . -B build/aot -G Ninja -DPython_EXECUTABLE="$PY" \
       -DMANIPURE_CUDA_ARCHITECTURES=90 2>&1 | tee "$OUT_DIR/aot-build.log"

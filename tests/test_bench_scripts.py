@@ -1,11 +1,15 @@
 """The benchmark scripts' code paths on the CPU (they time nothing meaningful here and write
-nothing): the purifier benchmark's smoke mode, gated providers included, and the throughput plot."""
+nothing): the purifier benchmark's smoke mode, gated providers included, the throughput plot, and
+the op benchmark keeping the rows of a run cut short."""
 
 from __future__ import annotations
 
 import json
 
-from bench import bench_purifier, plot_throughput
+import pytest
+import torch
+
+from bench import bench_ops, bench_purifier, plot_throughput
 
 
 def test_purifier_benchmark_smoke_gates_every_provider(capsys):
@@ -31,3 +35,24 @@ def test_throughput_plot_draws_measured_rows(tmp_path):
     plot_throughput.main([str(results), "-o", str(out)])
     assert out.stat().st_size > 10_000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_op_benchmark_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch):
+    """A device call that hits its time limit mid-sweep must leave every shape measured so far on disk."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_ops, "provenance", lambda device: dict(gpu="Test GPU", date="2026-01-01"))
+    monkeypatch.setattr(bench_ops, "bench_mani", lambda label, *_: [dict(op="mani_noise", shape=label)])
+
+    def exchange(label, *_):
+        if label == "imagenet-B64":
+            raise KeyboardInterrupt  # what a timeout's signal leaves behind, mid-run
+        return [dict(op="exchange_update", shape=label)]
+
+    monkeypatch.setattr(bench_ops, "bench_exchange", exchange)
+    with pytest.raises(KeyboardInterrupt):
+        bench_ops.main(["--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "ops-Test_GPU-2026-01-01.json").read_text())
+    assert [(r["op"], r["shape"], r["gpu"]) for r in rows] == [
+        ("exchange_update", "cifar-B512", "Test GPU"),
+        ("mani_noise", "cifar-B512", "Test GPU"),
+    ]
