@@ -67,7 +67,7 @@ class EvalSettings:
             raise ValueError(f"lowpass_radius must be positive, got {self.lowpass_radius}")
 
 
-def _attack(settings: EvalSettings, defense: str, unet, classifier, x, y):
+def _attack(settings: EvalSettings, defense: str, unet, classifier, x, y, on_step=None):
     if defense == "none":
         model = classifier
     elif settings.attack == "bpda":
@@ -97,6 +97,7 @@ def _attack(settings: EvalSettings, defense: str, unet, classifier, x, y):
         random_start=settings.random_start,
         lowpass_radius=settings.lowpass_radius if settings.attack == "lowfreq" else None,
         checkpoint=settings.checkpoint,
+        progress=on_step,
     )
 
 
@@ -137,7 +138,11 @@ def evaluate(
         x = images[first : min(first + settings.batch_size, stop)].to(device)
         y = labels[first : first + x.shape[0]].to(device)
         for defense in settings.defenses:
-            x_adv = _attack(settings, defense, unet, classifier, x, y)
+            # AutoAttack reports no steps; its bar stays empty until the defense is done.
+            with tqdm(
+                total=settings.steps, desc=f"  {defense} attack steps", leave=False, disable=not progress
+            ) as steps_bar:
+                x_adv = _attack(settings, defense, unet, classifier, x, y, lambda _: steps_bar.update(1))
             counts[f"{defense}/clean"] += int(
                 (_predict(defense, unet, classifier, x, settings.votes) == y).sum()
             )
