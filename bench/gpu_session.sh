@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Everything a GPU session should run, in stages that each fit one device call (10 min).
-#   bash bench/gpu_session.sh quick|aot|tests|sanitize|ops|purifier-cifar|purifier-imagenet|plot
+#   bash bench/gpu_session.sh quick|report|aot|tests|sanitize|ops|purifier-cifar|purifier-imagenet|plot
 # With little device time (one call), run `quick`: the acceptance measurements in priority order,
 # each under its own timeout, so that one slow step cannot take the rest down with it.
 # Run `aot` first: it builds the ahead-of-time CUDA library (root CMakeLists.txt) into build/aot,
 # and every later stage then exercises the cuda backend through it as well as through the JIT.
 # Results and logs go to $OUT (the device tool's output folder) or bench/results.
-# The GPU machine has torch, triton and cupy but no diffusers: only the GPU test files run here.
+# The GPU machine has torch, triton and cupy but no diffusers: only the GPU test files run here,
+# except `report`, which installs a carried diffusers wheel (docs/results/README.md says how).
+# The tree arrives without .git: pass MANIPURE_COMMIT=<hash> so that results name their commit.
 set -euo pipefail
 OUT_DIR="${OUT:-bench/results}"
 PY="$(command -v python3 || command -v python)"  # the device has python3 (with torch)
@@ -28,8 +30,19 @@ case "${1:?stage}" in
     # 4. memcheck over both backends' forward and backward.
     timeout 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitize_ops.py 2>&1 \
       | tail -20 | tee "$OUT_DIR/memcheck.log" || true ;;
-  aot)
-    cmake -S . -B build/aot -G Ninja -DPython_EXECUTABLE="$PY" \
+  report)
+    # Issue #3's full-strength robustness report on the bundled models: PGD-EOT (100 steps, EOT 10)
+    # and the low-frequency attack, on 512 images, 10 votes. The defenses run on the reference
+    # backend: the report measures the defenses, so it does not depend on kernels under test.
+    ls .whl/diffusers-*.whl >/dev/null || { echo "carry .whl with the diffusers wheel" >&2; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH" MANIPURE_BACKEND=reference PYTHONUNBUFFERED=1
+    for attack in pgd lowfreq; do
+      timeout 270 "$PY" -m manipure_fast.cli eval --attack $attack --steps 100 --eot 10 --votes 10 \
+        --n-images 512 --batch-size 256 --out "$OUT_DIR/$attack-linf-fashion-512-full" 2>&1 \
+        | tee "$OUT_DIR/report-$attack.log" || true
+    done ;;
+  aot) -S . -B build/aot -G Ninja -DPython_EXECUTABLE="$PY" \
       -DMANIPURE_CUDA_ARCHITECTURES=90 2>&1 | tee "$OUT_DIR/aot-build.log"
     cmake --build build/aot 2>&1 | tee -a "$OUT_DIR/aot-build.log"
     MANIPURE_CUDA_LIBRARY="$PWD/$(ls build/aot/_cuda_ops*.so | head -1)" \

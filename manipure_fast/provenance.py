@@ -2,11 +2,14 @@
 
 Benchmarks and reports record this beside their numbers. A tree with uncommitted changes to
 tracked files is marked ``+dirty``: its numbers came from code no commit holds. Call it when the
-measurement starts, not when it is written: a long run outlives later commits.
+measurement starts, not when it is written: a long run outlives later commits. Where the code runs
+from a copy without its ``.git`` (a device machine is sent the working tree alone), the caller
+names the commit in ``MANIPURE_COMMIT``.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,10 +24,10 @@ def _git(*args: str) -> str:
 
 def git_commit(short: bool = False) -> str:
     """``HEAD`` of the checkout this package runs from, with ``+dirty`` when tracked files have
-    uncommitted changes; ``"unknown"`` outside a git checkout (an installed wheel)."""
+    uncommitted changes. Outside a git checkout: ``MANIPURE_COMMIT`` if set, else ``"unknown"``."""
     try:
         commit = _git("rev-parse", "--short" if short else "--verify", "HEAD")
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return "unknown"
+        return os.environ.get("MANIPURE_COMMIT") or "unknown"
     return commit + ("+dirty" if dirty else "")

@@ -195,7 +195,10 @@ def test_git_commit_marks_a_dirty_tree_and_survives_no_checkout(tmp_path, monkey
     from manipure_fast import provenance
 
     monkeypatch.setattr(provenance, "_SOURCE", tmp_path)
+    monkeypatch.delenv("MANIPURE_COMMIT", raising=False)
     assert provenance.git_commit() == "unknown"  # not a checkout (an installed wheel)
+    monkeypatch.setenv("MANIPURE_COMMIT", "abc1234")  # a copy of the tree without its .git
+    assert provenance.git_commit() == "abc1234"
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)

@@ -191,7 +191,7 @@ def _attack_title(s: dict) -> str:
     parts = [f"{s['attack']} {norm}", f"eps {s['eps']:.4f}"]
     if s["attack"] == "lowfreq":
         parts.append(f"r <= {s['lowpass_radius']:g}")
-    parts.append(f"{s['steps']} steps")
+    parts.append(f"{s['steps']} step{'s' if s['steps'] != 1 else ''}")
     if s.get("step_size") is not None:
         parts.append(f"step size {s['step_size']:.4g}")
     parts += [f"EOT {s['eot']}", f"{s['votes']} votes"]
