@@ -42,7 +42,21 @@ from manipure_fast import PurifierConfig, ops  # noqa: E402
 from manipure_fast.provenance import git_commit  # noqa: E402
 from manipure_fast.reference.schedule import noise_coefficients, step_coefficients  # noqa: E402
 
-HBM_PEAK_GBPS = {132: 3350.0, 114: 2000.0}  # H100 SXM / PCIe (PERFORMANCE.md)
+# Datasheet HBM bandwidth in GB/s. PERFORMANCE.md gives the H100's (SXM has 132 SMs, PCIe 114).
+# The H200 has the H100's 132 SMs but 4.8 TB/s of HBM3e, so the SM count alone would credit it
+# with an H100's roofline: the name decides first.
+HBM_PEAK_GBPS = {"H200": 4800.0, "H100-132": 3350.0, "H100-114": 2000.0}
+
+
+def hbm_peak_gbps(name: str, sm_count: int) -> float | None:
+    """The roofline's bandwidth for a GPU, or None where this table does not know it."""
+    if "H200" in name:
+        return HBM_PEAK_GBPS["H200"]
+    if "H100" in name:
+        return HBM_PEAK_GBPS.get(f"H100-{sm_count}")
+    return None
+
+
 SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256)}
 SWEEP_SHAPES = {
     f"{h}x{h}-B{b}": (b, 3, h, h)
@@ -180,9 +194,10 @@ def _run(op, label, shape, device, smoke, providers, planes):
 
                 row["cuda_loader"] = cuda_ops.active_loader()
             if device.type == "cuda":
-                sm = torch.cuda.get_device_properties(device).multi_processor_count
-                peak = HBM_PEAK_GBPS.get(sm)
+                props = torch.cuda.get_device_properties(device)
+                peak = hbm_peak_gbps(props.name, props.multi_processor_count)
                 if peak:
+                    row["hbm_peak_gbps"] = peak
                     row["roofline_fraction"] = gbps / peak
                     row["roofline_ms"] = nbytes / (peak * 1e9) * 1e3
             rows.append(row)

@@ -56,3 +56,10 @@ def test_op_benchmark_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch):
         ("exchange_update", "cifar-B512", "Test GPU"),
         ("mani_noise", "cifar-B512", "Test GPU"),
     ]
+
+
+def test_roofline_bandwidth_tells_h200_from_h100():
+    assert bench_ops.hbm_peak_gbps("NVIDIA H100 80GB HBM3", 132) == 3350.0
+    assert bench_ops.hbm_peak_gbps("NVIDIA H100 PCIe", 114) == 2000.0
+    assert bench_ops.hbm_peak_gbps("NVIDIA H200", 132) == 4800.0  # same SM count as the H100 SXM
+    assert bench_ops.hbm_peak_gbps("NVIDIA A100-SXM4-80GB", 108) is None  # unknown: no fraction claimed
