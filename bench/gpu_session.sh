@@ -42,7 +42,8 @@ case "${1:?stage}" in
         --n-images 512 --batch-size 256 --out "$OUT_DIR/$attack-linf-fashion-512-full" 2>&1 \
         | tee "$OUT_DIR/report-$attack.log" || true
     done ;;
-  aot) -S . -B build/aot -G Ninja -DPython_EXECUTABLE="$PY" \
+  aot)
+    cmake -S . -B build/aot -G Ninja -DPython_EXECUTABLE="$PY" \
       -DMANIPURE_CUDA_ARCHITECTURES=90 2>&1 | tee "$OUT_DIR/aot-build.log"
     cmake --build build/aot 2>&1 | tee -a "$OUT_DIR/aot-build.log"
     MANIPURE_CUDA_LIBRARY="$PWD/$(ls build/aot/_cuda_ops*.so | head -1)" \
