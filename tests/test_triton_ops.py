@@ -11,7 +11,7 @@ from conftest import LinearEps
 from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
 from manipure_fast import reference as ref
 from manipure_fast.ops import triton_exchange, triton_mani
-from manipure_fast.reference.schedule import step_coefficients
+from manipure_fast.reference.schedule import noise_coefficients, step_coefficients
 from manipure_fast.sampler import purify_diffusion
 
 pytest.importorskip("triton")
@@ -85,6 +85,69 @@ def test_mani_noise_zero_plane_is_uniform():
     z = torch.randn(1, 2, 16, 16, device=DEVICE)
     out = ops.mani_noise(x, 500, z, backend="triton")
     assert torch.allclose(out, ref.mani_noise(x, 500, z), atol=1e-5)
+
+
+# Planes above 64x64 take the large-plane path (rfft2, two fused kernels, irfft2): odd and even
+# sides (the half spectrum's self-mirrored columns differ), non-square, and ImageNet's 256x256.
+MANI_LARGE_SHAPES = [(1, 2, 65, 66), (2, 1, 67, 65), (1, 1, 96, 80), (1, 3, 256, 256)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", MANI_LARGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_mani_noise_large_planes_match_reference(shape, dtype):
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = (torch.rand(shape, generator=gen) * 2 - 1).to(DTYPES[dtype]).to(DEVICE)
+    z = torch.randn(shape, generator=gen).to(DEVICE)
+    out = ops.mani_noise(x, 300, z, backend="triton")
+    assert out.dtype == torch.float32
+    _within_eager_error(out, [x.float(), z], lambda a, n: ref.mani_noise(a, 300, n), DTYPES[dtype])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(band_mode="count"),
+        dict(weight_map="kernel"),
+        dict(normalize="max"),
+        dict(normalize="none", n_bands=3, gamma=1.2),
+        dict(n_bands=16, gamma=1.2),
+    ],
+    ids=["count", "kernel", "max", "none-3bands", "16bands"],
+)
+def test_mani_noise_large_plane_options(options):
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.rand(2, 2, 72, 81, generator=gen) * 2 - 1).to(DEVICE)
+    z = torch.randn(2, 2, 72, 81, generator=gen).to(DEVICE)
+    out = ops.mani_noise(x, 700, z, backend="triton", **options)
+    _within_eager_error(out, [x, z], lambda a, n: ref.mani_noise(a, 700, n, **options), torch.float32)
+
+
+@pytest.mark.parametrize("normalize", ["rms", "max"])
+def test_mani_noise_large_zero_plane_is_uniform(normalize):
+    x = torch.zeros(1, 2, 70, 70, device=DEVICE)
+    x[0, 1] = torch.rand(70, 70)
+    z = torch.randn(1, 2, 70, 70, device=DEVICE)
+    out = ops.mani_noise(x, 500, z, backend="triton", normalize=normalize)
+    assert torch.allclose(out, ref.mani_noise(x, 500, z, normalize=normalize), atol=1e-5)
+
+
+def test_mani_noise_large_plane_gradients_match_autograd():
+    """The large-plane backward (autograd through the reference, recomputed) for x and the noise."""
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(1, 2, 66, 72, generator=gen) * 2 - 1
+    noise = torch.randn(1, 2, 66, 72, generator=gen)
+    weight = torch.randn(1, 2, 66, 72, generator=gen)
+
+    def gradients(backend, dtype, device):
+        x = x0.to(device, dtype).requires_grad_()
+        z = noise.to(device, dtype).requires_grad_()
+        out = ops.mani_noise(x, 600, z, backend=backend)
+        return torch.autograd.grad((out * weight.to(device, dtype)).sum(), (x, z))
+
+    fused = gradients("triton", torch.float32, DEVICE)
+    exact = gradients("reference", torch.float64, "cpu")
+    for g_fast, g_exact in zip(fused, exact):
+        torch.testing.assert_close(g_fast.cpu().double(), g_exact, rtol=0, atol=1e-4)
 
 
 EXCHANGE_CASES = [
@@ -188,6 +251,24 @@ def test_mani_philox_path_matches_reference_with_the_stored_noise():
     x2 = x.detach().requires_grad_()
     (g_ref,) = torch.autograd.grad(ref.mani_noise(x2, 400, z).sum(), x2)
     assert torch.allclose(g, g_ref, atol=1e-4)
+
+
+def test_mani_large_plane_philox_draws_the_exchange_kernels_counters():
+    """A mid-grey plane has W = 1, so the large path's output is sqrt(1 - abar) z: the same
+    normals the exchange kernel draws at the same seed and offset, and the stored noise the
+    backward uses. Two calls draw fresh noise."""
+    shape = (1, 2, 72, 68)
+    x = torch.zeros(shape, device=DEVICE, requires_grad=True)
+    state = _rng(5)
+    out = ops.mani_noise(x, 400, rng_state=state, backend="triton")
+    assert state[1].item() == x.numel()
+    (z,), _ = _philox_noise(5, shape=shape)
+    coef = noise_coefficients(400)
+    torch.testing.assert_close(out.detach(), coef.noise * z, rtol=0, atol=1e-6)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(g, torch.full_like(g, coef.signal), rtol=0, atol=1e-6)
+    again = ops.mani_noise(x.detach(), 400, rng_state=state, backend="triton")
+    assert not torch.equal(again, out.detach())
 
 
 def test_noise_arguments_are_checked():
@@ -354,10 +435,12 @@ def test_fused_mani_backward_on_a_constant_plane_has_only_the_direct_term():
 def test_backend_selection():
     small = torch.zeros(1, 1, 32, 32, device=DEVICE)
     big = torch.zeros(1, 1, 96, 96, device=DEVICE)
+    huge = torch.zeros(1, 1, 300, 300, device=DEVICE)
     assert ops.select_backend("mani_noise", small) == "triton"
-    assert ops.select_backend("mani_noise", big) == "reference"  # auto falls back quietly
-    with pytest.raises(ValueError, match="handles planes up to 64x64"):
-        ops.select_backend("mani_noise", big, "triton")
+    assert ops.select_backend("mani_noise", big) == "triton"  # the large-plane path
+    assert ops.select_backend("exchange_update", huge) == "reference"  # auto falls back quietly
+    with pytest.raises(ValueError, match="handles planes up to 256x256"):
+        ops.select_backend("exchange_update", huge, "triton")
     with pytest.raises(ValueError, match="not torch.float64"):
         ops.select_backend("exchange_update", small.double(), "triton")
     with ops.use_backend("reference"):
@@ -374,8 +457,8 @@ def test_backend_environment_variable(monkeypatch):
 
 @pytest.mark.parametrize(
     "mani, shape",
-    [(True, (2, 3, 16, 16)), (False, (1, 1, 31, 33))],
-    ids=["mani-B2-C3-16", "freqpure-B1-C1-31x33"],
+    [(True, (2, 3, 16, 16)), (False, (1, 1, 31, 33)), (True, (1, 2, 72, 66))],
+    ids=["mani-B2-C3-16", "freqpure-B1-C1-31x33", "mani-B1-C2-72x66"],
 )
 def test_sampler_on_triton_equals_reference_given_the_same_noise(mani, shape):
     torch.manual_seed(0)

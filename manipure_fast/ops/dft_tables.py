@@ -81,3 +81,23 @@ def padded_band_map(
     bands = torch.full((rows_pad, cols_pad), n_bands, dtype=torch.int32)
     bands[:h, :w] = band_map(h, w, n_bands, mode, torch.device("cpu")).to(torch.int32)
     return bands.to(device)
+
+
+@functools.lru_cache(maxsize=128)
+def half_spectrum_bands(h: int, w: int, n_bands: int, mode: str, device: torch.device):
+    """The MANI band map over ``rfft2``'s half spectrum (``H x (W//2 + 1)``, flattened), as int32
+    band indices and float32 shares: a coefficient's multiplicity in the full spectrum (2 where its
+    conjugate mirror lies outside the half, i.e. off column 0 and, for even W, off column W/2; else
+    1) over its band's size. ``sum(share * |F|)`` over a band is then the band's mean magnitude."""
+    from ..reference.grid import band_map, band_one_hot
+
+    half = w // 2 + 1
+    bands = band_map(h, w, n_bands, mode, torch.device("cpu"))[:, :half]
+    _, counts = band_one_hot(h, w, n_bands, mode, torch.device("cpu"))
+    columns = torch.arange(half)
+    multiplicity = torch.where((columns == 0) | (2 * columns == w), 1.0, 2.0).to(torch.float64)
+    share = multiplicity.view(1, -1) / counts.to(torch.float64)[bands]
+    return (
+        bands.to(torch.int32).flatten().to(device),
+        share.to(torch.float32).flatten().to(device),
+    )

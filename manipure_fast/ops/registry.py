@@ -32,8 +32,9 @@ BACKENDS = ("triton", "cuda", "reference")
 AUTO_ORDER = ("triton", "reference")
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("manipure_backend", default=None)
 
-# Largest plane side each triton op handles (see ops/triton_mani.py and ops/triton_exchange.py).
-TRITON_MAX_SIDE = {"mani_noise": 64, "exchange_update": 256}
+# Largest plane side each triton op handles (ops/triton_exchange.py). mani_noise has no limit: one
+# launch up to 64x64, cuFFT and two fused kernels above (ops/triton_mani.py).
+TRITON_MAX_SIDE = {"exchange_update": 256}
 # The cuda kernels: MANI in one block per plane; the exchange's band DFT (its shared memory also
 # depends on the cut radius, checked at launch).
 CUDA_MAX_SIDE = {"mani_noise": 64, "exchange_update": 256}
@@ -82,8 +83,8 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
             return f"triton runs on CUDA devices (or on the CPU with TRITON_INTERPRET=1), not {x.device}"
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return f"triton computes in fp32 from fp32/fp16/bf16 inputs, not {x.dtype}"
-        side = TRITON_MAX_SIDE[op]
-        if x.shape[-1] > side or x.shape[-2] > side:
+        side = TRITON_MAX_SIDE.get(op)
+        if side is not None and (x.shape[-1] > side or x.shape[-2] > side):
             return f"triton {op} handles planes up to {side}x{side}, not {x.shape[-2]}x{x.shape[-1]}"
         return None
     if backend == "cuda":

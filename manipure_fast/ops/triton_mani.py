@@ -1,11 +1,18 @@
 """The triton backend's ``mani_noise``: launcher and autograd Function.
 
 Chain: ``mani_noise_kernel`` (kernels/triton) -> ``ManiNoise`` (here) -> the public
-``manipure_fast.ops.mani_noise``. One launch for planes up to 64x64 (``MAX_SIDE``); larger planes
-are the reference's (cuFFT) business, because a full-spectrum DFT of a 256x256 plane does not fit
-one program's registers and MANI runs once per round, not per step. The backward is one fused
-launch (``mani_noise_backward_kernel``) that recomputes the map from x and needs the noise the
-forward used, which the forward kernel stores only when a gradient is needed.
+``manipure_fast.ops.mani_noise``. Two paths, by plane size:
+
+- up to 64x64 (``MAX_SIDE``): one launch, the whole plane in one program. The backward is one
+  fused launch (``mani_noise_backward_kernel``) that recomputes the map from x.
+- larger planes (ImageNet's 256x256): a full spectrum does not fit one program, so the two
+  transforms are cuFFT half-spectrum ones (``torch.fft.rfft2``/``irfft2``) and everything
+  between and after them is two fused kernels (``kernels/triton/mani_noise_large.py``): four
+  launches in all. The backward recomputes through the reference with autograd; MANI runs once
+  per round, not per step, so this is a small part of an attack's backward.
+
+Both backwards need the noise the forward used, which the forward stores only when a gradient
+is needed.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from ..reference.schedule import noise_coefficients
-from .dft_tables import full_tables, next_pow2, padded_band_map
+from .dft_tables import full_tables, half_spectrum_bands, next_pow2, padded_band_map
 
-MAX_SIDE = 64
+MAX_SIDE = 64  # the one-launch kernel's limit; larger planes take the cuFFT path
+LARGE_BLOCK = 2048  # elements per tile of the large-plane kernels' sweeps
 _NORMALIZE = {"rms": 0, "max": 1, "none": 2}
 
 
@@ -85,6 +93,80 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
     return out, noise
 
 
+def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
+    """The large-plane path: rfft2, the band-weights kernel, irfft2, the injection kernel. Same
+    contract as ``launch_mani_noise``, for any plane size."""
+    from ..kernels.triton.mani_noise_large import mani_band_weights_kernel, mani_inject_kernel
+
+    b, c, h, w = x.shape
+    coef = noise_coefficients(params.t)
+    spectrum = torch.fft.rfft2(x)
+    bands, share = half_spectrum_bands(h, w, params.n_bands, params.band_mode, x.device)
+    mani_band_weights_kernel[(b * c,)](
+        torch.view_as_real(spectrum),
+        bands,
+        share,
+        h * (w // 2 + 1),
+        params.gamma,
+        params.eps0,
+        N_BANDS=params.n_bands,
+        BANDS_PAD=next_pow2(params.n_bands + 1, minimum=2),
+        SPECTRAL=params.weight_map == "spectral",
+        BLOCK=LARGE_BLOCK,
+    )
+    shaped = torch.fft.irfft2(spectrum, s=(h, w))
+    out = _empty_like(x)
+    noise_out = _empty_like(x) if (noise is None and store_noise) else out
+    mani_inject_kernel[(b * c,)](
+        x,
+        shaped,
+        noise if noise is not None else x,
+        out,
+        noise_out,
+        rng_state if rng_state is not None else x,
+        h * w,
+        coef.signal,
+        coef.noise,
+        1.0 / (h * w),
+        NORMALIZE=_NORMALIZE[params.normalize],
+        NOISE_GIVEN=noise is not None,
+        STORE_NOISE=store_noise,
+        BLOCK=LARGE_BLOCK,
+    )
+    if noise is None:
+        rng_state[1].add_(b * c * h * w)
+        return out, (noise_out if store_noise else None)
+    return out, noise
+
+
+def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
+    """The large-plane backward: autograd through the reference, recomputed from x and the noise
+    the forward used. Returns ``(g_x, g_noise or None)``."""
+    from ..reference.mani import mani_noise as reference_mani_noise
+
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_()
+        z_in = noise.detach().requires_grad_(noise_grad)
+        out = reference_mani_noise(
+            x_in,
+            params.t,
+            z_in,
+            n_bands=params.n_bands,
+            gamma=params.gamma,
+            eps0=params.eps0,
+            band_mode=params.band_mode,
+            weight_map=params.weight_map,
+            normalize=params.normalize,
+            detach_map=params.detach_map,
+        )
+        grads = torch.autograd.grad(out, (x_in, z_in) if noise_grad else (x_in,), grad)
+    return grads[0], (grads[1] if noise_grad else None)
+
+
+def _is_large(x: torch.Tensor) -> bool:
+    return x.shape[-2] > MAX_SIDE or x.shape[-1] > MAX_SIDE
+
+
 def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
     """The gradients of ``out`` for x and (when ``noise_grad``) for the noise, one launch; grad,
     x and noise: fp32 contiguous ``[B, C, H, W]``. Returns ``(g_x, g_noise or None)``."""
@@ -124,7 +206,8 @@ def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: b
 class ManiNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
-        out, used = launch_mani_noise(x, noise, rng_state, params, store_noise=needs_grad)
+        launch = launch_mani_noise_large if _is_large(x) else launch_mani_noise
+        out, used = launch(x, noise, rng_state, params, store_noise=needs_grad)
         ctx.params = params
         ctx.save_for_backward(x, used if used is not None else x)
         return out
@@ -132,7 +215,8 @@ class ManiNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        g_x, g_noise = launch_mani_noise_backward(
+        backward = reference_mani_backward if _is_large(x) else launch_mani_noise_backward
+        g_x, g_noise = backward(
             grad.to(torch.float32).contiguous(), x, z, ctx.params, noise_grad=ctx.needs_input_grad[1]
         )
         return g_x, g_noise, None, None, None
