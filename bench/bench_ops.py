@@ -9,8 +9,8 @@ Ops and providers:
   plus update), ``torch-eager`` (the vectorised reference: batched fft2 / mask / ifft2), ``triton``,
   ``cuda`` (the CUDA C++ kernels through the loader ``cuda_ops.active_loader()`` picks, recorded
   as ``cuda_loader``; skipped, with the reason, where they cannot run).
-- mani_noise: ``torch-eager``, ``triton`` and ``cuda`` (planes up to 64x64; ImageNet planes use the
-  reference).
+- mani_noise: ``torch-eager``, ``triton`` (one launch up to 64x64; above, ImageNet's planes
+  included, cuFFT half-spectrum transforms and two fused kernels) and ``cuda`` (planes up to 64x64).
 
 Method (STYLE.md): every fast provider is first checked against the reference on the benchmarked
 shape (a red gate prints and skips the row); then ``triton.testing.do_bench`` (L2 flushed; median,
@@ -63,7 +63,7 @@ SWEEP_SHAPES = {
     for h, batches in ((32, (1, 8, 64)), (64, (1, 8, 64, 256)), (256, (1, 8)))
     for b in batches
 }
-SMOKE_SHAPES = {"smoke-B2": (2, 3, 16, 16)}
+SMOKE_SHAPES = {"smoke-B2": (2, 3, 16, 16), "smoke-large-B1": (1, 1, 72, 72)}  # both MANI paths
 
 
 def provenance(device: torch.device) -> dict:
