@@ -55,7 +55,10 @@ def mani_band_weights_kernel(
         band = tl.load(band_ptr + idx, mask=inside, other=N_BANDS)
         share = tl.load(share_ptr + idx, mask=inside, other=0.0)
         value = tl.sqrt(re * re + im * im) * share
-        sums += tl.sum(tl.where(band[:, None] == band_ids[None, :], value[:, None], 0.0), axis=0)
+        # One 1-D reduction per band (unrolled) rather than a [BLOCK, BANDS_PAD] one, which would
+        # hold BANDS_PAD times the tile in registers.
+        for i in tl.static_range(N_BANDS):
+            sums += tl.where(band_ids == i, tl.sum(tl.where(band == i, value, 0.0), axis=0), 0.0)
 
     # M^gamma via exp(gamma log M); an all-zero band has M^gamma = 0, as torch.pow(0, gamma).
     power = tl.where(sums > 0, tl.exp(gamma * tl.log(tl.where(sums > 0, sums, 1.0))), 0.0)
@@ -65,7 +68,9 @@ def mani_band_weights_kernel(
         idx = start + tl.arange(0, BLOCK)
         inside = idx < N_COEFFICIENTS
         band = tl.load(band_ptr + idx, mask=inside, other=N_BANDS)
-        weight = tl.sum(tl.where(band[:, None] == band_ids[None, :], weights[None, :], 0.0), axis=1)
+        weight = tl.zeros((BLOCK,), tl.float32)
+        for i in tl.static_range(N_BANDS):
+            weight = tl.where(band == i, tl.sum(tl.where(band_ids == i, weights, 0.0), axis=0), weight)
         if SPECTRAL:
             re = tl.load(spectrum_ptr + base + 2 * idx, mask=inside, other=0.0)
             im = tl.load(spectrum_ptr + base + 2 * idx + 1, mask=inside, other=0.0)
