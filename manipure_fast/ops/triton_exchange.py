@@ -52,6 +52,10 @@ class _Tiling:
     h_pad: int
     band_h: int
     band_w: int
+    # Software-pipeline stages of the row loops. Triton's default (3) multi-buffers the row
+    # tiles in shared memory: at 256x256 that is 296 KB, over the 227 KB a block may have on
+    # sm_90, so the launch would fail. One stage needs 164 KB (bench/compile_sm90.py).
+    num_stages: int
 
 
 def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.device):
@@ -65,6 +69,7 @@ def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.dev
         h_pad=math.ceil(h / block_m) * block_m,
         band_h=next_pow2(band_frequencies(h, cut).numel()),
         band_w=next_pow2(band_frequencies(w, cut).numel()),
+        num_stages=3 if block_w <= 64 else 1,
     )
     cos_h, sin_h = band_tables(h, cut, tiling.band_h, tiling.h_pad, device)
     cos_w, sin_w = band_tables(w, cut, tiling.band_w, block_w, device)
@@ -119,6 +124,7 @@ def launch_exchange_update(
         BAND_H=tiling.band_h,
         BAND_W=tiling.band_w,
         PRECISION=_precision(x_t.device),
+        num_stages=tiling.num_stages,
     )
     if noise is None:
         rng_state[1].add_(b * c * h * w)  # on the device: graph-safe, replays draw fresh noise
@@ -166,6 +172,7 @@ def launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params: Exch
         BAND_H=tiling.band_h,
         BAND_W=tiling.band_w,
         PRECISION=_precision(x_t.device),
+        num_stages=tiling.num_stages,
     )
     return g_x_t, g_eps, g_ref_t, g_eps_ref
 

@@ -3,9 +3,9 @@
 Chain: ``mani_noise_kernel`` (kernels/triton) -> ``ManiNoise`` (here) -> the public
 ``manipure_fast.ops.mani_noise``. Two paths, by plane size:
 
-- up to 64x64 (``MAX_SIDE``): one launch, the whole plane in one program. The backward is one
+- up to 32x32 (``MAX_SIDE``): one launch, the whole plane in one program. The backward is one
   fused launch (``mani_noise_backward_kernel``) that recomputes the map from x.
-- larger planes (ImageNet's 256x256): a full spectrum does not fit one program, so the two
+- larger planes (ImageNet's 256x256): a full spectrum does not fit one program's registers, so the two
   transforms are cuFFT half-spectrum ones (``torch.fft.rfft2``/``irfft2``) and everything
   between and after them is two fused kernels (``kernels/triton/mani_noise_large.py``): four
   launches in all. The backward recomputes through the reference with autograd; MANI runs once
@@ -24,7 +24,11 @@ import torch
 from ..reference.schedule import noise_coefficients
 from .dft_tables import full_tables, half_spectrum_bands, next_pow2, padded_band_map
 
-MAX_SIDE = 64  # the one-launch kernel's limit; larger planes take the cuFFT path
+# The one-launch kernel's limit; larger planes take the cuFFT path. Its fp32 DFTs are FMA dots
+# that hold whole tiles in registers: compiled for sm_90 (bench/compile_sm90.py), the 32x32 tile
+# uses 255 registers and spills 1.3 KB, while a 64x64 tile spills 93 KB per thread and keeps
+# ptxas busy for about ten minutes, which the first launch on a GPU would wait for too.
+MAX_SIDE = 32
 LARGE_BLOCK = 2048  # elements per tile of the large-plane kernels' sweeps
 _NORMALIZE = {"rms": 0, "max": 1, "none": 2}
 
@@ -55,7 +59,7 @@ def _tables(h: int, w: int, params: ManiParams, device: torch.device):
 
 
 def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
-    """x (, noise): fp32 contiguous ``[B, C, H, W]``, H and W <= 64. Returns ``(out, noise_used)``;
+    """x (, noise): fp32 contiguous ``[B, C, H, W]``, H and W <= MAX_SIDE. Returns ``(out, noise_used)``;
     ``noise_used`` is None when Philox noise was drawn and not stored."""
     from ..kernels.triton.mani_noise import mani_noise_kernel
 
