@@ -192,7 +192,9 @@ def _ptxas_report(ptx: str, arch: str) -> dict:
     )
 
 
-def compile_all(arch: str = "90", cases: dict | None = None, on_row=None) -> list[dict]:
+def compile_all(
+    arch: str = "90", cases: dict | None = None, on_row=None, ptxas_report: bool = True
+) -> list[dict]:
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -218,7 +220,7 @@ def compile_all(arch: str = "90", cases: dict | None = None, on_row=None) -> lis
                     shared_bytes=compiled.metadata.shared,
                     compile_s=round(seconds, 2),
                     constexprs={k: v for k, v in constexprs.items() if not isinstance(v, str) or len(v) < 16},
-                    **_ptxas_report(compiled.asm["ptx"], ptx_arch),
+                    **(_ptxas_report(compiled.asm["ptx"], ptx_arch) if ptxas_report else {}),
                 )
             )
             if on_row is not None:
@@ -227,6 +229,7 @@ def compile_all(arch: str = "90", cases: dict | None = None, on_row=None) -> lis
 
 
 def _print_row(r: dict) -> None:
+    r = dict(dict(registers=-1, spill_stores=-1, spill_loads=-1), **r)
     print(
         f"{r['case']:38s} {r['kernel']:32s} {r['arch']:7s} {r['num_warps']:5d} {r['registers']:4d} "
         f"{r['spill_stores']:6d}/{r['spill_loads']:<6d} {r['shared_bytes']:7d} {r['compile_s']:8.1f}",
@@ -241,6 +244,9 @@ def main(argv=None) -> None:
     parser.add_argument("--arch", default="90", help="compute capability without the dot (default 90)")
     parser.add_argument("--cases", help="comma-separated case labels (default: all); see CASES")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--no-ptxas-report", action="store_true", help="skip the second ptxas run (registers, spills)"
+    )
     args = parser.parse_args(argv)
     cases = CASES
     if args.cases:
@@ -249,7 +255,7 @@ def main(argv=None) -> None:
             parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
         cases = {c: CASES[c] for c in args.cases.split(",")}
     print(f"{'case':38s} {'kernel':32s} {'arch':7s} warps regs  spill st/ld  smem B  compile s", flush=True)
-    rows = compile_all(args.arch, cases, on_row=_print_row)
+    rows = compile_all(args.arch, cases, on_row=_print_row, ptxas_report=not args.no_ptxas_report)
     if args.json:
         args.json.write_text(
             json.dumps(dict(triton=__import__("triton").__version__, rows=rows), indent=2) + "\n"

@@ -1,0 +1,51 @@
+"""The Triton kernels compile for sm_90 (H100/H200) on this CPU machine, with the constexprs the
+ops pass at ImageNet's 256x256, and fit the shared memory a block may have there. Triton's own
+ptxas does the compiling, so no GPU is needed; ``bench/compile_sm90.py`` records the launch
+arguments from the real launchers. The run must be free of TRITON_INTERPRET, so it is a child
+process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+SM90_MAX_SHARED_PER_BLOCK = 232448  # 227 KB, the opt-in maximum of an H100/H200 block
+
+
+def test_imagenet_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    if not Path(get_ptxas(90).path).is_file():
+        pytest.skip("triton ships no ptxas here")
+    out = tmp_path / "rows.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compile for real, not from a cache
+    cases = "exchange imagenet,exchange backward imagenet,mani imagenet philox none"
+    done = subprocess.run(
+        [sys.executable, "bench/compile_sm90.py", "--cases", cases, "--no-ptxas-report", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    kernels = {r["kernel"] for r in rows}
+    assert kernels == {
+        "exchange_update_kernel",
+        "exchange_update_backward_kernel",
+        "mani_band_weights_kernel",
+        "mani_inject_kernel",
+    }
+    for r in rows:
+        assert r["arch"] == "sm_90a"
+        assert r["shared_bytes"] <= SM90_MAX_SHARED_PER_BLOCK, r
