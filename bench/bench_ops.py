@@ -9,7 +9,7 @@ Ops and providers:
   plus update), ``torch-eager`` (the vectorised reference: batched fft2 / mask / ifft2), ``triton``,
   ``cuda`` (the CUDA C++ kernels through the loader ``cuda_ops.active_loader()`` picks, recorded
   as ``cuda_loader``; skipped, with the reason, where they cannot run).
-- mani_noise: ``torch-eager``, ``triton`` (one launch up to 64x64; above, ImageNet's planes
+- mani_noise: ``torch-eager``, ``triton`` (one launch up to 32x32; above, ImageNet's planes
   included, cuFFT half-spectrum transforms and two fused kernels) and ``cuda`` (planes up to 64x64).
 
 Method (STYLE.md): every fast provider is first checked against the reference on the benchmarked
