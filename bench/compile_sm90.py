@@ -158,7 +158,6 @@ CASES = {
     "mani cifar philox kernel-map max": _mani_case(CIFAR, philox=True, weight_map="kernel", normalize="max"),
     "mani 64x64": _mani_case((1, 3, 64, 64)),
     "mani backward cifar": _mani_case(CIFAR, backward=True),
-    "mani backward 64x64": _mani_case((1, 3, 64, 64), backward=True),
     "mani imagenet": _mani_case(IMAGENET),
     "mani imagenet philox none": _mani_case(IMAGENET, philox=True, normalize="none"),
 }
