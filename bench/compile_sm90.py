@@ -256,9 +256,22 @@ def main(argv=None) -> None:
     print(f"{'case':38s} {'kernel':32s} {'arch':7s} warps regs  spill st/ld  smem B  compile s", flush=True)
     rows = compile_all(args.arch, cases, on_row=_print_row, ptxas_report=not args.no_ptxas_report)
     if args.json:
-        args.json.write_text(
-            json.dumps(dict(triton=__import__("triton").__version__, rows=rows), indent=2) + "\n"
+        import datetime
+        import platform
+
+        from manipure_fast.provenance import git_commit
+
+        meta = dict(
+            triton=__import__("triton").__version__,
+            torch=torch.__version__,
+            python=platform.python_version(),
+            commit=git_commit(),
+            date=datetime.date.today().isoformat(),
+            target=f"cuda sm_{args.arch}",
+            gpu=None,
+            note="compiled on a CPU machine with Triton's bundled ptxas; nothing ran on a GPU",
         )
+        args.json.write_text(json.dumps(dict(meta, rows=rows), indent=2) + "\n")
 
 
 if __name__ == "__main__":
