@@ -49,10 +49,13 @@ def _within_eager_error(out, fast_inputs, fn, dtype):
 
 # Planes up to 32x32 take the one-launch kernel.
 MANI_SHAPES = [(1, 1, 31, 29), (2, 3, 28, 28), (1, 3, 32, 32), (2, 1, 16, 16), (1, 1, 17, 17), (1, 2, 9, 32)]
+# Planes above 32x32 take the large-plane path (rfft2, two fused kernels, irfft2): odd and even
+# sides (the half spectrum's self-mirrored columns differ), non-square, and ImageNet's 256x256.
+MANI_LARGE_SHAPES = [(1, 1, 31, 33), (1, 2, 64, 64), (2, 1, 67, 65), (1, 1, 96, 80), (1, 3, 256, 256)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", MANI_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", MANI_SHAPES + MANI_LARGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_mani_noise_matches_reference(shape, dtype):
     gen = torch.Generator().manual_seed(sum(shape))
     x = (torch.rand(shape, generator=gen) * 2 - 1).to(DTYPES[dtype]).to(DEVICE)
@@ -86,22 +89,6 @@ def test_mani_noise_zero_plane_is_uniform():
     z = torch.randn(1, 2, 16, 16, device=DEVICE)
     out = ops.mani_noise(x, 500, z, backend="triton")
     assert torch.allclose(out, ref.mani_noise(x, 500, z), atol=1e-5)
-
-
-# Planes above 32x32 take the large-plane path (rfft2, two fused kernels, irfft2): odd and even
-# sides (the half spectrum's self-mirrored columns differ), non-square, and ImageNet's 256x256.
-MANI_LARGE_SHAPES = [(1, 1, 31, 33), (1, 2, 64, 64), (2, 1, 67, 65), (1, 1, 96, 80), (1, 3, 256, 256)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", MANI_LARGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_mani_noise_large_planes_match_reference(shape, dtype):
-    gen = torch.Generator().manual_seed(sum(shape))
-    x = (torch.rand(shape, generator=gen) * 2 - 1).to(DTYPES[dtype]).to(DEVICE)
-    z = torch.randn(shape, generator=gen).to(DEVICE)
-    out = ops.mani_noise(x, 300, z, backend="triton")
-    assert out.dtype == torch.float32
-    _within_eager_error(out, [x.float(), z], lambda a, n: ref.mani_noise(a, 300, n), DTYPES[dtype])
 
 
 @pytest.mark.parametrize(
