@@ -65,32 +65,8 @@ def test_mani_noise_matches_reference(shape, dtype):
     _within_eager_error(out, [x.float(), z], lambda a, n: ref.mani_noise(a, 300, n), DTYPES[dtype])
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        dict(band_mode="count"),
-        dict(weight_map="kernel"),
-        dict(normalize="max"),
-        dict(normalize="none", n_bands=3, gamma=1.2),
-    ],
-    ids=["count", "kernel", "max", "none-3bands"],
-)
-def test_mani_noise_options(options):
-    gen = torch.Generator().manual_seed(1)
-    x = (torch.rand(2, 3, 20, 24, generator=gen) * 2 - 1).to(DEVICE)
-    z = torch.randn(2, 3, 20, 24, generator=gen).to(DEVICE)
-    out = ops.mani_noise(x, 700, z, backend="triton", **options)
-    _within_eager_error(out, [x, z], lambda a, n: ref.mani_noise(a, 700, n, **options), torch.float32)
-
-
-def test_mani_noise_zero_plane_is_uniform():
-    x = torch.zeros(1, 2, 16, 16, device=DEVICE)
-    x[0, 1] = torch.rand(16, 16)
-    z = torch.randn(1, 2, 16, 16, device=DEVICE)
-    out = ops.mani_noise(x, 500, z, backend="triton")
-    assert torch.allclose(out, ref.mani_noise(x, 500, z), atol=1e-5)
-
-
+# One plane for each path: the one-launch kernel (20x24) and the large-plane path (72x81).
+@pytest.mark.parametrize("shape", [(2, 3, 20, 24), (2, 2, 72, 81)], ids=["one-launch", "large"])
 @pytest.mark.parametrize(
     "options",
     [
@@ -102,19 +78,20 @@ def test_mani_noise_zero_plane_is_uniform():
     ],
     ids=["count", "kernel", "max", "none-3bands", "16bands"],
 )
-def test_mani_noise_large_plane_options(options):
-    gen = torch.Generator().manual_seed(2)
-    x = (torch.rand(2, 2, 72, 81, generator=gen) * 2 - 1).to(DEVICE)
-    z = torch.randn(2, 2, 72, 81, generator=gen).to(DEVICE)
+def test_mani_noise_options(options, shape):
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(shape, generator=gen) * 2 - 1).to(DEVICE)
+    z = torch.randn(shape, generator=gen).to(DEVICE)
     out = ops.mani_noise(x, 700, z, backend="triton", **options)
     _within_eager_error(out, [x, z], lambda a, n: ref.mani_noise(a, 700, n, **options), torch.float32)
 
 
+@pytest.mark.parametrize("side", [16, 70], ids=["one-launch", "large"])
 @pytest.mark.parametrize("normalize", ["rms", "max"])
-def test_mani_noise_large_zero_plane_is_uniform(normalize):
-    x = torch.zeros(1, 2, 70, 70, device=DEVICE)
-    x[0, 1] = torch.rand(70, 70)
-    z = torch.randn(1, 2, 70, 70, device=DEVICE)
+def test_mani_noise_zero_plane_is_uniform(normalize, side):
+    x = torch.zeros(1, 2, side, side, device=DEVICE)
+    x[0, 1] = torch.rand(side, side)
+    z = torch.randn(1, 2, side, side, device=DEVICE)
     out = ops.mani_noise(x, 500, z, backend="triton", normalize=normalize)
     assert torch.allclose(out, ref.mani_noise(x, 500, z, normalize=normalize), atol=1e-5)
 

@@ -17,7 +17,7 @@ is needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -154,18 +154,8 @@ def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool
     with torch.enable_grad():
         x_in = x.detach().requires_grad_()
         z_in = noise.detach().requires_grad_(noise_grad)
-        out = reference_mani_noise(
-            x_in,
-            params.t,
-            z_in,
-            n_bands=params.n_bands,
-            gamma=params.gamma,
-            eps0=params.eps0,
-            band_mode=params.band_mode,
-            weight_map=params.weight_map,
-            normalize=params.normalize,
-            detach_map=params.detach_map,
-        )
+        options = {k: v for k, v in asdict(params).items() if k != "t"}  # ManiParams mirrors its keywords
+        out = reference_mani_noise(x_in, params.t, z_in, **options)
         grads = torch.autograd.grad(out, (x_in, z_in) if noise_grad else (x_in,), grad)
     return grads[0], (grads[1] if noise_grad else None)
 
