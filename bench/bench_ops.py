@@ -9,7 +9,7 @@ Ops and providers:
   plus update), ``torch-eager`` (the vectorised reference: batched fft2 / mask / ifft2), ``triton``,
   ``cuda`` (the CUDA C++ kernels through the loader ``cuda_ops.active_loader()`` picks, recorded
   as ``cuda_loader``; skipped, with the reason, where they cannot run).
-- mani_noise: ``torch-eager``, ``triton`` (one launch up to 32x32; above, ImageNet's planes
+- mani_noise: ``torch-eager``, ``triton`` (one launch up to 64x64; above, ImageNet's planes
   included, cuFFT half-spectrum transforms and two fused kernels) and ``cuda`` (planes up to 64x64).
 
 Method (STYLE.md): every fast provider is first checked against the reference on the benchmarked
@@ -63,7 +63,11 @@ SWEEP_SHAPES = {
     for h, batches in ((32, (1, 8, 64)), (64, (1, 8, 64, 256)), (256, (1, 8)))
     for b in batches
 }
-SMOKE_SHAPES = {"smoke-B2": (2, 3, 16, 16), "smoke-large-B1": (1, 1, 72, 72)}  # both MANI paths
+SMOKE_SHAPES = {  # the three MANI paths
+    "smoke-B2": (2, 3, 16, 16),
+    "smoke-rows-B1": (1, 1, 48, 40),
+    "smoke-large-B1": (1, 1, 72, 72),
+}
 
 
 def provenance(device: torch.device) -> dict:

@@ -83,6 +83,7 @@ def _record(launch) -> list:
         "mani_noise",
         "mani_noise_backward",
         "mani_noise_large",
+        "mani_noise_rows",
     ):
         module = importlib.import_module(f"manipure_fast.kernels.triton.{name}")
         for attr, value in vars(module).items():
@@ -130,10 +131,13 @@ def _exchange_case(shape, eps_ref=True, philox=False, backward=False, **options)
 def _mani_case(shape, philox=False, backward=False, **options):
     params = triton_mani.ManiParams(999, **options)
     x, z, grad = _planes(shape)[:3]
-    large = max(shape[-2:]) > triton_mani.MAX_SIDE
     if backward:
         return lambda: triton_mani.launch_mani_noise_backward(grad, x, z, params, noise_grad=True)
-    launch = triton_mani.launch_mani_noise_large if large else triton_mani.launch_mani_noise
+    launch = {
+        "tile": triton_mani.launch_mani_noise,
+        "rows": triton_mani.launch_mani_noise_rows,
+        "large": triton_mani.launch_mani_noise_large,
+    }[triton_mani.mani_path(*shape[-2:])]
     if philox:
         state = torch.tensor([0, 0], dtype=torch.int64)
         return lambda: launch(x, None, state, params, store_noise=True)
@@ -157,6 +161,10 @@ CASES = {
     "mani cifar": _mani_case(CIFAR),
     "mani cifar philox kernel-map max": _mani_case(CIFAR, philox=True, weight_map="kernel", normalize="max"),
     "mani 64x64": _mani_case((1, 3, 64, 64)),
+    "mani 64x64 philox kernel-map max": _mani_case(
+        (1, 3, 64, 64), philox=True, weight_map="kernel", normalize="max"
+    ),
+    "mani 48x40": _mani_case((1, 3, 48, 40)),
     "mani backward cifar": _mani_case(CIFAR, backward=True),
     "mani imagenet": _mani_case(IMAGENET),
     "mani imagenet philox none": _mani_case(IMAGENET, philox=True, normalize="none"),

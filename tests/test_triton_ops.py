@@ -47,15 +47,38 @@ def _within_eager_error(out, fast_inputs, fn, dtype):
     assert torch.isfinite(out).all()
 
 
-# Planes up to 32x32 take the one-launch kernel.
+# Planes up to 32x32 take the whole-tile kernel.
 MANI_SHAPES = [(1, 1, 31, 29), (2, 3, 28, 28), (1, 3, 32, 32), (2, 1, 16, 16), (1, 1, 17, 17), (1, 2, 9, 32)]
-# Planes above 32x32 take the large-plane path (rfft2, two fused kernels, irfft2): odd and even
+# Planes up to 64x64 take the streamed one-launch kernel: one side over 32, partial last row
+# blocks, a 64x64 plane, and 64 rows by 17 columns.
+MANI_ROWS_SHAPES = [(1, 1, 31, 33), (2, 1, 33, 40), (1, 2, 64, 64), (1, 3, 50, 37), (1, 1, 64, 17)]
+# Larger planes take the large-plane path (rfft2, two fused kernels, irfft2): odd and even
 # sides (the half spectrum's self-mirrored columns differ), non-square, and ImageNet's 256x256.
-MANI_LARGE_SHAPES = [(1, 1, 31, 33), (1, 2, 64, 64), (2, 1, 67, 65), (1, 1, 96, 80), (1, 3, 256, 256)]
+MANI_LARGE_SHAPES = [(1, 1, 65, 64), (2, 1, 67, 65), (1, 1, 96, 80), (1, 3, 256, 256)]
+
+
+def test_mani_paths_by_plane_size(monkeypatch):
+    """Each shape list above reaches the path it is meant to test."""
+    taken = []
+    for path, launch in list(triton_mani._FORWARD.items()):
+        monkeypatch.setitem(
+            triton_mani._FORWARD,
+            path,
+            lambda *a, _path=path, _launch=launch, **k: taken.append(_path) or _launch(*a, **k),
+        )
+    for shapes, path in [(MANI_SHAPES, "tile"), (MANI_ROWS_SHAPES, "rows"), (MANI_LARGE_SHAPES, "large")]:
+        for shape in shapes:
+            taken.clear()
+            ops.mani_noise(
+                torch.zeros(1, 1, *shape[-2:], device=DEVICE), 300, backend="triton", rng_state=_rng(0)
+            )
+            assert taken == [path], shape
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", MANI_SHAPES + MANI_LARGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", MANI_SHAPES + MANI_ROWS_SHAPES + MANI_LARGE_SHAPES, ids=lambda s: "x".join(map(str, s))
+)
 def test_mani_noise_matches_reference(shape, dtype):
     gen = torch.Generator().manual_seed(sum(shape))
     x = (torch.rand(shape, generator=gen) * 2 - 1).to(DTYPES[dtype]).to(DEVICE)
@@ -65,8 +88,10 @@ def test_mani_noise_matches_reference(shape, dtype):
     _within_eager_error(out, [x.float(), z], lambda a, n: ref.mani_noise(a, 300, n), DTYPES[dtype])
 
 
-# One plane for each path: the one-launch kernel (20x24) and the large-plane path (72x81).
-@pytest.mark.parametrize("shape", [(2, 3, 20, 24), (2, 2, 72, 81)], ids=["one-launch", "large"])
+# One plane for each path: whole tile (20x24), streamed (40x48) and large (72x81).
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 20, 24), (2, 2, 40, 48), (2, 2, 72, 81)], ids=["tile", "rows", "large"]
+)
 @pytest.mark.parametrize(
     "options",
     [
@@ -86,7 +111,7 @@ def test_mani_noise_options(options, shape):
     _within_eager_error(out, [x, z], lambda a, n: ref.mani_noise(a, 700, n, **options), torch.float32)
 
 
-@pytest.mark.parametrize("side", [16, 70], ids=["one-launch", "large"])
+@pytest.mark.parametrize("side", [16, 48, 70], ids=["tile", "rows", "large"])
 @pytest.mark.parametrize("normalize", ["rms", "max"])
 def test_mani_noise_zero_plane_is_uniform(normalize, side):
     x = torch.zeros(1, 2, side, side, device=DEVICE)
@@ -96,12 +121,14 @@ def test_mani_noise_zero_plane_is_uniform(normalize, side):
     assert torch.allclose(out, ref.mani_noise(x, 500, z, normalize=normalize), atol=1e-5)
 
 
-def test_mani_noise_large_plane_gradients_match_autograd():
-    """The large-plane backward (autograd through the reference, recomputed) for x and the noise."""
+@pytest.mark.parametrize("shape", [(1, 2, 40, 48), (1, 2, 66, 72)], ids=["rows", "large"])
+def test_mani_noise_recomputed_gradients_match_autograd(shape):
+    """The streamed and large-plane backward (autograd through the reference, recomputed) for x
+    and the noise."""
     gen = torch.Generator().manual_seed(3)
-    x0 = torch.rand(1, 2, 66, 72, generator=gen) * 2 - 1
-    noise = torch.randn(1, 2, 66, 72, generator=gen)
-    weight = torch.randn(1, 2, 66, 72, generator=gen)
+    x0 = torch.rand(shape, generator=gen) * 2 - 1
+    noise = torch.randn(shape, generator=gen)
+    weight = torch.randn(shape, generator=gen)
 
     def gradients(backend, dtype, device):
         x = x0.to(device, dtype).requires_grad_()
@@ -218,11 +245,11 @@ def test_mani_philox_path_matches_reference_with_the_stored_noise():
     assert torch.allclose(g, g_ref, atol=1e-4)
 
 
-def test_mani_large_plane_philox_draws_the_exchange_kernels_counters():
-    """A mid-grey plane has W = 1, so the large path's output is sqrt(1 - abar) z: the same
-    normals the exchange kernel draws at the same seed and offset, and the stored noise the
-    backward uses. Two calls draw fresh noise."""
-    shape = (1, 2, 72, 68)
+@pytest.mark.parametrize("shape", [(1, 2, 40, 36), (1, 2, 72, 68)], ids=["rows", "large"])
+def test_mani_philox_draws_the_exchange_kernels_counters(shape):
+    """A mid-grey plane has W = 1, so the output is sqrt(1 - abar) z: the same normals the
+    exchange kernel draws at the same seed and offset, and the stored noise the backward uses.
+    Two calls draw fresh noise."""
     x = torch.zeros(shape, device=DEVICE, requires_grad=True)
     state = _rng(5)
     out = ops.mani_noise(x, 400, rng_state=state, backend="triton")
@@ -422,8 +449,8 @@ def test_backend_environment_variable(monkeypatch):
 
 @pytest.mark.parametrize(
     "mani, shape",
-    [(True, (2, 3, 16, 16)), (False, (1, 1, 31, 33)), (True, (1, 2, 72, 66))],
-    ids=["mani-B2-C3-16", "freqpure-B1-C1-31x33", "mani-B1-C2-72x66"],
+    [(True, (2, 3, 16, 16)), (False, (1, 1, 31, 33)), (True, (1, 1, 48, 40)), (True, (1, 2, 72, 66))],
+    ids=["mani-B2-C3-16", "freqpure-B1-C1-31x33", "mani-B1-C1-48x40", "mani-B1-C2-72x66"],
 )
 def test_sampler_on_triton_equals_reference_given_the_same_noise(mani, shape):
     torch.manual_seed(0)

@@ -101,3 +101,17 @@ def half_spectrum_bands(h: int, w: int, n_bands: int, mode: str, device: torch.d
         bands.to(torch.int32).flatten().to(device),
         share.to(torch.float32).flatten().to(device),
     )
+
+
+@functools.lru_cache(maxsize=128)
+def band_inverse_counts(
+    h: int, w: int, n_bands: int, mode: str, pad: int, device: torch.device
+) -> torch.Tensor:
+    """float32 ``[pad]``: one over each MANI band's size (an empty band counts 1, as the reference's
+    ``band_one_hot``), then 0 past ``n_bands``. ``sum(|F|) * inv_count`` is then the band mean."""
+    from ..reference.grid import band_one_hot
+
+    _, counts = band_one_hot(h, w, n_bands, mode, torch.device("cpu"))
+    inverse = torch.zeros(pad, dtype=torch.float64)
+    inverse[:n_bands] = 1.0 / counts.to(torch.float64)
+    return inverse.to(torch.float32).to(device)

@@ -33,7 +33,7 @@ AUTO_ORDER = ("triton", "reference")
 _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("manipure_backend", default=None)
 
 # Largest plane side each triton op handles (ops/triton_exchange.py). mani_noise has no limit: one
-# launch up to 32x32, cuFFT and two fused kernels above (ops/triton_mani.py).
+# launch up to 64x64, cuFFT and two fused kernels above (ops/triton_mani.py).
 TRITON_MAX_SIDE = {"exchange_update": 256}
 # The cuda kernels: MANI in one block per plane; the exchange's band DFT (its shared memory also
 # depends on the cut radius, checked at launch).

@@ -1,18 +1,22 @@
-"""The triton backend's ``mani_noise``: launcher and autograd Function.
+"""The triton backend's ``mani_noise``: launchers and autograd Function.
 
-Chain: ``mani_noise_kernel`` (kernels/triton) -> ``ManiNoise`` (here) -> the public
-``manipure_fast.ops.mani_noise``. Two paths, by plane size:
+Chain: the kernels in ``kernels/triton/mani_noise*.py`` -> ``ManiNoise`` (here) -> the public
+``manipure_fast.ops.mani_noise``. Three paths, by plane size (``mani_path``):
 
-- up to 32x32 (``MAX_SIDE``): one launch, the whole plane in one program. The backward is one
-  fused launch (``mani_noise_backward_kernel``) that recomputes the map from x.
-- larger planes (ImageNet's 256x256): a full spectrum does not fit one program's registers, so the two
-  transforms are cuFFT half-spectrum ones (``torch.fft.rfft2``/``irfft2``) and everything
-  between and after them is two fused kernels (``kernels/triton/mani_noise_large.py``): four
-  launches in all. The backward recomputes through the reference with autograd; MANI runs once
-  per round, not per step, so this is a small part of an attack's backward.
+- ``"tile"``, up to 32x32 (``MAX_SIDE``): one launch, the whole plane and its spectrum in one
+  program. The backward is one fused launch (``mani_noise_backward_kernel``) that recomputes the
+  map from x.
+- ``"rows"``, up to 64x64 (``ROWS_MAX_SIDE``): one launch, one program per plane, the spectrum
+  streamed in blocks of frequency rows (``mani_noise_rows_kernel``), so that only x and the
+  inverse's accumulator are held whole.
+- ``"large"``, above (ImageNet's 256x256): a full spectrum does not fit one program's registers,
+  so the two transforms are cuFFT half-spectrum ones (``torch.fft.rfft2``/``irfft2``) and
+  everything between and after them is two fused kernels (``kernels/triton/mani_noise_large.py``):
+  four launches in all.
 
-Both backwards need the noise the forward used, which the forward stores only when a gradient
-is needed.
+The ``"rows"`` and ``"large"`` backwards recompute through the reference with autograd; MANI runs
+once per round, not per step, so this is a small part of an attack's backward. Every backward
+needs the noise the forward used, which the forward stores only when a gradient is needed.
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..reference.schedule import noise_coefficients
-from .dft_tables import full_tables, half_spectrum_bands, next_pow2, padded_band_map
+from .dft_tables import band_inverse_counts, full_tables, half_spectrum_bands, next_pow2, padded_band_map
 
-# The one-launch kernel's limit; larger planes take the cuFFT path. Its fp32 DFTs are FMA dots
-# that hold whole tiles in registers: compiled for sm_90 (bench/compile_sm90.py), the 32x32 tile
-# uses 255 registers and spills 1.3 KB, while a 64x64 tile spills 93 KB per thread and keeps
-# ptxas busy for about ten minutes, which the first launch on a GPU would wait for too.
+# The whole-tile kernel's limit. Its fp32 DFTs are FMA dots that hold whole tiles in registers:
+# compiled for sm_90 (bench/compile_sm90.py), the 32x32 tile uses 255 registers and spills 0.5 KB
+# per thread, while a 64x64 tile spilled 93 KB and kept ptxas busy for about ten minutes, which
+# the first launch on a GPU would wait for too.
 MAX_SIDE = 32
+# The streamed kernel's limit: only x and the inverse's accumulator stay whole in registers. At
+# 64x64 it spills 1.1 KB per thread and compiles in 4 s. Above, the spectrum goes through cuFFT.
+ROWS_MAX_SIDE = 64
+ROWS_BLOCK_M = 16  # frequency rows per block of the streamed kernel (tl.dot's minimum)
 LARGE_BLOCK = 2048  # elements per tile of the large-plane kernels' sweeps
 _NORMALIZE = {"rms": 0, "max": 1, "none": 2}
 
@@ -100,6 +108,50 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
     return out, noise
 
 
+def launch_mani_noise_rows(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
+    """The streamed one-launch path; same contract as ``launch_mani_noise``, for H and W <=
+    ``ROWS_MAX_SIDE``."""
+    from ..kernels.triton.mani_noise_rows import mani_noise_rows_kernel
+
+    b, c, h, w = x.shape
+    coef = noise_coefficients(params.t)
+    block_h, block_w, tables = _tables(h, w, params, x.device)
+    bands_pad = next_pow2(params.n_bands + 1, minimum=2)
+    out = _empty_like(x)
+    noise_out = _empty_like(x) if (noise is None and store_noise) else out
+    mani_noise_rows_kernel[(b * c,)](
+        x,
+        noise if noise is not None else x,
+        out,
+        noise_out,
+        rng_state if rng_state is not None else x,
+        *tables,
+        band_inverse_counts(h, w, params.n_bands, params.band_mode, bands_pad, x.device),
+        h,
+        w,
+        coef.signal,
+        coef.noise,
+        params.gamma,
+        params.eps0,
+        1.0 / (h * w),
+        N_BANDS=params.n_bands,
+        BANDS_PAD=bands_pad,
+        SPECTRAL=params.weight_map == "spectral",
+        NORMALIZE=_NORMALIZE[params.normalize],
+        NOISE_GIVEN=noise is not None,
+        STORE_NOISE=store_noise,
+        BLOCK_H=block_h,
+        BLOCK_W=block_w,
+        BLOCK_M=min(ROWS_BLOCK_M, block_h),
+        PRECISION="ieee",
+        num_warps=8,
+    )
+    if noise is None:
+        rng_state[1].add_(b * c * h * w)
+        return out, (noise_out if store_noise else None)
+    return out, noise
+
+
 def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
     """The large-plane path: rfft2, the band-weights kernel, irfft2, the injection kernel. Same
     contract as ``launch_mani_noise``, for any plane size."""
@@ -147,7 +199,7 @@ def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise
 
 
 def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
-    """The large-plane backward: autograd through the reference, recomputed from x and the noise
+    """The streamed and large-plane backward: autograd through the reference, recomputed from x and the noise
     the forward used. Returns ``(g_x, g_noise or None)``."""
     from ..reference.mani import mani_noise as reference_mani_noise
 
@@ -160,8 +212,13 @@ def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool
     return grads[0], (grads[1] if noise_grad else None)
 
 
-def _is_large(x: torch.Tensor) -> bool:
-    return x.shape[-2] > MAX_SIDE or x.shape[-1] > MAX_SIDE
+def mani_path(h: int, w: int) -> str:
+    """The path a ``h x w`` plane takes: ``"tile"``, ``"rows"`` or ``"large"`` (module docstring)."""
+    side = max(h, w)
+    return "tile" if side <= MAX_SIDE else "rows" if side <= ROWS_MAX_SIDE else "large"
+
+
+_FORWARD = {"tile": launch_mani_noise, "rows": launch_mani_noise_rows, "large": launch_mani_noise_large}
 
 
 def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
@@ -203,8 +260,7 @@ def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: b
 class ManiNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
-        launch = launch_mani_noise_large if _is_large(x) else launch_mani_noise
-        out, used = launch(x, noise, rng_state, params, store_noise=needs_grad)
+        out, used = _FORWARD[mani_path(*x.shape[-2:])](x, noise, rng_state, params, store_noise=needs_grad)
         ctx.params = params
         ctx.save_for_backward(x, used if used is not None else x)
         return out
@@ -212,7 +268,8 @@ class ManiNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        backward = reference_mani_backward if _is_large(x) else launch_mani_noise_backward
+        tile = mani_path(*x.shape[-2:]) == "tile"
+        backward = launch_mani_noise_backward if tile else reference_mani_backward
         g_x, g_noise = backward(
             grad.to(torch.float32).contiguous(), x, z, ctx.params, noise_grad=ctx.needs_input_grad[1]
         )
