@@ -108,6 +108,42 @@ def _unnormalised_map(
 
 
 @triton.jit
+def _normalize_and_inject(
+    shaped,
+    x,
+    offs,
+    inside,
+    noise_ptr,
+    out_ptr,
+    noise_out_ptr,
+    rng_ptr,
+    signal,
+    noise_scale,
+    inv_hw,
+    NORMALIZE: tl.constexpr,
+    NOISE_GIVEN: tl.constexpr,
+    STORE_NOISE: tl.constexpr,
+):
+    """The one-launch kernels' last stage: normalise the map ``shaped`` (|ifft2| / HW, 0 outside the
+    plane; a zero statistic gives W = 1), take z (given, or Philox at ``offset + offs``, stored
+    when asked), and store ``out = signal x + noise_scale W z``."""
+    if NORMALIZE == 0:  # rms
+        scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
+        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+    elif NORMALIZE == 1:  # max
+        scale = tl.max(tl.max(shaped, axis=1), axis=0)
+        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+
+    if NOISE_GIVEN:
+        z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
+    else:
+        z = tl.randn(tl.load(rng_ptr), tl.load(rng_ptr + 1) + offs)
+        if STORE_NOISE:
+            tl.store(noise_out_ptr + offs, z, mask=inside)
+    tl.store(out_ptr + offs, x * signal + (shaped * z) * noise_scale, mask=inside)
+
+
+@triton.jit
 def mani_noise_kernel(
     x_ptr,
     noise_ptr,
@@ -149,18 +185,19 @@ def mani_noise_kernel(
         x, bands, ch, sh, cw, sw, gamma, eps0, N_BANDS, SPECTRAL, BLOCK_H, BLOCK_W, PRECISION
     )
     shaped = tl.where(inside, tl.sqrt(y_re * y_re + y_im * y_im) * inv_hw, 0.0)
-
-    if NORMALIZE == 0:  # rms
-        scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
-        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
-    elif NORMALIZE == 1:  # max
-        scale = tl.max(tl.max(shaped, axis=1), axis=0)
-        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
-
-    if NOISE_GIVEN:
-        z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
-    else:
-        z = tl.randn(tl.load(rng_ptr), tl.load(rng_ptr + 1) + offs)
-        if STORE_NOISE:
-            tl.store(noise_out_ptr + offs, z, mask=inside)
-    tl.store(out_ptr + offs, x * signal + (shaped * z) * noise_scale, mask=inside)
+    _normalize_and_inject(
+        shaped,
+        x,
+        offs,
+        inside,
+        noise_ptr,
+        out_ptr,
+        noise_out_ptr,
+        rng_ptr,
+        signal,
+        noise_scale,
+        inv_hw,
+        NORMALIZE,
+        NOISE_GIVEN,
+        STORE_NOISE,
+    )

@@ -24,7 +24,7 @@ when it is kept for the backward). The DFT rows are re-read per block, from L1/L
 import triton
 import triton.language as tl
 
-from .mani_noise import _band_power
+from .mani_noise import _band_power, _normalize_and_inject
 
 
 @triton.jit
@@ -135,17 +135,19 @@ def mani_noise_rows_kernel(
         y = tl.dot(-tl.load(sin_h_ptr + dft_h), r_im, y, input_precision=PRECISION)
 
     shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
-    if NORMALIZE == 0:  # rms
-        scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
-        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
-    elif NORMALIZE == 1:  # max
-        scale = tl.max(tl.max(shaped, axis=1), axis=0)
-        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
-
-    if NOISE_GIVEN:
-        z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
-    else:
-        z = tl.randn(tl.load(rng_ptr), tl.load(rng_ptr + 1) + offs)
-        if STORE_NOISE:
-            tl.store(noise_out_ptr + offs, z, mask=inside)
-    tl.store(out_ptr + offs, x * signal + (shaped * z) * noise_scale, mask=inside)
+    _normalize_and_inject(
+        shaped,
+        x,
+        offs,
+        inside,
+        noise_ptr,
+        out_ptr,
+        noise_out_ptr,
+        rng_ptr,
+        signal,
+        noise_scale,
+        inv_hw,
+        NORMALIZE,
+        NOISE_GIVEN,
+        STORE_NOISE,
+    )

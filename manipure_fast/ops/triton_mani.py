@@ -66,23 +66,22 @@ def _tables(h: int, w: int, params: ManiParams, device: torch.device):
     return block_h, block_w, (cos_h, sin_h, cos_w, sin_w, bands)
 
 
-def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
-    """x (, noise): fp32 contiguous ``[B, C, H, W]``, H and W <= MAX_SIDE. Returns ``(out, noise_used)``;
-    ``noise_used`` is None when Philox noise was drawn and not stored."""
-    from ..kernels.triton.mani_noise import mani_noise_kernel
-
+def _launch_plane_kernel(kernel, x, noise, rng_state, params, store_noise, extra_tables=(), **constexprs):
+    """The one-launch kernels' shared call: one program per plane, the DFT and band tables (then
+    ``extra_tables``), the scalars, and the constexprs common to both plus ``constexprs``."""
     b, c, h, w = x.shape
     coef = noise_coefficients(params.t)
     block_h, block_w, tables = _tables(h, w, params, x.device)
     out = _empty_like(x)
     noise_out = _empty_like(x) if (noise is None and store_noise) else out
-    mani_noise_kernel[(b * c,)](
+    kernel[(b * c,)](
         x,
         noise if noise is not None else x,
         out,
         noise_out,
         rng_state if rng_state is not None else x,
         *tables,
+        *extra_tables,
         h,
         w,
         coef.signal,
@@ -98,14 +97,22 @@ def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool
         BLOCK_H=block_h,
         BLOCK_W=block_w,
         PRECISION="ieee",
-        # 8 warps: 452 B of spills per thread at 32x32 instead of 1.3 KB with 4 (compiled for
-        # sm_90; untimed). The backward keeps 4, where 8 spilled more.
-        num_warps=8,
+        **constexprs,
     )
     if noise is None:
         rng_state[1].add_(b * c * h * w)
         return out, (noise_out if store_noise else None)
     return out, noise
+
+
+def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
+    """x (, noise): fp32 contiguous ``[B, C, H, W]``, H and W <= MAX_SIDE. Returns ``(out, noise_used)``;
+    ``noise_used`` is None when Philox noise was drawn and not stored."""
+    from ..kernels.triton.mani_noise import mani_noise_kernel
+
+    # 8 warps: 452 B of spills per thread at 32x32 instead of 1.3 KB with 4 (compiled for sm_90;
+    # untimed). The backward keeps 4, where 8 spilled more.
+    return _launch_plane_kernel(mani_noise_kernel, x, noise, rng_state, params, store_noise, num_warps=8)
 
 
 def launch_mani_noise_rows(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
@@ -113,43 +120,23 @@ def launch_mani_noise_rows(x, noise, rng_state, params: ManiParams, store_noise:
     ``ROWS_MAX_SIDE``."""
     from ..kernels.triton.mani_noise_rows import mani_noise_rows_kernel
 
-    b, c, h, w = x.shape
-    coef = noise_coefficients(params.t)
-    block_h, block_w, tables = _tables(h, w, params, x.device)
+    h, w = x.shape[-2:]
     bands_pad = next_pow2(params.n_bands + 1, minimum=2)
-    out = _empty_like(x)
-    noise_out = _empty_like(x) if (noise is None and store_noise) else out
-    mani_noise_rows_kernel[(b * c,)](
+    inverse_counts = band_inverse_counts(h, w, params.n_bands, params.band_mode, bands_pad, x.device)
+    return _launch_plane_kernel(
+        mani_noise_rows_kernel,
         x,
-        noise if noise is not None else x,
-        out,
-        noise_out,
-        rng_state if rng_state is not None else x,
-        *tables,
-        band_inverse_counts(h, w, params.n_bands, params.band_mode, bands_pad, x.device),
-        h,
-        w,
-        coef.signal,
-        coef.noise,
-        params.gamma,
-        params.eps0,
-        1.0 / (h * w),
-        N_BANDS=params.n_bands,
+        noise,
+        rng_state,
+        params,
+        store_noise,
+        extra_tables=(inverse_counts,),
         BANDS_PAD=bands_pad,
-        SPECTRAL=params.weight_map == "spectral",
-        NORMALIZE=_NORMALIZE[params.normalize],
-        NOISE_GIVEN=noise is not None,
-        STORE_NOISE=store_noise,
-        BLOCK_H=block_h,
-        BLOCK_W=block_w,
-        BLOCK_M=min(ROWS_BLOCK_M, block_h),
-        PRECISION="ieee",
+        BLOCK_M=min(ROWS_BLOCK_M, next_pow2(h)),
+        # 8 warps at 64x64 (compiled for sm_90; untimed): 1.1 KB of spills per thread, where 4
+        # spilled 3.2 KB and 16 spilled 9.5 KB.
         num_warps=8,
     )
-    if noise is None:
-        rng_state[1].add_(b * c * h * w)
-        return out, (noise_out if store_noise else None)
-    return out, noise
 
 
 def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
