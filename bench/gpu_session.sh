@@ -49,8 +49,8 @@ case "${1:?stage}" in
     MANIPURE_CUDA_LIBRARY="$PWD/$(ls build/aot/_cuda_ops*.so | head -1)" \
       "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py 2>&1 | tee "$OUT_DIR/aot-tests.log" ;;
   tests)
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_ops.py tests/test_graphs.py \
-      tests/test_cuda_ops.py tests/test_gradients.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" ;;
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_ops.py tests/test_triton_device_matrix.py \
+      tests/test_graphs.py tests/test_cuda_ops.py tests/test_gradients.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" ;;
   sanitize)
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitize_ops.py 2>&1 | tail -20 | tee "$OUT_DIR/memcheck.log"
     for loader in jit ${MANIPURE_CUDA_LIBRARY:+aot}; do
