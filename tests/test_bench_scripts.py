@@ -1,6 +1,6 @@
 """The benchmark scripts' code paths on the CPU (they time nothing meaningful here and write
 nothing): the purifier benchmark's smoke mode, gated providers included, the throughput plot, and
-the op benchmark keeping the rows of a run cut short."""
+the op benchmark keeping the rows of a run cut short, and the compute-sanitizer workload."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from bench import bench_ops, bench_purifier, plot_throughput
+from bench import bench_ops, bench_purifier, plot_throughput, sanitize_ops
 
 
 def test_purifier_benchmark_smoke_gates_every_provider(capsys):
@@ -63,3 +63,10 @@ def test_roofline_bandwidth_tells_h200_from_h100():
     assert bench_ops.hbm_peak_gbps("NVIDIA H100 PCIe", 114) == 2000.0
     assert bench_ops.hbm_peak_gbps("NVIDIA H200", 132) == 4800.0  # same SM count as the H100 SXM
     assert bench_ops.hbm_peak_gbps("NVIDIA A100-SXM4-80GB", 108) is None  # unknown: no fraction claimed
+
+
+def test_sanitizer_workload_runs_every_path_forward_and_backward(capsys):
+    """The script compute-sanitizer runs on the GPU, here on the triton backend under the
+    interpreter, so a broken workload shows up before the device session."""
+    sanitize_ops.main(["--backends", "triton", "--device", "cpu"])
+    assert "triton: ran 6 shapes, forward and backward" in capsys.readouterr().out

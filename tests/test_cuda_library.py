@@ -85,9 +85,16 @@ y = cuda_ops.launch_exchange_update(x, x, x, None, None, rng, [1.0] * 8, 10.0, 8
 m, drawn = cuda_ops.launch_mani_noise(x, None, rng, 300, 8, 1.8, 1e-6, "width", "spectral", "rms")
 m2, none = cuda_ops.launch_mani_noise(x, x, None, 300, 8, 1.8, 1e-6, "count", "kernel", "max")
 print(tuple(y.shape), tuple(m.shape), tuple(drawn.shape), tuple(none.shape))
+# the large-plane path: rfft2, manipure_aot::mani_band_weights, irfft2, manipure_aot::mani_inject
+big = torch.empty(1, 2, 96, 80, device="meta")
+m3, drawn3 = cuda_ops.launch_mani_noise(big, None, rng, 300, 8, 1.8, 1e-6, "width", "spectral", "rms")
+m4, none4 = cuda_ops.launch_mani_noise(big, big, None, 300, 3, 1.8, 1e-6, "count", "kernel", "none")
+print(tuple(m3.shape), tuple(drawn3.shape), tuple(m4.shape), tuple(none4.shape))
 """,
     )
-    assert out.split() == ["(2,", "3,", "31,", "33)"] * 3 + ["(0,)"]
+    assert out.split() == ["(2,", "3,", "31,", "33)"] * 3 + ["(0,)"] + ["(1,", "2,", "96,", "80)"] * 3 + [
+        "(0,)"
+    ]
 
 
 def test_library_refuses_cpu_tensors_with_a_named_error(built_library):

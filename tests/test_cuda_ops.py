@@ -23,6 +23,7 @@ KERNEL_FILES = (
     "exchange_update_backward.cu",
     "mani_noise.cu",
     "mani_noise_backward.cu",
+    "mani_noise_large.cu",
 )
 SOURCES = sorted(cuda_ops.cuda_source_dir().glob("*.cu"))
 
@@ -64,6 +65,7 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.exchange_backward_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_backward_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.MANI_MAX_SIDE == 64  # larger MANI planes take cuFFT and mani_noise_large.cu
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
 
 
@@ -92,6 +94,8 @@ def loader(request, monkeypatch):
 
 SHAPES = [(b, c, h, w) for (h, w) in ((31, 33), (28, 28), (32, 32), (64, 64)) for c in (1, 3) for b in (1, 7)]
 SHAPES += [(64, 3, 32, 32)]
+# Above 64x64, MANI takes the large-plane path (rfft2, mani_noise_large.cu, irfft2).
+MANI_SHAPES = SHAPES + [(1, 3, 256, 256), (7, 1, 256, 256), (64, 3, 256, 256), (2, 1, 67, 65)]
 
 
 def _bound(out, exact, eager, atol=1e-5):
@@ -102,7 +106,7 @@ def _bound(out, exact, eager, atol=1e-5):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", MANI_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_mani_noise_matches_reference(shape, dtype, loader):
     gen = torch.Generator("cuda").manual_seed(sum(shape))
     x = (torch.rand(shape, generator=gen, device="cuda") * 2 - 1).to(dtype)
@@ -122,8 +126,9 @@ def test_mani_noise_matches_reference(shape, dtype, loader):
         dict(normalize="none", n_bands=3),
     ],
 )
-def test_mani_noise_options(options, loader):
-    x = torch.rand(2, 3, 20, 24, device="cuda") * 2 - 1
+@pytest.mark.parametrize("shape", [(2, 3, 20, 24), (1, 2, 72, 81)], ids=["one-block", "large"])
+def test_mani_noise_options(options, shape, loader):
+    x = torch.rand(shape, device="cuda") * 2 - 1
     z = torch.randn_like(x)
     out = ops.mani_noise(x, 700, z, backend="cuda", **options)
     _bound(out, ref.mani_noise(x.double(), 700, z.double(), **options), ref.mani_noise(x, 700, z, **options))
@@ -247,10 +252,12 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
         ((2, 3, 64, 64), dict(normalize="max")),
         ((2, 2, 16, 20), dict(normalize="none", n_bands=5, gamma=1.2)),
         ((1, 2, 12, 16), dict(detach_map=True)),
+        ((2, 3, 256, 256), {}),  # the large-plane path: recomputed through the reference
+        ((1, 1, 67, 65), dict(weight_map="kernel", normalize="max")),
     ],
-    ids=["31x33", "28x28-count-kernel", "64x64-max", "16x20-none", "detached"],
+    ids=["31x33", "28x28-count-kernel", "64x64-max", "16x20-none", "detached", "256x256", "67x65-kernel-max"],
 )
-def test_fused_mani_backward_matches_autograd(shape, options, loader):
+def test_mani_backward_matches_autograd(shape, options, loader):
     gen = torch.Generator("cuda").manual_seed(sum(shape))
     x0 = torch.rand(shape, generator=gen, device="cuda") * 2 - 1
     z0 = torch.randn(shape, generator=gen, device="cuda")
@@ -271,8 +278,9 @@ def test_fused_mani_backward_matches_autograd(shape, options, loader):
 
 
 @gpu
-def test_graph_replay_draws_fresh_noise(loader):
-    x = torch.rand(8, 3, 32, 32, device="cuda") * 2 - 1
+@pytest.mark.parametrize("side", [32, 256], ids=["one-block", "large"])
+def test_graph_replay_draws_fresh_noise(side, loader):
+    x = torch.rand(8, 3, side, side, device="cuda") * 2 - 1
     rng = torch.tensor([7, 0], dtype=torch.int64, device="cuda")
     ops.mani_noise(x, 500, rng_state=rng, backend="cuda")  # compile and build tables first
     graph = torch.cuda.CUDAGraph()
@@ -295,6 +303,13 @@ def test_opcheck(loader):
     torch.library.opcheck(
         cuda_ops.mani_noise_cuda, (x_t, z, None, 300, 8, 1.8, 1e-6, "width", "spectral", "rms", False)
     )
+    large = torch.rand(2, 3, 72, 80, device="cuda") * 2 - 1
+    for noise in (torch.randn_like(large), None):
+        rng = torch.tensor([5, 0], dtype=torch.int64, device="cuda") if noise is None else None
+        torch.library.opcheck(
+            cuda_ops.mani_noise_cuda,
+            (large, noise, rng, 300, 8, 1.8, 1e-6, "width", "spectral", "max", False),
+        )
     grad = torch.randn_like(x_t)
     for noise_grad in (True, False):
         torch.library.opcheck(
@@ -336,3 +351,38 @@ def test_aot_library_ops_pass_opcheck_and_match_the_jit():
         rtol=0,
         atol=1e-6,
     )
+
+
+@gpu
+def test_large_plane_mani_kernels_pass_opcheck_and_match_the_jit():
+    """The large-plane path's two AOT ops (mani_band_weights, mani_inject) against opcheck and the
+    JIT's launches of the same sources, with given and with in-kernel noise."""
+    for name in cuda_ops.LOADERS:
+        reason = cuda_ops.loader_unavailable_reason(name)
+        if reason is not None:
+            pytest.skip(reason)
+    from manipure_fast.ops.dft_tables import half_spectrum_bands
+
+    gen = torch.Generator("cuda").manual_seed(12)
+    x = torch.rand(2, 3, 96, 80, generator=gen, device="cuda") * 2 - 1
+    z = torch.randn(2, 3, 96, 80, generator=gen, device="cuda")
+    band, share = half_spectrum_bands(96, 80, 8, "width", x.device)
+    spectrum = torch.view_as_real(torch.fft.rfft2(x)).contiguous()
+    for weight_kernel in (False, True):
+        args = (spectrum, band, share, 8, 1.8, 1e-6, weight_kernel)
+        torch.library.opcheck(torch.ops.manipure_aot.mani_band_weights.default, args)
+        torch.testing.assert_close(
+            torch.ops.manipure_aot.mani_band_weights(*args),
+            cuda_ops._jit_mani_band_weights(*args),
+            rtol=0,
+            atol=0,
+        )
+    shaped = torch.fft.irfft2(torch.fft.rfft2(x), s=(96, 80)).contiguous()
+    for normalize in (0, 1, 2):
+        for noise in (z, None):
+            rng = torch.tensor([9, 0], dtype=torch.int64, device="cuda") if noise is None else None
+            args = (x, shaped, noise, rng, normalize, 0.9, 0.4)
+            torch.library.opcheck(torch.ops.manipure_aot.mani_inject.default, args)
+            aot, jit = torch.ops.manipure_aot.mani_inject(*args), cuda_ops._jit_mani_inject(*args)
+            for a, j in zip(aot, jit):
+                torch.testing.assert_close(a, j, rtol=0, atol=0)

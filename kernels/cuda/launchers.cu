@@ -6,6 +6,7 @@
 #include "exchange_update_backward.cu"
 #include "mani_noise.cu"
 #include "mani_noise_backward.cu"
+#include "mani_noise_large.cu"
 
 namespace manipure {
 
@@ -82,6 +83,27 @@ cudaError_t launch_mani_noise_backward(
   mani_noise_backward_kernel<<<planes, kThreads, shared_bytes, stream>>>(
       grad, x, noise, g_x, g_noise, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, H, W, n_bands,
       gamma, eps0, weight_kernel, normalize, signal, noise_scale, detach_map, noise_grad);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_band_weights(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* spectrum, float* weighted, const int* band, const float* share,
+    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel) {
+  mani_band_weights_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      reinterpret_cast<const float2*>(spectrum), reinterpret_cast<float2*>(weighted), band, share,
+      n_coefficients, n_bands, gamma, eps0, weight_kernel);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_inject(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* x, const float* shaped, const float* noise, float* out, float* noise_out,
+    const long long* rng_state, int n, int normalize, float signal, float noise_scale,
+    int has_noise, int store_noise) {
+  mani_inject_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      x, shaped, noise, out, noise_out, rng_state, n, normalize, signal, noise_scale, has_noise,
+      store_noise);
   return cudaGetLastError();
 }
 

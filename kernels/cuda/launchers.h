@@ -46,4 +46,17 @@ cudaError_t launch_mani_noise_backward(
     int H, int W, int n_bands, float gamma, float eps0, int weight_kernel, int normalize,
     float signal, float noise_scale, int detach_map, int noise_grad);
 
+// The large-plane MANI kernels (mani_noise_large.cu), between and after cuFFT's transforms.
+// shared_bytes: (32 + n_bands) floats for the band weights, 32 floats for the injection.
+cudaError_t launch_mani_band_weights(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* spectrum, float* weighted, const int* band, const float* share,
+    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel);
+
+cudaError_t launch_mani_inject(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* x, const float* shaped, const float* noise, float* out, float* noise_out,
+    const long long* rng_state, int n, int normalize, float signal, float noise_scale,
+    int has_noise, int store_noise);
+
 }  // namespace manipure

@@ -6,6 +6,9 @@
 //                                                                  (the last empty without eps_ref)
 //   manipure_aot::mani_noise(...)               -> (Tensor, Tensor) x_t, and the noise drawn (or empty)
 //   manipure_aot::mani_noise_backward(...)      -> (Tensor, Tensor) grads for x and the noise (or empty)
+//   manipure_aot::mani_band_weights(...)        -> Tensor          G = w[band] F on rfft2's half spectra
+//   manipure_aot::mani_inject(...)              -> (Tensor, Tensor) x_t from irfft2(G), and the noise drawn
+//                                                                  (or empty): the large-plane MANI path
 //
 // These are the launch layer: they take the cached DFT tables and masks that cuda_ops builds (one
 // Python source for them, shared with the CuPy JIT) and launch the kernels of kernels/cuda on
@@ -238,6 +241,57 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_backward_cuda(
   return {g_x, g_noise};
 }
 
+// The large-plane MANI path's two launches (mani_noise_large.cu); cuda_ops runs cuFFT around them.
+at::Tensor mani_band_weights_cuda(const at::Tensor& spectrum, const at::Tensor& band, const at::Tensor& share,
+                                  int64_t n_bands, double gamma, double eps0, bool weight_kernel) {
+  TORCH_CHECK(spectrum.is_cuda(), "manipure_aot ops run on CUDA tensors, got ", spectrum.device());
+  check_tensor(spectrum, "spectrum", at::kFloat, spectrum);
+  TORCH_CHECK(spectrum.dim() == 5 && spectrum.size(4) == 2,
+              "spectrum must be a real view of [B, C, H, W/2 + 1] complex half spectra, got ", spectrum.sizes());
+  const int64_t planes = spectrum.size(0) * spectrum.size(1), n = spectrum.size(2) * spectrum.size(3);
+  TORCH_CHECK(planes > 0 && planes <= INT32_MAX, "the batch has ", planes, " planes; need 1 to 2^31-1");
+  check_tensor(band, "band", at::kInt, spectrum);
+  check_tensor(share, "share", at::kFloat, spectrum);
+  TORCH_CHECK(band.numel() == n && share.numel() == n, "band and share must hold H*(W/2+1) = ", n,
+              " entries, got ", band.numel(), " and ", share.numel());
+  TORCH_CHECK(n_bands >= 1 && n_bands <= 1024, "n_bands must be in [1, 1024], got ", n_bands);
+  at::Tensor weighted = at::empty_like(spectrum);
+  const c10::DeviceGuard guard(spectrum.device());
+  check_status(manipure::launch_mani_band_weights(
+                   static_cast<int>(planes), static_cast<int>((32 + n_bands) * 4), current_stream(spectrum),
+                   spectrum.data_ptr<float>(), weighted.data_ptr<float>(), band.data_ptr<int>(),
+                   share.data_ptr<float>(), static_cast<int>(n), static_cast<int>(n_bands),
+                   static_cast<float>(gamma), static_cast<float>(eps0), weight_kernel),
+               "mani_band_weights");
+  return weighted;
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_inject_cuda(const at::Tensor& x, const at::Tensor& shaped,
+                                                    const std::optional<at::Tensor>& noise,
+                                                    const std::optional<at::Tensor>& rng_state, int64_t normalize,
+                                                    double signal, double noise_scale) {
+  const int64_t planes = x.dim() == 4 ? x.size(0) * x.size(1) : 0;
+  check_launch(planes, 32 * 4, x);
+  check_image(x, "x", x);
+  check_image(shaped, "shaped", x);
+  if (noise.has_value()) check_image(*noise, "noise", x);
+  const long long* rng = rng_pointer(rng_state, x);
+  TORCH_CHECK(noise.has_value() || rng != nullptr, "mani_inject needs noise or rng_state");
+  TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
+  at::Tensor out = at::empty_like(x);
+  at::Tensor drawn = noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x);
+  const c10::DeviceGuard guard(x.device());
+  check_status(
+      manipure::launch_mani_inject(
+          static_cast<int>(planes), 32 * 4, current_stream(x), x.data_ptr<float>(), shaped.data_ptr<float>(),
+          noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>(), out.data_ptr<float>(),
+          noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>(), rng,
+          static_cast<int>(x.size(2) * x.size(3)), static_cast<int>(normalize), static_cast<float>(signal),
+          static_cast<float>(noise_scale), noise.has_value(), !noise.has_value()),
+      "mani_inject");
+  return {out, drawn};
+}
+
 // Meta: shapes only, for fake tensors (torch.compile, opcheck).
 at::Tensor exchange_update_meta(
     const at::Tensor& x_t, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
@@ -269,6 +323,17 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_backward_meta(
   return {at::empty_like(x), noise_grad ? at::empty_like(x) : at::empty({0}, x.options())};
 }
 
+at::Tensor mani_band_weights_meta(const at::Tensor& spectrum, const at::Tensor&, const at::Tensor&, int64_t, double,
+                                  double, bool) {
+  return at::empty_like(spectrum);
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_inject_meta(const at::Tensor& x, const at::Tensor&,
+                                                    const std::optional<at::Tensor>& noise,
+                                                    const std::optional<at::Tensor>&, int64_t, double, double) {
+  return {at::empty_like(x), noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(manipure_aot, m) {
@@ -292,6 +357,12 @@ TORCH_LIBRARY(manipure_aot, m) {
       "Tensor cos_w, Tensor sin_w, Tensor band_map, Tensor band_counts, float gamma, float eps0, "
       "bool weight_kernel, int normalize, float signal, float noise_scale, bool detach_map, "
       "bool noise_grad, int shared_bytes) -> (Tensor, Tensor)");
+  m.def(
+      "mani_band_weights(Tensor spectrum, Tensor band, Tensor share, int n_bands, float gamma, float eps0, "
+      "bool weight_kernel) -> Tensor");
+  m.def(
+      "mani_inject(Tensor x, Tensor shaped, Tensor? noise, Tensor? rng_state, int normalize, float signal, "
+      "float noise_scale) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
@@ -299,6 +370,8 @@ TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
   m.impl("exchange_update_backward", &exchange_update_backward_cuda);
   m.impl("mani_noise", &mani_noise_cuda);
   m.impl("mani_noise_backward", &mani_noise_backward_cuda);
+  m.impl("mani_band_weights", &mani_band_weights_cuda);
+  m.impl("mani_inject", &mani_inject_cuda);
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
@@ -306,6 +379,8 @@ TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
   m.impl("exchange_update_backward", &exchange_update_backward_meta);
   m.impl("mani_noise", &mani_noise_meta);
   m.impl("mani_noise_backward", &mani_noise_backward_meta);
+  m.impl("mani_band_weights", &mani_band_weights_meta);
+  m.impl("mani_inject", &mani_inject_meta);
 }
 
 // The ops register when the library is loaded; the module object itself is empty. Building it as

@@ -17,6 +17,10 @@ tracing; exchange_update's backward is the fused kernel ``exchange_update_backwa
 custom op ``manipure::exchange_update_backward_cuda``, and mani_noise's is
 ``mani_noise_backward.cu`` as ``manipure::mani_noise_backward_cuda``) -> ``ops``.
 
+MANI planes above 64x64 take four launches: cuFFT's ``rfft2``, ``mani_noise_large.cu``'s band-weights
+kernel, ``irfft2`` and its injection kernel; their backward recomputes through the reference
+(``ops/recompute.py``) in the autograd formula.
+
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
 registered); ``exchange_update`` and ``mani_noise`` here advance its offset on the device after each
@@ -35,7 +39,15 @@ import torch
 
 from ..reference.grid import band_one_hot
 from ..reference.schedule import noise_coefficients
-from .dft_tables import band_frequencies, band_masks, band_tables, full_tables, padded_band_map
+from . import recompute
+from .dft_tables import (
+    band_frequencies,
+    band_masks,
+    band_tables,
+    full_tables,
+    half_spectrum_bands,
+    padded_band_map,
+)
 
 THREADS = 256
 MAX_SHARED_BYTES = 200 * 1024  # below the H100's 227 KB opt-in limit per block
@@ -370,6 +382,9 @@ exchange_update_cuda.register_autograd(_exchange_backward, setup_context=_exchan
 
 # ---- mani_noise ---------------------------------------------------------------------------------
 
+# The one-block-per-plane kernels' limit: their spectrum and twiddle work live in shared memory.
+# Larger planes take the large-plane path: cuFFT's rfft2 and irfft2 around the two kernels of
+# mani_noise_large.cu, four launches (as the triton backend's large-plane path).
 MANI_MAX_SIDE = 64
 
 
@@ -410,8 +425,63 @@ def _jit_mani_noise(x, noise, rng_state, cos_h, sin_h, cos_w, sin_w, band_map, b
     return out, drawn
 
 
+def _is_large(x: torch.Tensor) -> bool:
+    return max(x.shape[-2:]) > MANI_MAX_SIDE
+
+
+def _jit_mani_band_weights(spectrum, band, share, n_bands, gamma, eps0, weight_kernel):
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_band_weights``."""
+    b, c, h, half, _ = spectrum.shape
+    weighted = torch.empty_like(spectrum)
+    args = (
+        spectrum, weighted, band, share, _i32(h * half), _i32(n_bands), _f32(gamma), _f32(eps0),
+        _i32(weight_kernel),
+    )  # fmt: skip
+    _launch(
+        "mani_noise_large.cu", "mani_band_weights_kernel", spectrum.device, b * c, args, (32 + n_bands) * 4
+    )
+    return weighted
+
+
+def _jit_mani_inject(x, shaped, noise, rng_state, normalize, signal, noise_scale):
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_inject``."""
+    b, c, h, w = x.shape
+    out = torch.empty_like(x)
+    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+    args = (
+        x, shaped, noise if noise is not None else x, out, drawn if noise is None else out,
+        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x.device),
+        _i32(h * w), _i32(normalize), _f32(signal), _f32(noise_scale), _i32(noise is not None),
+        _i32(noise is None),
+    )  # fmt: skip
+    _launch("mani_noise_large.cu", "mani_inject_kernel", x.device, b * c, args, 32 * 4)
+    return out, drawn
+
+
+def launch_mani_noise_large(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
+    """The large-plane path, any plane size: ``rfft2``, the band-weights kernel, ``irfft2``, the
+    injection kernel. Same contract as ``launch_mani_noise``."""
+    _, _, h, w = x.shape
+    coef = noise_coefficients(t)
+    aot = active_loader() == "aot"
+    band_weights = torch.ops.manipure_aot.mani_band_weights if aot else _jit_mani_band_weights
+    inject = torch.ops.manipure_aot.mani_inject if aot else _jit_mani_inject
+    band, share = half_spectrum_bands(h, w, n_bands, band_mode, x.device)
+    spectrum = torch.view_as_real(torch.fft.rfft2(x))
+    weighted = band_weights(spectrum, band, share, n_bands, float(gamma), float(eps0), weight_map == "kernel")
+    shaped = torch.fft.irfft2(torch.view_as_complex(weighted), s=(h, w))
+    return inject(
+        x, shaped, noise, rng_state, NORMALIZE_CODES[normalize], float(coef.signal), float(coef.noise)
+    )
+
+
 def launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
-    """One launch over all B*C planes (<= 64x64); returns (x_t, the noise drawn or an empty tensor)."""
+    """One launch over all B*C planes up to 64x64, the large-plane path above; returns (x_t, the
+    noise drawn or an empty tensor)."""
+    if _is_large(x):
+        return launch_mani_noise_large(
+            x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize
+        )
     _, _, h, w = x.shape
     coef = noise_coefficients(t)
     launch = torch.ops.manipure_aot.mani_noise if active_loader() == "aot" else _jit_mani_noise
@@ -441,8 +511,8 @@ def _jit_mani_noise_backward(grad, x, noise, cos_h, sin_h, cos_w, sin_w, band_ma
 
 def launch_mani_noise_backward(grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize,
                                detach_map, noise_grad):  # fmt: skip
-    """The gradients for x and (when ``noise_grad``) the noise, one launch; returns (g_x, g_noise
-    or an empty tensor)."""
+    """The gradients for x and (when ``noise_grad``) the noise, one launch over planes up to 64x64;
+    returns (g_x, g_noise or an empty tensor)."""
     _, _, h, w = x.shape
     coef = noise_coefficients(t)
     aot = active_loader() == "aot"
@@ -518,6 +588,9 @@ def _mani_backward(ctx, grad, _grad_drawn):
     x, noise = ctx.saved_tensors
     o = ctx.options
     noise_grad = ctx.has_noise and ctx.needs_input_grad[1]
+    if _is_large(x):
+        g_x, g_noise = recompute.mani_backward(grad.contiguous(), x, noise, noise_grad, **o)
+        return g_x, g_noise, None, None, None, None, None, None, None, None, None
     g_x, g_noise = mani_noise_backward_cuda(
         grad.contiguous(), x, noise, o["t"], o["n_bands"], o["gamma"], o["eps0"], o["band_mode"],
         o["weight_map"], o["normalize"], o["detach_map"], noise_grad,

@@ -35,9 +35,10 @@ _requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("manipur
 # Largest plane side each triton op handles (ops/triton_exchange.py). mani_noise has no limit: one
 # launch up to 64x64, cuFFT and two fused kernels above (ops/triton_mani.py).
 TRITON_MAX_SIDE = {"exchange_update": 256}
-# The cuda kernels: MANI in one block per plane; the exchange's band DFT (its shared memory also
-# depends on the cut radius, checked at launch).
-CUDA_MAX_SIDE = {"mani_noise": 64, "exchange_update": 256}
+# The cuda kernels: the exchange's band DFT in one block per plane (its shared memory also depends
+# on the cut radius, checked at launch). mani_noise has no limit: one block per plane up to 64x64,
+# cuFFT and two kernels above (ops/cuda_ops.py).
+CUDA_MAX_SIDE = {"exchange_update": 256}
 
 
 @contextlib.contextmanager
@@ -97,8 +98,8 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
             return reason
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return f"cuda computes in fp32 from fp32/fp16/bf16 inputs, not {x.dtype}"
-        side = CUDA_MAX_SIDE[op]
-        if x.shape[-1] > side or x.shape[-2] > side:
+        side = CUDA_MAX_SIDE.get(op)
+        if side is not None and (x.shape[-1] > side or x.shape[-2] > side):
             return f"cuda {op} handles planes up to {side}x{side}, not {x.shape[-2]}x{x.shape[-1]}"
         return None
     raise ValueError(f"unknown backend {backend!r}")

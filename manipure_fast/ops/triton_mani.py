@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..reference.schedule import noise_coefficients
+from . import recompute
 from .dft_tables import band_inverse_counts, full_tables, half_spectrum_bands, next_pow2, padded_band_map
 
 # The whole-tile kernel's limit. Its fp32 DFTs are FMA dots that hold whole tiles in registers:
@@ -186,17 +187,9 @@ def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise
 
 
 def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
-    """The streamed and large-plane backward: autograd through the reference, recomputed from x and the noise
-    the forward used. Returns ``(g_x, g_noise or None)``."""
-    from ..reference.mani import mani_noise as reference_mani_noise
-
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_()
-        z_in = noise.detach().requires_grad_(noise_grad)
-        options = {k: v for k, v in asdict(params).items() if k != "t"}  # ManiParams mirrors its keywords
-        out = reference_mani_noise(x_in, params.t, z_in, **options)
-        grads = torch.autograd.grad(out, (x_in, z_in) if noise_grad else (x_in,), grad)
-    return grads[0], (grads[1] if noise_grad else None)
+    """The streamed and large-plane backward (``ops/recompute.py``), in the fused backward's call
+    shape. Returns ``(g_x, g_noise or None)``."""
+    return recompute.mani_backward(grad, x, noise, noise_grad, **asdict(params))
 
 
 def mani_path(h: int, w: int) -> str:

@@ -1,0 +1,94 @@
+// MANI re-noising (SPEC §1) for planes larger than 64 x 64 (ImageNet's 256 x 256): cuFFT does the
+// two transforms (torch.fft.rfft2 / irfft2, called by manipure_fast/ops/cuda_ops.py), and these two
+// kernels do everything between and after them, one thread block per (image, channel) plane. The
+// same semantics, and the same four-launch shape, as kernels/triton/mani_noise_large.py:
+//
+//   F = rfft2(x)                         the H x (W/2 + 1) half spectrum
+//   mani_band_weights_kernel             M_b = sum over band b of share |F| (share = the
+//                                        coefficient's multiplicity in the full spectrum over the
+//                                        band's size), w_b = 1 / (M_b^gamma + eps0),
+//                                        G = w[band] F ("spectral") or w[band] ("kernel")
+//   Y = irfft2(G)                        real: G is Hermitian (the band map is symmetric in k -> -k)
+//   mani_inject_kernel                   W = |Y| normalised per plane (rms, max or none; an
+//                                        all-zero map becomes 1), x_t = sqrt(abar) x + sqrt(1-abar) W z
+//
+// Band sums are per-thread partials for up to kBandsPerSweep bands at a time, then one
+// deterministic block reduction per band: the result does not depend on scheduling.
+#include "manipure_common.cuh"
+
+using manipure::block_reduce;
+using manipure::philox_normal;
+
+namespace {
+constexpr int kBandsPerSweep = 8;  // the default band count: one sweep of the spectrum
+}
+
+// Dynamic shared memory: 32 floats of reduction scratch, then n_bands weights.
+extern "C" __global__ void mani_band_weights_kernel(
+    const float2* __restrict__ spectrum,  // [planes, n_coefficients], the half spectra
+    float2* __restrict__ weighted,        // [planes, n_coefficients], G
+    const int* __restrict__ band,         // [n_coefficients], band of each coefficient
+    const float* __restrict__ share,      // [n_coefficients], multiplicity / band size
+    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel) {
+  extern __shared__ float smem_f[];
+  float* scratch = smem_f;
+  float* weights = smem_f + 32;
+  const long long base = (long long)blockIdx.x * n_coefficients;
+
+  for (int b0 = 0; b0 < n_bands; b0 += kBandsPerSweep) {
+    float partial[kBandsPerSweep];
+#pragma unroll
+    for (int j = 0; j < kBandsPerSweep; ++j) partial[j] = 0.f;
+    for (int idx = threadIdx.x; idx < n_coefficients; idx += blockDim.x) {
+      const int slot = band[idx] - b0;
+      const float2 f = spectrum[base + idx];
+      const float value = hypotf(f.x, f.y) * share[idx];
+#pragma unroll
+      for (int j = 0; j < kBandsPerSweep; ++j) partial[j] += slot == j ? value : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kBandsPerSweep; ++j) {
+      if (b0 + j >= n_bands) break;  // uniform across the block: every thread reduces the same bands
+      const float mean = block_reduce(partial[j], scratch, false);
+      // powf(0, gamma) = 0 for gamma > 0, as torch.pow: an all-zero band weighs 1 / eps0.
+      if (threadIdx.x == 0) weights[b0 + j] = 1.0f / (powf(mean, gamma) + eps0);
+    }
+  }
+  __syncthreads();
+
+  for (int idx = threadIdx.x; idx < n_coefficients; idx += blockDim.x) {
+    const float wb = weights[band[idx]];
+    const float2 f = spectrum[base + idx];
+    weighted[base + idx] = weight_kernel ? make_float2(wb, 0.f) : make_float2(f.x * wb, f.y * wb);
+  }
+}
+
+// Dynamic shared memory: 32 floats of reduction scratch.
+extern "C" __global__ void mani_inject_kernel(
+    const float* __restrict__ x, const float* __restrict__ shaped,  // Y = irfft2(G), [planes, n]
+    const float* __restrict__ noise, float* __restrict__ out, float* __restrict__ noise_out,
+    const long long* __restrict__ rng_state, int n, int normalize,  // 0 none, 1 rms, 2 max
+    float signal, float noise_scale, int has_noise, int store_noise) {
+  extern __shared__ float smem_f[];
+  const long long base = (long long)blockIdx.x * n;
+  float local_sq = 0.f, local_max = 0.f;
+  if (normalize != 0) {
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+      const float m = fabsf(shaped[base + idx]);
+      local_sq += m * m;
+      local_max = fmaxf(local_max, m);
+    }
+  }
+  float scale = 1.f;
+  if (normalize == 1) scale = sqrtf(block_reduce(local_sq, smem_f, false) / (float)n);
+  if (normalize == 2) scale = block_reduce(local_max, smem_f, true);
+
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+    const long long el = base + idx;
+    const float m = fabsf(shaped[el]);
+    const float map = normalize == 0 ? m : (scale > 0.f ? m / scale : 1.0f);
+    const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
+    if (store_noise) noise_out[el] = z;
+    out[el] = x[el] * signal + (map * z) * noise_scale;
+  }
+}
