@@ -52,6 +52,155 @@ def _spectrum_rows(
 
 
 @triton.jit
+def _band_rows(band_ptr, row0, BLOCK_W: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Rows ``row0 .. row0 + BLOCK_M`` of the padded band map (``N_BANDS`` marks padding)."""
+    block = row0 + tl.arange(0, BLOCK_M)
+    return tl.load(band_ptr + block[:, None] * BLOCK_W + tl.arange(0, BLOCK_W)[None, :])
+
+
+@triton.jit
+def _add_band_sums(sums, values, bands, N_BANDS: tl.constexpr, BANDS_PAD: tl.constexpr):
+    """``sums[i] += sum(values[bands == i])`` for each band i; ``sums``: [BANDS_PAD]."""
+    band_ids = tl.arange(0, BANDS_PAD)
+    for i in tl.static_range(N_BANDS):
+        band_sum = tl.sum(tl.sum(tl.where(bands == i, values, 0.0), axis=1), axis=0)
+        sums += tl.where(band_ids == i, band_sum, 0.0)
+    return sums
+
+
+@triton.jit
+def _gather_bands(vector, bands, N_BANDS: tl.constexpr, BANDS_PAD: tl.constexpr):
+    """``vector[bands]`` over a [BLOCK_M, BLOCK_W] block; 0 where no band (padding)."""
+    band_ids = tl.arange(0, BANDS_PAD)
+    out = tl.zeros(bands.shape, tl.float32)
+    for i in tl.static_range(N_BANDS):
+        out = tl.where(bands == i, tl.sum(tl.where(band_ids == i, vector, 0.0), axis=0), out)
+    return out
+
+
+@triton.jit
+def _band_means(
+    x,
+    cos_h_ptr,
+    sin_h_ptr,
+    cw,
+    sw,
+    band_ptr,
+    inv_count_ptr,
+    N_BANDS: tl.constexpr,
+    BANDS_PAD: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Pass 1: the mean |F| of each band, [BANDS_PAD]. Padded rows and columns of F are zero and
+    belong to no band."""
+    sums = tl.zeros((BANDS_PAD,), tl.float32)
+    for row0 in range(0, BLOCK_H, BLOCK_M):
+        f_re, f_im = _spectrum_rows(
+            x, row0, cos_h_ptr, sin_h_ptr, cw, sw, BLOCK_H, BLOCK_W, BLOCK_M, PRECISION
+        )
+        magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
+        sums = _add_band_sums(
+            sums, magnitude, _band_rows(band_ptr, row0, BLOCK_W, BLOCK_M), N_BANDS, BANDS_PAD
+        )
+    return sums * tl.load(inv_count_ptr + tl.arange(0, BANDS_PAD))
+
+
+@triton.jit
+def _accumulate_inverse_rows(
+    acc,
+    re,
+    im,
+    row0,
+    cos_h_ptr,
+    sin_h_ptr,
+    cw,
+    sw,
+    HAS_IM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``acc + Re((C_H[:, m] + i S_H[:, m]) (re + i im) (C_W + i S_W))`` for the frequency rows
+    m = row0 .. row0 + BLOCK_M: one row block's share of the real part of an unnormalised inverse
+    DFT, which is also the adjoint of a real plane's forward DFT. ``im`` is ignored (taken as 0)
+    without ``HAS_IM``."""
+    if HAS_IM:
+        r_re = tl.dot(re, cw, input_precision=PRECISION) - tl.dot(im, sw, input_precision=PRECISION)
+        r_im = tl.dot(re, sw, input_precision=PRECISION) + tl.dot(im, cw, input_precision=PRECISION)
+    else:
+        r_re = tl.dot(re, cw, input_precision=PRECISION)
+        r_im = tl.dot(re, sw, input_precision=PRECISION)
+    # Columns row0.. of C_H and S_H (symmetric, so the same table entries as their rows).
+    dft_h = tl.arange(0, BLOCK_H)[:, None] * BLOCK_H + (row0 + tl.arange(0, BLOCK_M))[None, :]
+    acc = tl.dot(tl.load(cos_h_ptr + dft_h), r_re, acc, input_precision=PRECISION)
+    return tl.dot(-tl.load(sin_h_ptr + dft_h), r_im, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _weighted_inverse(
+    x,
+    weights,
+    cos_h_ptr,
+    sin_h_ptr,
+    cw,
+    sw,
+    band_ptr,
+    N_BANDS: tl.constexpr,
+    BANDS_PAD: tl.constexpr,
+    SPECTRAL: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Pass 2: Y = Re(D_H^* G D_W^*), G = w[band] F (or w[band]), accumulated over row blocks of
+    G, F recomputed per block."""
+    y = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+    for row0 in range(0, BLOCK_H, BLOCK_M):
+        weight = _gather_bands(weights, _band_rows(band_ptr, row0, BLOCK_W, BLOCK_M), N_BANDS, BANDS_PAD)
+        if SPECTRAL:
+            f_re, f_im = _spectrum_rows(
+                x, row0, cos_h_ptr, sin_h_ptr, cw, sw, BLOCK_H, BLOCK_W, BLOCK_M, PRECISION
+            )
+            y = _accumulate_inverse_rows(
+                y,
+                weight * f_re,
+                weight * f_im,
+                row0,
+                cos_h_ptr,
+                sin_h_ptr,
+                cw,
+                sw,
+                True,
+                BLOCK_H,
+                BLOCK_M,
+                PRECISION,
+            )
+        else:
+            y = _accumulate_inverse_rows(
+                y, weight, weight, row0, cos_h_ptr, sin_h_ptr, cw, sw, False, BLOCK_H, BLOCK_M, PRECISION
+            )
+    return y
+
+
+@triton.jit
+def _plane_setup(x_ptr, cos_w_ptr, sin_w_ptr, H: tl.constexpr, W: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_W: tl.constexpr):  # fmt: skip
+    """This program's plane: (offsets, inside mask, x, C_W, S_W)."""
+    base = tl.program_id(0).to(tl.int64) * H * W
+    rows = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    inside = (rows[:, None] < H) & (cols[None, :] < W)
+    offs = base + rows[:, None] * W + cols[None, :]
+    dft_w = cols[:, None] * BLOCK_W + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=inside, other=0.0)
+    return offs, inside, x, tl.load(cos_w_ptr + dft_w), tl.load(sin_w_ptr + dft_w)
+
+
+@triton.jit
 def mani_noise_rows_kernel(
     x_ptr,
     noise_ptr,
@@ -85,55 +234,39 @@ def mani_noise_rows_kernel(
     """Tables as ``mani_noise_kernel``'s (full DFT matrices zero-padded to [BLOCK_H, BLOCK_H] and
     [BLOCK_W, BLOCK_W], the band map padded with ``N_BANDS``), plus ``inv_count``: float32
     ``[BANDS_PAD]``, one over each band's size (0 past ``N_BANDS``)."""
-    plane = tl.program_id(0)
-    base = plane.to(tl.int64) * H * W
-    rows = tl.arange(0, BLOCK_H)
-    cols = tl.arange(0, BLOCK_W)
-    inside = (rows[:, None] < H) & (cols[None, :] < W)
-    offs = base + rows[:, None] * W + cols[None, :]
-    x = tl.load(x_ptr + offs, mask=inside, other=0.0)
-    band_ids = tl.arange(0, BANDS_PAD)
-    block = tl.arange(0, BLOCK_M)
-    dft_w = cols[:, None] * BLOCK_W + cols[None, :]
-    cw = tl.load(cos_w_ptr + dft_w)
-    sw = tl.load(sin_w_ptr + dft_w)
-
-    # Pass 1: the band means. Padded rows and columns of F are zero and belong to no band.
-    sums = tl.zeros((BANDS_PAD,), tl.float32)
-    for row0 in range(0, BLOCK_H, BLOCK_M):
-        f_re, f_im = _spectrum_rows(
-            x, row0, cos_h_ptr, sin_h_ptr, cw, sw, BLOCK_H, BLOCK_W, BLOCK_M, PRECISION
-        )
-        magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
-        bands = tl.load(band_ptr + (row0 + block)[:, None] * BLOCK_W + cols[None, :])
-        for i in tl.static_range(N_BANDS):
-            band_sum = tl.sum(tl.sum(tl.where(bands == i, magnitude, 0.0), axis=1), axis=0)
-            sums += tl.where(band_ids == i, band_sum, 0.0)
-    weights = 1.0 / (_band_power(sums * tl.load(inv_count_ptr + band_ids), gamma) + eps0)
-
-    # Pass 2: Y = Re(D_H^* G D_W^*), accumulated over row blocks of G.
-    y = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    for row0 in range(0, BLOCK_H, BLOCK_M):
-        bands = tl.load(band_ptr + (row0 + block)[:, None] * BLOCK_W + cols[None, :])
-        weight = tl.zeros((BLOCK_M, BLOCK_W), tl.float32)  # padding stays 0: no band
-        for i in tl.static_range(N_BANDS):
-            weight = tl.where(bands == i, tl.sum(tl.where(band_ids == i, weights, 0.0), axis=0), weight)
-        if SPECTRAL:
-            f_re, f_im = _spectrum_rows(
-                x, row0, cos_h_ptr, sin_h_ptr, cw, sw, BLOCK_H, BLOCK_W, BLOCK_M, PRECISION
-            )
-            g_re = weight * f_re
-            g_im = weight * f_im
-            r_re = tl.dot(g_re, cw, input_precision=PRECISION) - tl.dot(g_im, sw, input_precision=PRECISION)
-            r_im = tl.dot(g_re, sw, input_precision=PRECISION) + tl.dot(g_im, cw, input_precision=PRECISION)
-        else:
-            r_re = tl.dot(weight, cw, input_precision=PRECISION)
-            r_im = tl.dot(weight, sw, input_precision=PRECISION)
-        # Columns row0.. of C_H and S_H (symmetric, so the same table entries as their rows).
-        dft_h = rows[:, None] * BLOCK_H + (row0 + block)[None, :]
-        y = tl.dot(tl.load(cos_h_ptr + dft_h), r_re, y, input_precision=PRECISION)
-        y = tl.dot(-tl.load(sin_h_ptr + dft_h), r_im, y, input_precision=PRECISION)
-
+    offs, inside, x, cw, sw = _plane_setup(x_ptr, cos_w_ptr, sin_w_ptr, H, W, BLOCK_H, BLOCK_W)
+    means = _band_means(
+        x,
+        cos_h_ptr,
+        sin_h_ptr,
+        cw,
+        sw,
+        band_ptr,
+        inv_count_ptr,
+        N_BANDS,
+        BANDS_PAD,
+        BLOCK_H,
+        BLOCK_W,
+        BLOCK_M,
+        PRECISION,
+    )
+    weights = 1.0 / (_band_power(means, gamma) + eps0)
+    y = _weighted_inverse(
+        x,
+        weights,
+        cos_h_ptr,
+        sin_h_ptr,
+        cw,
+        sw,
+        band_ptr,
+        N_BANDS,
+        BANDS_PAD,
+        SPECTRAL,
+        BLOCK_H,
+        BLOCK_W,
+        BLOCK_M,
+        PRECISION,
+    )
     shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
     _normalize_and_inject(
         shaped,
