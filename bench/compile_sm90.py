@@ -84,6 +84,7 @@ def _record(launch) -> list:
         "mani_noise_backward",
         "mani_noise_large",
         "mani_noise_rows",
+        "mani_noise_rows_backward",
     ):
         module = importlib.import_module(f"manipure_fast.kernels.triton.{name}")
         for attr, value in vars(module).items():
@@ -131,13 +132,18 @@ def _exchange_case(shape, eps_ref=True, philox=False, backward=False, **options)
 def _mani_case(shape, philox=False, backward=False, **options):
     params = triton_mani.ManiParams(999, **options)
     x, z, grad = _planes(shape)[:3]
+    path = triton_mani.mani_path(*shape[-2:])
     if backward:
-        return lambda: triton_mani.launch_mani_noise_backward(grad, x, z, params, noise_grad=True)
+        launch_backward = {
+            "tile": triton_mani.launch_mani_noise_backward,
+            "rows": triton_mani.launch_mani_noise_rows_backward,
+        }[path]  # the large path's backward is autograd through the reference: no kernel
+        return lambda: launch_backward(grad, x, z, params, noise_grad=True)
     launch = {
         "tile": triton_mani.launch_mani_noise,
         "rows": triton_mani.launch_mani_noise_rows,
         "large": triton_mani.launch_mani_noise_large,
-    }[triton_mani.mani_path(*shape[-2:])]
+    }[path]
     if philox:
         state = torch.tensor([0, 0], dtype=torch.int64)
         return lambda: launch(x, None, state, params, store_noise=True)
@@ -166,6 +172,10 @@ CASES = {
     ),
     "mani 48x40": _mani_case((1, 3, 48, 40)),
     "mani backward cifar": _mani_case(CIFAR, backward=True),
+    "mani backward 64x64": _mani_case((1, 3, 64, 64), backward=True),
+    "mani backward 48x40 kernel-map max": _mani_case(
+        (1, 3, 48, 40), backward=True, weight_map="kernel", normalize="max"
+    ),
     "mani imagenet": _mani_case(IMAGENET),
     "mani imagenet philox none": _mani_case(IMAGENET, philox=True, normalize="none"),
 }

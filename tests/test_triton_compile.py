@@ -59,13 +59,15 @@ def test_imagenet_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
         assert r["shared_bytes"] <= SM90_MAX_SHARED_PER_BLOCK, r
 
 
-# The whole-tile MANI kernel at 64x64 spilled 93 KB per thread and took ptxas ten minutes; the
-# streamed kernel that replaced it there spills about 1 KB (bench/results/compile-sm90-*.json).
-ROWS_SPILL_LIMIT = 4096
+# The whole-tile MANI kernel at 64x64 spilled 93 KB per thread and took ptxas ten minutes. The
+# streamed kernels that replaced it there spill about 1 KB (forward) and 5 KB (backward; 24 KB
+# when its last pass held two spectrum blocks at once). bench/results/compile-sm90-*.json.
+ROWS_SPILL_LIMIT = {"mani_noise_rows_kernel": 4096, "mani_noise_rows_backward_kernel": 8192}
 
 
-def test_mani_64x64_is_one_streamed_kernel_with_few_spills(tmp_path):
-    (row,) = _compile(tmp_path, "mani 64x64", ptxas_report=True)
-    assert row["kernel"] == "mani_noise_rows_kernel"
-    assert row["shared_bytes"] <= SM90_MAX_SHARED_PER_BLOCK
-    assert row["spill_stores"] <= ROWS_SPILL_LIMIT, row
+def test_mani_64x64_is_one_streamed_kernel_each_way_with_few_spills(tmp_path):
+    rows = _compile(tmp_path, "mani 64x64,mani backward 64x64", ptxas_report=True)
+    assert [r["kernel"] for r in rows] == list(ROWS_SPILL_LIMIT)
+    for row in rows:
+        assert row["shared_bytes"] <= SM90_MAX_SHARED_PER_BLOCK
+        assert row["spill_stores"] <= ROWS_SPILL_LIMIT[row["kernel"]], row

@@ -122,9 +122,9 @@ def test_mani_noise_zero_plane_is_uniform(normalize, side):
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 40, 48), (1, 2, 66, 72)], ids=["rows", "large"])
-def test_mani_noise_recomputed_gradients_match_autograd(shape):
-    """The streamed and large-plane backward (autograd through the reference, recomputed) for x
-    and the noise."""
+def test_mani_noise_gradients_through_the_op_match_autograd(shape):
+    """The streamed path's fused backward and the large-plane one (autograd through the
+    reference, recomputed), reached through ops.mani_noise, for x and the noise."""
     gen = torch.Generator().manual_seed(3)
     x0 = torch.rand(shape, generator=gen) * 2 - 1
     noise = torch.randn(shape, generator=gen)
@@ -376,6 +376,13 @@ MANI_BACKWARD_CASES = [
     (2, 2, 16, 20, dict(normalize="max", n_bands=5)),
     (1, 1, 32, 32, dict(normalize="none", gamma=1.2)),
     (1, 2, 12, 16, dict(detach_map=True)),
+    # the streamed kernels (33 to 64): one side over 32, partial row blocks, every option
+    (1, 2, 64, 64, {}),
+    (2, 1, 33, 40, dict(band_mode="count")),
+    (1, 1, 50, 37, dict(weight_map="kernel")),
+    (1, 1, 64, 48, dict(normalize="max", n_bands=5)),
+    (1, 1, 40, 40, dict(normalize="none", gamma=1.2)),
+    (1, 2, 36, 34, dict(detach_map=True)),
 ]
 
 
@@ -385,9 +392,11 @@ MANI_BACKWARD_CASES = [
     ids=lambda c: f"B{c[0]}-C{c[1]}-H{c[2]}-W{c[3]}-" + "-".join(map(str, c[4].values())),
 )
 def test_fused_mani_backward_matches_autograd(case):
-    """The fused MANI backward against autograd through the reference in fp64, for x (through
-    the intensity map) and the noise, within twice the fp32 reference's own error (STYLE.md)."""
+    """The fused MANI backwards (whole tile up to 32x32, streamed up to 64x64) against autograd
+    through the reference in fp64, for x (through the intensity map) and the noise, within twice
+    the fp32 reference's own error (STYLE.md)."""
     b, c, h, w, options = case
+    assert triton_mani.mani_path(h, w) in ("tile", "rows")
     gen = torch.Generator().manual_seed(h * w + b)
     x0 = torch.rand(b, c, h, w, generator=gen) * 2 - 1
     noise = torch.randn(b, c, h, w, generator=gen)
@@ -411,12 +420,13 @@ def test_fused_mani_backward_matches_autograd(case):
         )
 
 
-def test_fused_mani_backward_on_a_constant_plane_has_only_the_direct_term():
+@pytest.mark.parametrize("side", [16, 40], ids=["tile", "rows"])
+def test_fused_mani_backward_on_a_constant_plane_has_only_the_direct_term(side):
     """A mid-grey plane has an all-zero spectrum: W = 1, and torch's |.| and pow give no map gradient."""
-    x = torch.zeros(1, 2, 16, 16, device=DEVICE, requires_grad=True)
-    z = torch.randn(1, 2, 16, 16, device=DEVICE)
+    x = torch.zeros(1, 2, side, side, device=DEVICE, requires_grad=True)
+    z = torch.randn(1, 2, side, side, device=DEVICE)
     (g,) = torch.autograd.grad(ops.mani_noise(x, 300, z, backend="triton").sum(), x)
-    x_ref = torch.zeros(1, 2, 16, 16, dtype=torch.float64, requires_grad=True)
+    x_ref = torch.zeros(1, 2, side, side, dtype=torch.float64, requires_grad=True)
     (g_ref,) = torch.autograd.grad(ref.mani_noise(x_ref, 300, z.cpu().double()).sum(), x_ref)
     torch.testing.assert_close(g.cpu().double(), g_ref, rtol=0, atol=1e-6)
 

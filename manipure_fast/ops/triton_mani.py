@@ -8,15 +8,16 @@ Chain: the kernels in ``kernels/triton/mani_noise*.py`` -> ``ManiNoise`` (here) 
   map from x.
 - ``"rows"``, up to 64x64 (``ROWS_MAX_SIDE``): one launch, one program per plane, the spectrum
   streamed in blocks of frequency rows (``mani_noise_rows_kernel``), so that only x and the
-  inverse's accumulator are held whole.
+  inverse's accumulator are held whole. The backward is one fused launch, streamed the same way
+  (``mani_noise_rows_backward_kernel``).
 - ``"large"``, above (ImageNet's 256x256): a full spectrum does not fit one program's registers,
   so the two transforms are cuFFT half-spectrum ones (``torch.fft.rfft2``/``irfft2``) and
   everything between and after them is two fused kernels (``kernels/triton/mani_noise_large.py``):
   four launches in all.
 
-The ``"rows"`` and ``"large"`` backwards recompute through the reference with autograd; MANI runs
-once per round, not per step, so this is a small part of an attack's backward. Every backward
-needs the noise the forward used, which the forward stores only when a gradient is needed.
+The ``"large"`` backward recomputes through the reference with autograd (``ops/recompute.py``);
+MANI runs once per round, not per step, so this is a small part of an attack's backward. Every
+backward needs the noise the forward used, which the forward stores only when a gradient is needed.
 """
 
 from __future__ import annotations
@@ -187,9 +188,50 @@ def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise
 
 
 def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
-    """The streamed and large-plane backward (``ops/recompute.py``), in the fused backward's call
-    shape. Returns ``(g_x, g_noise or None)``."""
+    """The large-plane backward (``ops/recompute.py``), in the fused backwards' call shape.
+    Returns ``(g_x, g_noise or None)``."""
     return recompute.mani_backward(grad, x, noise, noise_grad, **asdict(params))
+
+
+def launch_mani_noise_rows_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
+    """The streamed path's fused backward, one launch; same contract as
+    ``launch_mani_noise_backward``, for H and W <= ``ROWS_MAX_SIDE``."""
+    from ..kernels.triton.mani_noise_rows_backward import mani_noise_rows_backward_kernel
+
+    b, c, h, w = x.shape
+    coef = noise_coefficients(params.t)
+    block_h, block_w, tables = _tables(h, w, params, x.device)
+    bands_pad = next_pow2(params.n_bands + 1, minimum=2)
+    g_x = _empty_like(x)
+    g_noise = _empty_like(x) if noise_grad else None
+    mani_noise_rows_backward_kernel[(b * c,)](
+        grad,
+        x,
+        noise,
+        g_x,
+        g_noise if noise_grad else g_x,
+        *tables,
+        band_inverse_counts(h, w, params.n_bands, params.band_mode, bands_pad, x.device),
+        h,
+        w,
+        coef.signal,
+        coef.noise,
+        params.gamma,
+        params.eps0,
+        1.0 / (h * w),
+        N_BANDS=params.n_bands,
+        BANDS_PAD=bands_pad,
+        SPECTRAL=params.weight_map == "spectral",
+        NORMALIZE=_NORMALIZE[params.normalize],
+        DETACH_MAP=params.detach_map,
+        NOISE_GRAD=noise_grad,
+        BLOCK_H=block_h,
+        BLOCK_W=block_w,
+        BLOCK_M=min(ROWS_BLOCK_M, block_h),
+        PRECISION="ieee",
+        num_warps=8,
+    )
+    return g_x, g_noise
 
 
 def mani_path(h: int, w: int) -> str:
@@ -237,6 +279,13 @@ def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: b
     return g_x, g_noise
 
 
+_BACKWARD = {
+    "tile": launch_mani_noise_backward,
+    "rows": launch_mani_noise_rows_backward,
+    "large": reference_mani_backward,
+}
+
+
 class ManiNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
@@ -248,9 +297,7 @@ class ManiNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        tile = mani_path(*x.shape[-2:]) == "tile"
-        backward = launch_mani_noise_backward if tile else reference_mani_backward
-        g_x, g_noise = backward(
+        g_x, g_noise = _BACKWARD[mani_path(*x.shape[-2:])](
             grad.to(torch.float32).contiguous(), x, z, ctx.params, noise_grad=ctx.needs_input_grad[1]
         )
         return g_x, g_noise, None, None, None
