@@ -1,5 +1,6 @@
-"""Fused MANI noise injection for planes up to 64x64: one launch, one program per (image, channel)
-plane, the whole plane in one tile.
+"""Fused MANI noise injection for planes up to 32x32: one launch, one program per (image, channel)
+plane, the whole plane in one tile (``mani_noise_rows.py`` streams planes up to 64x64). Its stages
+are shared with the backward and the streamed kernels.
 
     F = D_H x D_W (full DFT as real matmuls)        |F|, band means M_i over the band map
     w_i = 1 / (M_i^gamma + eps0)                    W = |ifft2(w[band] F)|  (or |ifft2(w[band])|)
@@ -108,6 +109,19 @@ def _unnormalised_map(
 
 
 @triton.jit
+def _normalisation(shaped, inv_hw, NORMALIZE: tl.constexpr):
+    """(scale, W): the map ``shaped`` (0 outside the plane) over its rms (0) or max (1), a zero
+    statistic giving W = 1; or the map itself with scale 1 (2, none)."""
+    if NORMALIZE == 2:
+        return 1.0, shaped
+    if NORMALIZE == 0:
+        scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
+    else:
+        scale = tl.max(tl.max(shaped, axis=1), axis=0)
+    return scale, tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+
+
+@triton.jit
 def _normalize_and_inject(
     shaped,
     x,
@@ -127,13 +141,7 @@ def _normalize_and_inject(
     """The one-launch kernels' last stage: normalise the map ``shaped`` (|ifft2| / HW, 0 outside the
     plane; a zero statistic gives W = 1), take z (given, or Philox at ``offset + offs``, stored
     when asked), and store ``out = signal x + noise_scale W z``."""
-    if NORMALIZE == 0:  # rms
-        scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
-        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
-    elif NORMALIZE == 1:  # max
-        scale = tl.max(tl.max(shaped, axis=1), axis=0)
-        shaped = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
-
+    _, shaped = _normalisation(shaped, inv_hw, NORMALIZE)
     if NOISE_GIVEN:
         z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
     else:

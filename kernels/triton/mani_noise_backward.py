@@ -1,7 +1,7 @@
-"""Fused backward of ``mani_noise`` for planes up to 64x64: the gradients of
-``out = sqrt(abar) x + sqrt(1 - abar) (W z)`` with respect to x (through the intensity map W, as
-autograd through ``reference.mani_noise`` computes it) and to z, in one launch, one program per
-plane, the whole plane in one tile.
+"""Fused backward of ``mani_noise`` for planes up to 32x32 (``mani_noise_rows_backward.py`` takes
+planes up to 64x64): the gradients of ``out = sqrt(abar) x + sqrt(1 - abar) (W z)`` with respect
+to x (through the intensity map W, as autograd through ``reference.mani_noise`` computes it) and
+to z, in one launch, one program per plane, the whole plane in one tile.
 
 Recompute (no activations are saved): F = DFT(x), |F|, band means M_b, weights w_b, G = w[band] F
 (or w[band]), Y = ifft2(G), S = |Y|, W = S normalised. Then, backwards:
@@ -21,7 +21,24 @@ reference's ``detach_map=True``. Memory traffic per plane: reads x, z and grad, 
 import triton
 import triton.language as tl
 
-from .mani_noise import _band_mean, _band_power, _plane_tables, _unnormalised_map
+from .mani_noise import _band_mean, _band_power, _normalisation, _plane_tables, _unnormalised_map
+
+
+@triton.jit
+def _normalisation_backward(g_map, shaped, scale, inside, inv_hw, NORMALIZE: tl.constexpr):
+    """g_S from g_W through ``_normalisation`` (rms: (g - S <g, S> / (N s^2)) / s; max: the
+    tie-sharing amax rule torch uses; none: g); zero when s = 0 (W = 1)."""
+    if NORMALIZE == 2:  # none
+        return g_map
+    safe_scale = tl.where(scale > 0, scale, 1.0)
+    dot = tl.sum(tl.sum(g_map * shaped, axis=1), axis=0)
+    if NORMALIZE == 0:  # rms
+        g_shaped = (g_map - shaped * (dot * inv_hw / (safe_scale * safe_scale))) / safe_scale
+    else:  # amax shares its gradient evenly between tied maxima, as torch's does
+        at_max = inside & (shaped == scale)
+        n_max = tl.maximum(tl.sum(tl.sum(at_max.to(tl.float32), axis=1), axis=0), 1.0)
+        g_shaped = g_map / safe_scale - tl.where(at_max, dot / (safe_scale * safe_scale * n_max), 0.0)
+    return tl.where(scale > 0, tl.where(inside, g_shaped, 0.0), 0.0)
 
 
 @triton.jit
@@ -90,35 +107,16 @@ def mani_noise_backward_kernel(
     y_re = tl.where(inside, y_re * inv_hw, 0.0)
     y_im = tl.where(inside, y_im * inv_hw, 0.0)
     shaped = tl.sqrt(y_re * y_re + y_im * y_im)
-    if NORMALIZE == 2:  # none
-        scale = 1.0
-        normalised = shaped
-    else:
-        if NORMALIZE == 0:  # rms
-            scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
-        else:  # max
-            scale = tl.max(tl.max(shaped, axis=1), axis=0)
-        normalised = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+    scale, normalised = _normalisation(shaped, inv_hw, NORMALIZE)
 
     if NOISE_GRAD:
         tl.store(g_noise_ptr + offs, noise_scale * normalised * grad, mask=inside)
     g_x = signal * grad
     if not DETACH_MAP:
         # ---- through the normalisation and |Y| ---------------------------------------------------
-        g_map = tl.where(inside, noise_scale * grad * z, 0.0)
-        if NORMALIZE == 2:
-            g_shaped = g_map
-        else:
-            # A plane with scale 0 has the constant map W = 1: no gradient.
-            safe_scale = tl.where(scale > 0, scale, 1.0)
-            dot = tl.sum(tl.sum(g_map * shaped, axis=1), axis=0)
-            if NORMALIZE == 0:
-                g_shaped = (g_map - shaped * (dot * inv_hw / (safe_scale * safe_scale))) / safe_scale
-            else:  # amax shares its gradient evenly between tied maxima, as torch's does
-                at_max = inside & (shaped == scale)
-                n_max = tl.maximum(tl.sum(tl.sum(at_max.to(tl.float32), axis=1), axis=0), 1.0)
-                g_shaped = g_map / safe_scale - tl.where(at_max, dot / (safe_scale * safe_scale * n_max), 0.0)
-            g_shaped = tl.where(scale > 0, tl.where(inside, g_shaped, 0.0), 0.0)
+        g_shaped = _normalisation_backward(
+            tl.where(inside, noise_scale * grad * z, 0.0), shaped, scale, inside, inv_hw, NORMALIZE
+        )
         nonzero = shaped > 0
         safe = tl.where(nonzero, shaped, 1.0)
         gy_re = tl.where(nonzero, g_shaped * y_re / safe, 0.0)

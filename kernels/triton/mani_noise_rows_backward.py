@@ -22,7 +22,8 @@ direct term. Memory traffic per plane: reads x, z and grad, writes g_x (and g_z)
 import triton
 import triton.language as tl
 
-from .mani_noise import _band_power
+from .mani_noise import _band_power, _normalisation
+from .mani_noise_backward import _normalisation_backward
 from .mani_noise_rows import (
     _accumulate_inverse_rows,
     _add_band_sums,
@@ -33,22 +34,6 @@ from .mani_noise_rows import (
     _spectrum_rows,
     _weighted_inverse,
 )
-
-
-@triton.jit
-def _normalisation_backward(g_map, shaped, scale, inside, inv_hw, NORMALIZE: tl.constexpr):
-    """g_S from g_W through W = S / s (rms or max; none: W = S); zero when s = 0 (W = 1)."""
-    if NORMALIZE == 2:  # none
-        return g_map
-    safe_scale = tl.where(scale > 0, scale, 1.0)
-    dot = tl.sum(tl.sum(g_map * shaped, axis=1), axis=0)
-    if NORMALIZE == 0:  # rms
-        g_shaped = (g_map - shaped * (dot * inv_hw / (safe_scale * safe_scale))) / safe_scale
-    else:  # amax shares its gradient evenly between tied maxima, as torch's does
-        at_max = inside & (shaped == scale)
-        n_max = tl.maximum(tl.sum(tl.sum(at_max.to(tl.float32), axis=1), axis=0), 1.0)
-        g_shaped = g_map / safe_scale - tl.where(at_max, dot / (safe_scale * safe_scale * n_max), 0.0)
-    return tl.where(scale > 0, tl.where(inside, g_shaped, 0.0), 0.0)
 
 
 @triton.jit
@@ -120,15 +105,7 @@ def mani_noise_rows_backward_kernel(
         PRECISION,
     )
     shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
-    if NORMALIZE == 2:  # none
-        scale = 1.0
-        normalised = shaped
-    else:
-        if NORMALIZE == 0:  # rms
-            scale = tl.sqrt(tl.sum(tl.sum(shaped * shaped, axis=1), axis=0) * inv_hw)
-        else:  # max
-            scale = tl.max(tl.max(shaped, axis=1), axis=0)
-        normalised = tl.where(scale > 0, shaped / tl.where(scale > 0, scale, 1.0), 1.0)
+    scale, normalised = _normalisation(shaped, inv_hw, NORMALIZE)
     if NOISE_GRAD:
         tl.store(g_noise_ptr + offs, noise_scale * normalised * grad, mask=inside)
 
