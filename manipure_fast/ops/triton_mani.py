@@ -193,47 +193,6 @@ def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool
     return recompute.mani_backward(grad, x, noise, noise_grad, **asdict(params))
 
 
-def launch_mani_noise_rows_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
-    """The streamed path's fused backward, one launch; same contract as
-    ``launch_mani_noise_backward``, for H and W <= ``ROWS_MAX_SIDE``."""
-    from ..kernels.triton.mani_noise_rows_backward import mani_noise_rows_backward_kernel
-
-    b, c, h, w = x.shape
-    coef = noise_coefficients(params.t)
-    block_h, block_w, tables = _tables(h, w, params, x.device)
-    bands_pad = next_pow2(params.n_bands + 1, minimum=2)
-    g_x = _empty_like(x)
-    g_noise = _empty_like(x) if noise_grad else None
-    mani_noise_rows_backward_kernel[(b * c,)](
-        grad,
-        x,
-        noise,
-        g_x,
-        g_noise if noise_grad else g_x,
-        *tables,
-        band_inverse_counts(h, w, params.n_bands, params.band_mode, bands_pad, x.device),
-        h,
-        w,
-        coef.signal,
-        coef.noise,
-        params.gamma,
-        params.eps0,
-        1.0 / (h * w),
-        N_BANDS=params.n_bands,
-        BANDS_PAD=bands_pad,
-        SPECTRAL=params.weight_map == "spectral",
-        NORMALIZE=_NORMALIZE[params.normalize],
-        DETACH_MAP=params.detach_map,
-        NOISE_GRAD=noise_grad,
-        BLOCK_H=block_h,
-        BLOCK_W=block_w,
-        BLOCK_M=min(ROWS_BLOCK_M, block_h),
-        PRECISION="ieee",
-        num_warps=8,
-    )
-    return g_x, g_noise
-
-
 def mani_path(h: int, w: int) -> str:
     """The path a ``h x w`` plane takes: ``"tile"``, ``"rows"`` or ``"large"`` (module docstring)."""
     side = max(h, w)
@@ -243,23 +202,21 @@ def mani_path(h: int, w: int) -> str:
 _FORWARD = {"tile": launch_mani_noise, "rows": launch_mani_noise_rows, "large": launch_mani_noise_large}
 
 
-def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
-    """The gradients of ``out`` for x and (when ``noise_grad``) for the noise, one launch; grad,
-    x and noise: fp32 contiguous ``[B, C, H, W]``. Returns ``(g_x, g_noise or None)``."""
-    from ..kernels.triton.mani_noise_backward import mani_noise_backward_kernel
-
+def _launch_plane_backward(kernel, grad, x, noise, params, noise_grad, extra_tables=(), **constexprs):
+    """The fused backwards' shared call (as ``_launch_plane_kernel``): ``(g_x, g_noise or None)``."""
     b, c, h, w = x.shape
     coef = noise_coefficients(params.t)
     block_h, block_w, tables = _tables(h, w, params, x.device)
     g_x = _empty_like(x)
     g_noise = _empty_like(x) if noise_grad else None
-    mani_noise_backward_kernel[(b * c,)](
+    kernel[(b * c,)](
         grad,
         x,
         noise,
         g_x,
         g_noise if noise_grad else g_x,
         *tables,
+        *extra_tables,
         h,
         w,
         coef.signal,
@@ -275,8 +232,42 @@ def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: b
         BLOCK_H=block_h,
         BLOCK_W=block_w,
         PRECISION="ieee",
+        **constexprs,
     )
     return g_x, g_noise
+
+
+def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
+    """The gradients of ``out`` for x and (when ``noise_grad``) for the noise, one launch; grad,
+    x and noise: fp32 contiguous ``[B, C, H, W]``, H and W <= MAX_SIDE. Returns ``(g_x, g_noise
+    or None)``."""
+    from ..kernels.triton.mani_noise_backward import mani_noise_backward_kernel
+
+    # Triton's default 4 warps: 8 spilled more at 32x32 (compiled for sm_90; untimed).
+    return _launch_plane_backward(mani_noise_backward_kernel, grad, x, noise, params, noise_grad)
+
+
+def launch_mani_noise_rows_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
+    """The streamed path's fused backward, one launch; same contract as
+    ``launch_mani_noise_backward``, for H and W <= ``ROWS_MAX_SIDE``."""
+    from ..kernels.triton.mani_noise_rows_backward import mani_noise_rows_backward_kernel
+
+    h, w = x.shape[-2:]
+    bands_pad = next_pow2(params.n_bands + 1, minimum=2)
+    return _launch_plane_backward(
+        mani_noise_rows_backward_kernel,
+        grad,
+        x,
+        noise,
+        params,
+        noise_grad,
+        extra_tables=(band_inverse_counts(h, w, params.n_bands, params.band_mode, bands_pad, x.device),),
+        BANDS_PAD=bands_pad,
+        BLOCK_M=min(ROWS_BLOCK_M, next_pow2(h)),
+        # 8 warps at 64x64 (compiled for sm_90; untimed): 5.2 KB of spills per thread with the
+        # spectral map; 4 and 16 warps spilled more.
+        num_warps=8,
+    )
 
 
 _BACKWARD = {
