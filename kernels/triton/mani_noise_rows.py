@@ -187,6 +187,61 @@ def _weighted_inverse(
 
 
 @triton.jit
+def _streamed_map(
+    x,
+    cos_h_ptr,
+    sin_h_ptr,
+    cw,
+    sw,
+    band_ptr,
+    inv_count_ptr,
+    gamma,
+    eps0,
+    N_BANDS: tl.constexpr,
+    BANDS_PAD: tl.constexpr,
+    SPECTRAL: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Passes 1 and 2: (band means M, weights w = 1 / (M^gamma + eps0), Y = Re ifft2(G) * HW)."""
+    means = _band_means(
+        x,
+        cos_h_ptr,
+        sin_h_ptr,
+        cw,
+        sw,
+        band_ptr,
+        inv_count_ptr,
+        N_BANDS,
+        BANDS_PAD,
+        BLOCK_H,
+        BLOCK_W,
+        BLOCK_M,
+        PRECISION,
+    )
+    weights = 1.0 / (_band_power(means, gamma) + eps0)
+    y = _weighted_inverse(
+        x,
+        weights,
+        cos_h_ptr,
+        sin_h_ptr,
+        cw,
+        sw,
+        band_ptr,
+        N_BANDS,
+        BANDS_PAD,
+        SPECTRAL,
+        BLOCK_H,
+        BLOCK_W,
+        BLOCK_M,
+        PRECISION,
+    )
+    return means, weights, y
+
+
+@triton.jit
 def _plane_setup(x_ptr, cos_w_ptr, sin_w_ptr, H: tl.constexpr, W: tl.constexpr, BLOCK_H: tl.constexpr,
                  BLOCK_W: tl.constexpr):  # fmt: skip
     """This program's plane: (offsets, inside mask, x, C_W, S_W)."""
@@ -235,38 +290,10 @@ def mani_noise_rows_kernel(
     [BLOCK_W, BLOCK_W], the band map padded with ``N_BANDS``), plus ``inv_count``: float32
     ``[BANDS_PAD]``, one over each band's size (0 past ``N_BANDS``)."""
     offs, inside, x, cw, sw = _plane_setup(x_ptr, cos_w_ptr, sin_w_ptr, H, W, BLOCK_H, BLOCK_W)
-    means = _band_means(
-        x,
-        cos_h_ptr,
-        sin_h_ptr,
-        cw,
-        sw,
-        band_ptr,
-        inv_count_ptr,
-        N_BANDS,
-        BANDS_PAD,
-        BLOCK_H,
-        BLOCK_W,
-        BLOCK_M,
-        PRECISION,
-    )
-    weights = 1.0 / (_band_power(means, gamma) + eps0)
-    y = _weighted_inverse(
-        x,
-        weights,
-        cos_h_ptr,
-        sin_h_ptr,
-        cw,
-        sw,
-        band_ptr,
-        N_BANDS,
-        BANDS_PAD,
-        SPECTRAL,
-        BLOCK_H,
-        BLOCK_W,
-        BLOCK_M,
-        PRECISION,
-    )
+    means, weights, y = _streamed_map(
+        x, cos_h_ptr, sin_h_ptr, cw, sw, band_ptr, inv_count_ptr, gamma, eps0, N_BANDS, BANDS_PAD, SPECTRAL,
+        BLOCK_H, BLOCK_W, BLOCK_M, PRECISION,
+    )  # fmt: skip
     shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
     _normalize_and_inject(
         shaped,

@@ -22,17 +22,16 @@ direct term. Memory traffic per plane: reads x, z and grad, writes g_x (and g_z)
 import triton
 import triton.language as tl
 
-from .mani_noise import _band_power, _normalisation
+from .mani_noise import _normalisation
 from .mani_noise_backward import _normalisation_backward
 from .mani_noise_rows import (
     _accumulate_inverse_rows,
     _add_band_sums,
-    _band_means,
     _band_rows,
     _gather_bands,
     _plane_setup,
     _spectrum_rows,
-    _weighted_inverse,
+    _streamed_map,
 )
 
 
@@ -72,38 +71,10 @@ def mani_noise_rows_backward_kernel(
     grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
 
     # ---- recompute the forward ------------------------------------------------------------------
-    means = _band_means(
-        x,
-        cos_h_ptr,
-        sin_h_ptr,
-        cw,
-        sw,
-        band_ptr,
-        inv_count_ptr,
-        N_BANDS,
-        BANDS_PAD,
-        BLOCK_H,
-        BLOCK_W,
-        BLOCK_M,
-        PRECISION,
-    )
-    weights = 1.0 / (_band_power(means, gamma) + eps0)
-    y = _weighted_inverse(
-        x,
-        weights,
-        cos_h_ptr,
-        sin_h_ptr,
-        cw,
-        sw,
-        band_ptr,
-        N_BANDS,
-        BANDS_PAD,
-        SPECTRAL,
-        BLOCK_H,
-        BLOCK_W,
-        BLOCK_M,
-        PRECISION,
-    )
+    means, weights, y = _streamed_map(
+        x, cos_h_ptr, sin_h_ptr, cw, sw, band_ptr, inv_count_ptr, gamma, eps0, N_BANDS, BANDS_PAD, SPECTRAL,
+        BLOCK_H, BLOCK_W, BLOCK_M, PRECISION,
+    )  # fmt: skip
     shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
     scale, normalised = _normalisation(shaped, inv_hw, NORMALIZE)
     if NOISE_GRAD:
