@@ -134,16 +134,10 @@ def _mani_case(shape, philox=False, backward=False, **options):
     x, z, grad = _planes(shape)[:3]
     path = triton_mani.mani_path(*shape[-2:])
     if backward:
-        launch_backward = {
-            "tile": triton_mani.launch_mani_noise_backward,
-            "rows": triton_mani.launch_mani_noise_rows_backward,
-        }[path]  # the large path's backward is autograd through the reference: no kernel
+        # The large path's backward is autograd through the reference: it records no kernel.
+        launch_backward = triton_mani.BACKWARD_LAUNCHERS[path]
         return lambda: launch_backward(grad, x, z, params, noise_grad=True)
-    launch = {
-        "tile": triton_mani.launch_mani_noise,
-        "rows": triton_mani.launch_mani_noise_rows,
-        "large": triton_mani.launch_mani_noise_large,
-    }[path]
+    launch = triton_mani.FORWARD_LAUNCHERS[path]
     if philox:
         state = torch.tensor([0, 0], dtype=torch.int64)
         return lambda: launch(x, None, state, params, store_noise=True)

@@ -60,9 +60,9 @@ MANI_LARGE_SHAPES = [(1, 1, 65, 64), (2, 1, 67, 65), (1, 1, 96, 80), (1, 3, 256,
 def test_mani_paths_by_plane_size(monkeypatch):
     """Each shape list above reaches the path it is meant to test."""
     taken = []
-    for path, launch in list(triton_mani._FORWARD.items()):
+    for path, launch in list(triton_mani.FORWARD_LAUNCHERS.items()):
         monkeypatch.setitem(
-            triton_mani._FORWARD,
+            triton_mani.FORWARD_LAUNCHERS,
             path,
             lambda *a, _path=path, _launch=launch, **k: taken.append(_path) or _launch(*a, **k),
         )

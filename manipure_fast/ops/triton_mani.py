@@ -199,7 +199,12 @@ def mani_path(h: int, w: int) -> str:
     return "tile" if side <= MAX_SIDE else "rows" if side <= ROWS_MAX_SIDE else "large"
 
 
-_FORWARD = {"tile": launch_mani_noise, "rows": launch_mani_noise_rows, "large": launch_mani_noise_large}
+# The forward launcher of each path (``mani_path``); BACKWARD_LAUNCHERS, below, has their backwards.
+FORWARD_LAUNCHERS = {
+    "tile": launch_mani_noise,
+    "rows": launch_mani_noise_rows,
+    "large": launch_mani_noise_large,
+}
 
 
 def _launch_plane_backward(kernel, grad, x, noise, params, noise_grad, extra_tables=(), **constexprs):
@@ -270,7 +275,7 @@ def launch_mani_noise_rows_backward(grad, x, noise, params: ManiParams, noise_gr
     )
 
 
-_BACKWARD = {
+BACKWARD_LAUNCHERS = {
     "tile": launch_mani_noise_backward,
     "rows": launch_mani_noise_rows_backward,
     "large": reference_mani_backward,
@@ -280,7 +285,9 @@ _BACKWARD = {
 class ManiNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
-        out, used = _FORWARD[mani_path(*x.shape[-2:])](x, noise, rng_state, params, store_noise=needs_grad)
+        out, used = FORWARD_LAUNCHERS[mani_path(*x.shape[-2:])](
+            x, noise, rng_state, params, store_noise=needs_grad
+        )
         ctx.params = params
         ctx.save_for_backward(x, used if used is not None else x)
         return out
@@ -288,7 +295,7 @@ class ManiNoise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, z = ctx.saved_tensors
-        g_x, g_noise = _BACKWARD[mani_path(*x.shape[-2:])](
+        g_x, g_noise = BACKWARD_LAUNCHERS[mani_path(*x.shape[-2:])](
             grad.to(torch.float32).contiguous(), x, z, ctx.params, noise_grad=ctx.needs_input_grad[1]
         )
         return g_x, g_noise, None, None, None
