@@ -22,6 +22,8 @@ the GPU; the interpreter computes exactly).
 import triton
 import triton.language as tl
 
+from .noise import _noise, _seed_offset
+
 
 @triton.jit
 def _to_pixels(x):
@@ -224,12 +226,7 @@ def exchange_update_kernel(
         f0_re, f0_im, fr_re, fr_im, in_amp, in_phase, cos_delta, sin_delta, PROJECT
     )
 
-    if NOISE_GIVEN:
-        seed = 0
-        offset = 0
-    else:
-        seed = tl.load(rng_ptr)
-        offset = tl.load(rng_ptr + 1)
+    seed, offset = _seed_offset(rng_ptr, NOISE_GIVEN)
     for m0 in range(0, H, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         inside = (rows[:, None] < H) & (cols[None, :] < W)
@@ -247,11 +244,6 @@ def exchange_update_kernel(
         else:
             value = re
         x0 = tl.minimum(tl.maximum((tl.minimum(tl.maximum(value, 0.0), 255.0) / 255 - 0.5) * 2, -1.0), 1.0)
-        if NOISE_GIVEN:
-            z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
-        else:
-            z = tl.randn(seed, offset + offs)
-            if STORE_NOISE:
-                tl.store(noise_out_ptr + offs, z, mask=inside)
+        z = _noise(noise_ptr, noise_out_ptr, seed, offset, offs, inside, NOISE_GIVEN, STORE_NOISE)
         out = sqrt_abar_next * x0 + c1 * z + c2 * eps
         tl.store(out_ptr + offs, out, mask=inside)

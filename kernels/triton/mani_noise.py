@@ -14,6 +14,8 @@ the backward). The band loop is unrolled over ``N_BANDS``.
 import triton
 import triton.language as tl
 
+from .noise import _noise, _seed_offset
+
 
 @triton.jit
 def _dft_real(x, ch, sh, cw, sw, PRECISION: tl.constexpr):
@@ -142,12 +144,8 @@ def _normalize_and_inject(
     plane; a zero statistic gives W = 1), take z (given, or Philox at ``offset + offs``, stored
     when asked), and store ``out = signal x + noise_scale W z``."""
     _, shaped = _normalisation(shaped, inv_hw, NORMALIZE)
-    if NOISE_GIVEN:
-        z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
-    else:
-        z = tl.randn(tl.load(rng_ptr), tl.load(rng_ptr + 1) + offs)
-        if STORE_NOISE:
-            tl.store(noise_out_ptr + offs, z, mask=inside)
+    seed, offset = _seed_offset(rng_ptr, NOISE_GIVEN)
+    z = _noise(noise_ptr, noise_out_ptr, seed, offset, offs, inside, NOISE_GIVEN, STORE_NOISE)
     tl.store(out_ptr + offs, x * signal + (shaped * z) * noise_scale, mask=inside)
 
 

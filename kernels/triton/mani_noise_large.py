@@ -24,6 +24,8 @@ x, write out), where the plain PyTorch path moves well over 100 in about 20 laun
 import triton
 import triton.language as tl
 
+from .noise import _noise, _seed_offset
+
 
 @triton.jit
 def mani_band_weights_kernel(
@@ -119,12 +121,7 @@ def mani_inject_kernel(
             acc = tl.maximum(acc, tl.abs(y))
         scale = tl.max(acc, axis=0)
 
-    if NOISE_GIVEN:
-        seed = 0
-        offset = 0
-    else:
-        seed = tl.load(rng_ptr)
-        offset = tl.load(rng_ptr + 1)
+    seed, offset = _seed_offset(rng_ptr, NOISE_GIVEN)
     for start in range(0, N_PIXELS, BLOCK):
         idx = start + tl.arange(0, BLOCK)
         inside = idx < N_PIXELS
@@ -133,10 +130,5 @@ def mani_inject_kernel(
         if NORMALIZE != 2:
             weight = tl.where(scale > 0, weight / tl.where(scale > 0, scale, 1.0), 1.0)
         x = tl.load(x_ptr + offs, mask=inside, other=0.0)
-        if NOISE_GIVEN:
-            z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
-        else:
-            z = tl.randn(seed, offset + offs)
-            if STORE_NOISE:
-                tl.store(noise_out_ptr + offs, z, mask=inside)
+        z = _noise(noise_ptr, noise_out_ptr, seed, offset, offs, inside, NOISE_GIVEN, STORE_NOISE)
         tl.store(out_ptr + offs, x * signal + (weight * z) * noise_scale, mask=inside)
