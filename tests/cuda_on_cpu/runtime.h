@@ -1,0 +1,248 @@
+// Runs the CUDA C++ kernels of kernels/cuda on the CPU, so that CI (no GPU) executes their real
+// source rather than a Python imitation of it. Force-included (g++ -include) ahead of a kernel file
+// as the JIT loader inlines it (cuda_ops.kernel_source); see tests/cuda_on_cpu/__init__.py.
+//
+// Model: the blocks of a launch run one after another. Within a block every CUDA thread is a fiber
+// (ucontext) with its own stack, run cooperatively: a fiber runs until it reaches a barrier
+// (__syncthreads, or one of the two warp barriers of a shuffle), and the scheduler releases a
+// barrier once every thread it concerns has arrived. So
+//   - the order in which threads run between two barriers is a parameter (forward or reverse):
+//     a result that depends on it is a race a missing __syncthreads would cause on the device;
+//   - a barrier that not every thread of its block (or warp) reaches is reported, not hung on;
+//   - dynamic shared memory starts as NaN bytes (a read before a write poisons the result) and
+//     is followed by a guard that must be intact after each block (a write past its end).
+// Only what kernels/cuda uses is provided: full-warp __shfl_xor_sync, __syncthreads, __umulhi,
+// float2, dynamic shared memory, and the single-precision math of <cmath> plus cospif/sincosf.
+#ifndef CUDA_ON_CPU_RUNTIME_H
+#define CUDA_ON_CPU_RUNTIME_H
+
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+struct uint3 {
+  unsigned int x, y, z;
+};
+using dim3 = uint3;
+
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+  return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
+// cos(pi x) and sincos in double, rounded: within the device's few-ulp error of the exact value.
+inline float cospif(float x) { return (float)std::cos(M_PI * (double)x); }
+
+namespace cuda_on_cpu {
+
+enum class Wait { kRunning, kBlockBarrier, kWarpBarrier, kDone, kFailed };
+
+struct Fiber {
+  ucontext_t context;
+  Wait wait;
+};
+
+constexpr std::size_t kStackBytes = 128 * 1024;
+constexpr std::size_t kSharedGuardBytes = 256;
+constexpr unsigned char kSharedPoison = 0xFF;  // every float read from it is a NaN
+constexpr unsigned char kGuardByte = 0xA5;
+
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<char> stacks;
+  ucontext_t scheduler;
+  unsigned int current = 0;
+  void (*body)(void*) = nullptr;
+  void* body_argument = nullptr;
+  std::vector<unsigned long long> warp_slots;  // a shuffle's 32 values per warp
+  std::string error;
+};
+
+inline Block* g_block = nullptr;
+inline std::vector<unsigned char> g_shared;  // dynamic shared memory, then the guard
+
+inline void* dynamic_shared() { return g_shared.data(); }
+
+// Back to the scheduler, waiting at `wait`.
+inline void park(Wait wait) {
+  Fiber& fiber = g_block->fibers[g_block->current];
+  fiber.wait = wait;
+  swapcontext(&fiber.context, &g_block->scheduler);
+}
+
+// Records the first error of the launch and stops this thread for good.
+[[noreturn]] inline void fail(const std::string& message) {
+  if (g_block->error.empty()) g_block->error = message;
+  park(Wait::kFailed);
+  __builtin_unreachable();
+}
+
+inline void fiber_entry() {
+  g_block->body(g_block->body_argument);
+  g_block->fibers[g_block->current].wait = Wait::kDone;  // uc_link returns to the scheduler
+}
+
+// Runs one block to completion; false (with g_block->error set) on a failure or a barrier that
+// cannot complete.
+inline bool run_block(Block& block, unsigned int threads, bool reverse) {
+  g_block = &block;
+  for (unsigned int t = 0; t < threads; ++t) {
+    Fiber& fiber = block.fibers[t];
+    getcontext(&fiber.context);
+    fiber.context.uc_stack.ss_sp = block.stacks.data() + t * kStackBytes;
+    fiber.context.uc_stack.ss_size = kStackBytes;
+    fiber.context.uc_link = &block.scheduler;
+    makecontext(&fiber.context, fiber_entry, 0);
+    fiber.wait = Wait::kRunning;
+  }
+  const unsigned int warps = threads / 32;
+  for (;;) {
+    // Run every runnable thread up to its next barrier, in the chosen order.
+    for (unsigned int i = 0; i < threads; ++i) {
+      const unsigned int t = reverse ? threads - 1 - i : i;
+      if (block.fibers[t].wait != Wait::kRunning) continue;
+      block.current = t;
+      threadIdx = uint3{t, 0, 0};
+      swapcontext(&block.scheduler, &block.fibers[t].context);
+      if (block.fibers[t].wait == Wait::kFailed) return false;
+    }
+    // Release the warps whose 32 lanes all wait at a shuffle; else the block barrier; else done.
+    bool released = false;
+    unsigned int at_block = 0, done = 0;
+    for (unsigned int w = 0; w < warps; ++w) {
+      unsigned int at_warp = 0;
+      for (unsigned int l = 0; l < 32; ++l) at_warp += block.fibers[w * 32 + l].wait == Wait::kWarpBarrier;
+      if (at_warp == 32) {
+        for (unsigned int l = 0; l < 32; ++l) block.fibers[w * 32 + l].wait = Wait::kRunning;
+        released = true;
+      } else if (at_warp != 0) {
+        block.error = "warp " + std::to_string(w) + ": " + std::to_string(at_warp) +
+                      " of 32 lanes wait at a full-mask shuffle the others never reach";
+        return false;
+      }
+    }
+    if (released) continue;
+    for (const Fiber& fiber : block.fibers) {
+      at_block += fiber.wait == Wait::kBlockBarrier;
+      done += fiber.wait == Wait::kDone;
+    }
+    if (done == threads) return true;
+    if (at_block == threads) {
+      for (Fiber& fiber : block.fibers) fiber.wait = Wait::kRunning;
+      continue;
+    }
+    block.error = "__syncthreads reached by " + std::to_string(at_block) + " of " + std::to_string(threads) +
+                  " threads; the other " + std::to_string(done) + " had returned";
+    return false;
+  }
+}
+
+// A launch of `grid` blocks of `threads` threads with `shared_bytes` of dynamic shared memory;
+// an empty string, or what went wrong.
+inline std::string run_grid(void (*body)(void*), void* argument, unsigned int grid, unsigned int threads,
+                            std::size_t shared_bytes, bool reverse) {
+  if (threads == 0 || threads % 32 != 0 || threads > 1024)
+    return "block size " + std::to_string(threads) + " is not a multiple of 32 in [32, 1024]";
+  Block block;
+  block.fibers.resize(threads);
+  block.stacks.resize(threads * kStackBytes);
+  block.warp_slots.resize(threads);
+  block.body = body;
+  block.body_argument = argument;
+  gridDim = dim3{grid, 1, 1};
+  blockDim = dim3{threads, 1, 1};
+  g_shared.assign(shared_bytes + kSharedGuardBytes, kGuardByte);
+  for (unsigned int b = 0; b < grid; ++b) {
+    std::memset(g_shared.data(), kSharedPoison, shared_bytes);
+    blockIdx = uint3{b, 0, 0};
+    if (!run_block(block, threads, reverse)) return "block " + std::to_string(b) + ": " + block.error;
+    for (std::size_t i = shared_bytes; i < g_shared.size(); ++i)
+      if (g_shared[i] != kGuardByte)
+        return "block " + std::to_string(b) + " wrote shared memory byte " + std::to_string(i) +
+               ", past the " + std::to_string(shared_bytes) + " bytes of the launch";
+  }
+  return "";
+}
+
+// ---- calling a kernel with cudaLaunchKernel's argument array -----------------------------------
+template <class... Params>
+struct Call {
+  void (*kernel)(Params...);
+  void** arguments;
+};
+
+template <class... Params, std::size_t... I>
+void invoke(const Call<Params...>& call, std::index_sequence<I...>) {
+  call.kernel(*static_cast<std::remove_cv_t<Params>*>(call.arguments[I])...);
+}
+
+template <class... Params>
+void call_body(void* call) {
+  invoke(*static_cast<Call<Params...>*>(call), std::index_sequence_for<Params...>{});
+}
+
+template <class... Params>
+std::string launch(void (*kernel)(Params...), void** arguments, unsigned int grid, unsigned int threads,
+                   std::size_t shared_bytes, bool reverse) {
+  Call<Params...> call{kernel, arguments};
+  return run_grid(call_body<Params...>, &call, grid, threads, shared_bytes, reverse);
+}
+
+// What the harness checks each argument against: "float*", "float2*", "int*", "int64*", "int",
+// "float".
+template <class T>
+const char* type_name() {
+  using U = std::remove_cv_t<std::remove_pointer_t<T>>;
+  constexpr bool pointer = std::is_pointer_v<T>;
+  if (std::is_same_v<U, float>) return pointer ? "float*" : "float";
+  if (std::is_same_v<U, float2>) return pointer ? "float2*" : "float2";
+  if (std::is_same_v<U, int>) return pointer ? "int*" : "int";
+  if (std::is_same_v<U, long long>) return pointer ? "int64*" : "int64";
+  return "unsupported";
+}
+
+template <class... Params>
+std::string signature(void (*)(Params...)) {
+  std::string out;
+  ((out += (out.empty() ? "" : ","), out += type_name<Params>()), ...);
+  return out;
+}
+
+}  // namespace cuda_on_cpu
+
+inline void __syncthreads() { cuda_on_cpu::park(cuda_on_cpu::Wait::kBlockBarrier); }
+
+// The full-warp butterfly exchange: every lane publishes its value, waits for the warp, reads its
+// partner's, and waits again so that no lane overwrites a value before its partner has read it.
+template <class T>
+T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a value wider than 64 bits");
+  using cuda_on_cpu::g_block;
+  if (mask != 0xffffffffu || width != 32 || lane_mask < 0 || lane_mask > 31)
+    cuda_on_cpu::fail("only full-warp __shfl_xor_sync with width 32 is emulated");
+  const unsigned int lane = threadIdx.x & 31, first = threadIdx.x & ~31u;
+  std::memcpy(&g_block->warp_slots[threadIdx.x], &value, sizeof(T));
+  cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);
+  T partner;
+  std::memcpy(&partner, &g_block->warp_slots[first + (lane ^ (unsigned int)lane_mask)], sizeof(T));
+  cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);
+  return partner;
+}
+
+#endif  // CUDA_ON_CPU_RUNTIME_H
