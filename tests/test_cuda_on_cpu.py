@@ -1,0 +1,142 @@
+"""The CPU runtime for CUDA kernels (tests/cuda_on_cpu) itself: a kernel with a known defect must be
+caught, and correct warp and block code must run as on the device. test_cuda_kernels_on_cpu.py
+relies on it to check kernels/cuda."""
+
+from __future__ import annotations
+
+import cuda_on_cpu
+import numpy
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(
+    cuda_on_cpu.compiler_unavailable_reason() is not None,
+    reason=str(cuda_on_cpu.compiler_unavailable_reason()),
+)
+
+SOURCE = r"""
+extern "C" __global__ void neighbour(const float* x, float* out, int sync) {
+  extern __shared__ float values[];
+  values[threadIdx.x] = x[blockIdx.x * blockDim.x + threadIdx.x];
+  if (sync) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = values[(threadIdx.x + 1) % blockDim.x];
+}
+
+extern "C" __global__ void shifted_copy(const float* x, float* out, int shift) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  out[i + shift] = x[i];
+}
+
+extern "C" __global__ void shared_copy(const float* x, float* out, int written, int index) {
+  extern __shared__ float values[];
+  if ((int)threadIdx.x < written) values[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  if (threadIdx.x == 0) values[index] = 0.f;
+  __syncthreads();
+  out[threadIdx.x] = values[threadIdx.x];
+}
+
+extern "C" __global__ void early_return(float* out, int returning) {
+  if ((int)threadIdx.x < returning) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+
+extern "C" __global__ void warp_sums(const float* x, float* out, int half_warp_only) {
+  float v = x[threadIdx.x];
+  if (!half_warp_only || (threadIdx.x & 31) < 16)
+    for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
+  out[threadIdx.x] = v;
+}
+
+extern "C" __global__ void typed(const long long* a, const int* b, float* out, int n, float scale) {
+  if (threadIdx.x == 0) out[0] = scale * (float)(a[0] - (1LL << 33) + b[0] + n);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def module():
+    return cuda_on_cpu.module(SOURCE)
+
+
+def i32(v):
+    return numpy.int32(v)
+
+
+def test_reads_the_kernel_signatures(module):
+    assert module.names == ["neighbour", "shifted_copy", "shared_copy", "early_return", "warp_sums", "typed"]
+    assert module.kernel("typed").parameters == ["int64*", "int*", "float*", "int", "float"]
+
+
+def test_a_missing_barrier_shows_as_a_result_that_depends_on_thread_order(module):
+    x = torch.arange(128, dtype=torch.float32)
+
+    def run(sync):
+        out = torch.empty_like(x)
+        module.kernel("neighbour")(2, 64, (x, out, i32(sync)), 64 * 4)
+        return out
+
+    expected = x.view(2, 64).roll(-1, dims=1).reshape(-1)
+    for order in ("forward", "reverse"):
+        with cuda_on_cpu.schedule(order):
+            assert torch.equal(run(sync=True), expected)
+    with cuda_on_cpu.schedule("forward"):
+        forward = run(sync=False)
+    with cuda_on_cpu.schedule("reverse"):
+        reverse = run(sync=False)
+    assert not torch.equal(forward, reverse)
+
+
+def test_global_memory_outside_a_tensor(module):
+    x, out = torch.ones(64), torch.zeros(64)
+    with pytest.raises(RuntimeError, match=r"shifted_copy wrote after a \(64,\) torch.float32 tensor"):
+        module.kernel("shifted_copy")(1, 64, (x, out, i32(1)), 0)
+    with pytest.raises(RuntimeError, match="wrote before"):
+        module.kernel("shifted_copy")(1, 64, (x, out, i32(-1)), 0)
+    # reading past the end reads NaN: shared_copy's thread 0 reads x[0..63] of a 40-element tensor
+    short, out = torch.ones(40), torch.zeros(64)
+    module.kernel("shared_copy")(1, 64, (short, out, i32(64), i32(0)), 64 * 4)
+    assert out[40:].isnan().all() and (out[1:40] == 1).all()
+
+
+def test_shared_memory_is_nan_until_written_and_guarded_past_its_end(module):
+    x, out = torch.ones(64), torch.zeros(64)
+    module.kernel("shared_copy")(1, 64, (x, out, i32(32), i32(0)), 64 * 4)
+    assert out[0] == 0 and (out[1:32] == 1).all() and out[32:].isnan().all()
+    with pytest.raises(RuntimeError, match="wrote shared memory byte 256, past the 256 bytes"):
+        module.kernel("shared_copy")(1, 64, (x, out, i32(64), i32(64)), 64 * 4)
+
+
+def test_barriers_not_every_thread_reaches(module):
+    out = torch.zeros(64)
+    module.kernel("early_return")(1, 64, (out, i32(0)), 0)
+    assert (out == 1).all()
+    with pytest.raises(RuntimeError, match="__syncthreads reached by 32 of 64 threads"):
+        module.kernel("early_return")(1, 64, (out, i32(32)), 0)
+
+
+def test_warp_shuffles(module):
+    x = torch.arange(64, dtype=torch.float32)
+    out = torch.empty_like(x)
+    module.kernel("warp_sums")(1, 64, (x, out, i32(0)), 0)
+    assert torch.equal(out, x.view(2, 32).sum(1).repeat_interleave(32))
+    with pytest.raises(RuntimeError, match="16 of 32 lanes wait at a full-mask shuffle"):
+        module.kernel("warp_sums")(1, 64, (x, out, i32(1)), 0)
+
+
+def test_arguments_are_checked_against_the_signature(module):
+    a, b, out = torch.tensor([2**33]), torch.tensor([3], dtype=torch.int32), torch.zeros(1)
+    typed = module.kernel("typed")
+    typed(1, 32, (a, b, out, i32(4), numpy.float32(0.5)), 0)
+    assert float(out) == 0.5 * 7  # a 64-bit int passes whole
+    bad = [
+        ((a, b, out, i32(4)), "typed takes 5 arguments, got 4"),
+        ((a.int(), b, out, i32(4), numpy.float32(1)), "argument 0 is a int64\\*; got a torch.int32 tensor"),
+        ((a, b, out, 4, numpy.float32(1)), "argument 3 is a int; pass int32, not int"),
+        ((a, b, out, i32(4), 1.0), "argument 4 is a float; pass float32, not float"),
+        ((a, b, torch.zeros(2, 2).t(), i32(4), numpy.float32(1)), "argument 2 is not contiguous"),
+    ]
+    for args, message in bad:
+        with pytest.raises(TypeError, match=message):
+            typed(1, 32, args, 0)
