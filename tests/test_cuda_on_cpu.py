@@ -49,6 +49,24 @@ extern "C" __global__ void warp_sums(const float* x, float* out, int half_warp_o
   out[threadIdx.x] = v;
 }
 
+// Two block sums in a row through one 32-float scratch, as manipure_common.cuh's block_reduce; the
+// barrier before the scratch is written again is optional.
+__device__ float block_sum(float v, float* scratch, int guard) {
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
+  if (guard) __syncthreads();
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float r = (threadIdx.x & 31) < (blockDim.x >> 5) ? scratch[threadIdx.x & 31] : 0.f;
+  for (int d = 16; d > 0; d >>= 1) r += __shfl_xor_sync(0xffffffffu, r, d);
+  return r;
+}
+
+extern "C" __global__ void two_sums(const float* x, float* out, int guard) {
+  extern __shared__ float scratch[];
+  const float first = block_sum(x[threadIdx.x], scratch, guard);
+  out[threadIdx.x] = first + block_sum(2.f * x[threadIdx.x], scratch, guard);
+}
+
 extern "C" __global__ void typed(const long long* a, const int* b, float* out, int n, float scale) {
   if (threadIdx.x == 0) out[0] = scale * (float)(a[0] - (1LL << 33) + b[0] + n);
 }
@@ -65,7 +83,15 @@ def i32(v):
 
 
 def test_reads_the_kernel_signatures(module):
-    assert module.names == ["neighbour", "shifted_copy", "shared_copy", "early_return", "warp_sums", "typed"]
+    assert module.names == [
+        "neighbour",
+        "shifted_copy",
+        "shared_copy",
+        "early_return",
+        "warp_sums",
+        "two_sums",
+        "typed",
+    ]
     assert module.kernel("typed").parameters == ["int64*", "int*", "float*", "int", "float"]
 
 
@@ -86,6 +112,22 @@ def test_a_missing_barrier_shows_as_a_result_that_depends_on_thread_order(module
     with cuda_on_cpu.schedule("reverse"):
         reverse = run(sync=False)
     assert not torch.equal(forward, reverse)
+
+
+def test_a_warp_runs_ahead_of_the_others(module):
+    """Without the barrier before the scratch is reused, a warp that finishes the first sum early
+    overwrites a partial another warp has not read yet; on the device as here."""
+    x = torch.arange(256, dtype=torch.float32)
+
+    def run(guard, order):
+        out = torch.empty_like(x)
+        with cuda_on_cpu.schedule(order):
+            module.kernel("two_sums")(1, 256, (x, out, i32(guard)), 32 * 4)
+        return out
+
+    for order in ("forward", "reverse"):
+        assert (run(guard=True, order=order) == 3 * x.sum()).all()
+        assert not (run(guard=False, order=order) == 3 * x.sum()).all()
 
 
 def test_global_memory_outside_a_tensor(module):

@@ -6,8 +6,9 @@
 // (ucontext) with its own stack, run cooperatively: a fiber runs until it reaches a barrier
 // (__syncthreads, or one of the two warp barriers of a shuffle), and the scheduler releases a
 // barrier once every thread it concerns has arrived. So
-//   - the order in which threads run between two barriers is a parameter (forward or reverse):
-//     a result that depends on it is a race a missing __syncthreads would cause on the device;
+//   - between two block barriers, one warp at a time runs as far as it can (through its own
+//     shuffles), in warp and lane order forward or reverse: a result that changes with the order
+//     is a race that a missing __syncthreads would cause on the device, between warps or lanes;
 //   - a barrier that not every thread of its block (or warp) reaches is reported, not hung on;
 //   - dynamic shared memory starts as NaN bytes (a read before a write poisons the result) and
 //     is followed by a guard that must be intact after each block (a write past its end).
@@ -113,31 +114,32 @@ inline bool run_block(Block& block, unsigned int threads, bool reverse) {
   }
   const unsigned int warps = threads / 32;
   for (;;) {
-    // Run every runnable thread up to its next barrier, in the chosen order.
-    for (unsigned int i = 0; i < threads; ++i) {
-      const unsigned int t = reverse ? threads - 1 - i : i;
-      if (block.fibers[t].wait != Wait::kRunning) continue;
-      block.current = t;
-      threadIdx = uint3{t, 0, 0};
-      swapcontext(&block.scheduler, &block.fibers[t].context);
-      if (block.fibers[t].wait == Wait::kFailed) return false;
-    }
-    // Release the warps whose 32 lanes all wait at a shuffle; else the block barrier; else done.
-    bool released = false;
-    unsigned int at_block = 0, done = 0;
-    for (unsigned int w = 0; w < warps; ++w) {
-      unsigned int at_warp = 0;
-      for (unsigned int l = 0; l < 32; ++l) at_warp += block.fibers[w * 32 + l].wait == Wait::kWarpBarrier;
-      if (at_warp == 32) {
+    // One warp at a time, as far as it can go: through its shuffles, up to the block barrier (or
+    // its end). A warp runs ahead of the others, as warps may on the device.
+    for (unsigned int i = 0; i < warps; ++i) {
+      const unsigned int w = reverse ? warps - 1 - i : i;
+      for (;;) {
+        for (unsigned int j = 0; j < 32; ++j) {
+          const unsigned int t = w * 32 + (reverse ? 31 - j : j);
+          if (block.fibers[t].wait != Wait::kRunning) continue;
+          block.current = t;
+          threadIdx = uint3{t, 0, 0};
+          swapcontext(&block.scheduler, &block.fibers[t].context);
+          if (block.fibers[t].wait == Wait::kFailed) return false;
+        }
+        unsigned int at_warp = 0;
+        for (unsigned int l = 0; l < 32; ++l) at_warp += block.fibers[w * 32 + l].wait == Wait::kWarpBarrier;
+        if (at_warp == 0) break;
+        if (at_warp != 32) {
+          block.error = "warp " + std::to_string(w) + ": " + std::to_string(at_warp) +
+                        " of 32 lanes wait at a full-mask shuffle the others never reach";
+          return false;
+        }
         for (unsigned int l = 0; l < 32; ++l) block.fibers[w * 32 + l].wait = Wait::kRunning;
-        released = true;
-      } else if (at_warp != 0) {
-        block.error = "warp " + std::to_string(w) + ": " + std::to_string(at_warp) +
-                      " of 32 lanes wait at a full-mask shuffle the others never reach";
-        return false;
       }
     }
-    if (released) continue;
+    // Every thread now waits at the block barrier or has returned.
+    unsigned int at_block = 0, done = 0;
     for (const Fiber& fiber : block.fibers) {
       at_block += fiber.wait == Wait::kBlockBarrier;
       done += fiber.wait == Wait::kDone;
