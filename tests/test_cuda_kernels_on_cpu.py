@@ -15,11 +15,14 @@ import cuda_on_cpu
 import numpy
 import pytest
 import torch
+from conftest import LinearEps
 
-from manipure_fast import ops
+from bench import sanitize_ops
+from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
 from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops, registry
 from manipure_fast.reference.schedule import step_coefficients
+from manipure_fast.sampler import purify_diffusion
 
 pytestmark = pytest.mark.skipif(
     cuda_on_cpu.compiler_unavailable_reason() is not None,
@@ -330,3 +333,32 @@ def test_custom_ops_pass_opcheck(cuda_backend):
             cuda_ops.exchange_update_backward_cuda,
             (grad, x_t, eps, ref_t, with_eps_ref, coefficients, 4.0, 3.0, True, False),
         )
+
+
+@pytest.mark.parametrize(
+    "mani, shape",
+    [(True, (2, 3, 16, 16)), (False, (1, 1, 31, 33)), (True, (1, 2, 72, 66))],
+    ids=["mani-B2-C3-16", "freqpure-B1-C1-31x33", "mani-large-72x66"],
+)
+def test_sampler_on_the_cuda_kernels_equals_reference_given_the_same_noise(mani, shape, cuda_backend):
+    torch.manual_seed(0)
+    model = LinearEps(shape[1])
+    config = PurifierConfig(
+        rounds=(Round.from_total(40, 2), Round.from_total(20, 2)),
+        mani=mani,
+        amplitude_cut_range=4,
+        phase_cut_range=3,
+    )
+    x = torch.rand(shape) * 2 - 1
+    noise = [torch.randn(shape) for _ in range(10)]
+    with torch.no_grad():
+        expected = ref.purify_diffusion(model, x, config, RecordedNoise(noise))
+        fast = purify_diffusion(model, x, config, RecordedNoise(noise), backend="cuda")
+    assert (fast - expected).abs().max() <= 1e-4
+
+
+def test_sanitizer_workload_runs_on_the_cuda_kernels(cuda_backend, capsys):
+    """bench/sanitize_ops.py, the script compute-sanitizer runs on the GPU, on the cuda backend here,
+    so a broken workload shows up before the device session."""
+    sanitize_ops.main(["--backends", "cuda", "--device", "cpu"])
+    assert "cuda: ran 6 shapes, forward and backward" in capsys.readouterr().out
