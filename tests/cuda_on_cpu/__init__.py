@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -82,13 +83,18 @@ class Module:
         digest = hashlib.sha256((RUNTIME.read_text() + text).encode()).hexdigest()[:16]
         library = build_dir / f"kernels-{digest}.so"
         if not library.exists():
-            cpp = build_dir / f"kernels-{digest}.cpp"
+            # Written under a name of this process's own, then renamed: another test process
+            # compiling the same source never loads a half-written library.
+            cpp = build_dir / f"kernels-{digest}-{os.getpid()}.cpp"
             cpp.write_text(text)
+            partial = cpp.with_suffix(".so")
             flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas"]
-            command = ["g++", *flags, "-include", str(RUNTIME), str(cpp), "-o", str(library)]
+            command = ["g++", *flags, "-include", str(RUNTIME), str(cpp), "-o", str(partial)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"g++ failed on the kernel source:\n{result.stderr[-4000:]}")
+            os.replace(partial, library)
+            cpp.unlink()
         self._library = ctypes.CDLL(str(library))
 
     def kernel(self, name: str) -> Kernel:
