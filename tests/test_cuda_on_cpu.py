@@ -67,6 +67,10 @@ extern "C" __global__ void two_sums(const float* x, float* out, int guard) {
   out[threadIdx.x] = first + block_sum(2.f * x[threadIdx.x], scratch, guard);
 }
 
+extern "C" __global__ void fill(float* out, int count) {
+  if ((int)threadIdx.x < count) out[threadIdx.x] = 1.f;
+}
+
 extern "C" __global__ void typed(const long long* a, const int* b, float* out, int n, float scale) {
   if (threadIdx.x == 0) out[0] = scale * (float)(a[0] - (1LL << 33) + b[0] + n);
 }
@@ -83,16 +87,18 @@ def i32(v):
 
 
 def test_reads_the_kernel_signatures(module):
-    assert module.names == [
+    names = [
         "neighbour",
         "shifted_copy",
         "shared_copy",
         "early_return",
         "warp_sums",
         "two_sums",
+        "fill",
         "typed",
     ]
-    assert module.kernel("typed").parameters == ["int64*", "int*", "float*", "int", "float"]
+    assert module.names == names
+    assert module.kernel("typed").parameters == ["const int64*", "const int*", "float*", "int", "float"]
 
 
 def test_a_missing_barrier_shows_as_a_result_that_depends_on_thread_order(module):
@@ -140,6 +146,14 @@ def test_global_memory_outside_a_tensor(module):
     short, out = torch.ones(40), torch.zeros(64)
     module.kernel("shared_copy")(1, 64, (short, out, i32(64), i32(0)), 64 * 4)
     assert out[40:].isnan().all() and (out[1:40] == 1).all()
+
+
+def test_outputs_must_be_written_whole(module):
+    out = torch.zeros(64)
+    module.kernel("fill")(1, 64, (out, i32(64)), 0)
+    assert (out == 1).all()
+    with pytest.raises(RuntimeError, match=r"fill left 4 of 64 elements of its output \(argument 0"):
+        module.kernel("fill")(1, 64, (out, i32(60)), 0)
 
 
 def test_shared_memory_is_nan_until_written_and_guarded_past_its_end(module):

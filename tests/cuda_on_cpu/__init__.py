@@ -8,6 +8,8 @@ Each launch checks what compute-sanitizer would catch on the device, as far as a
 - global memory outside a tensor: each tensor is copied into a buffer with poisoned margins (NaN
   for floats, so a read beyond the end poisons the result; intact margins afterwards, or a write
   beyond the end is reported);
+- outputs (tensors passed only as non-const pointers) start as poison, and every element must be
+  written;
 - shared memory: NaN until written, and a guard past the launch's bytes (``runtime.h``);
 - barriers every thread must reach, and races between barriers: ``schedule("reverse")`` runs the
   threads of a block in the opposite order, and a result that changes with it has a race.
@@ -42,7 +44,11 @@ _POINTER_DTYPES = {
     "int64*": torch.int64,
 }
 _SCALAR_TYPES = {"float": (numpy.float32, ctypes.c_float), "int": (numpy.int32, ctypes.c_int32)}
-_POISON = {torch.float32: float("nan"), torch.int32: -(2**31), torch.int64: -(2**63)}
+# Poison, by bit pattern. For floats, NaNs with payloads arithmetic does not produce (it yields the
+# default NaN, or the operand's quietened), so "never written" differs from "wrote a NaN", and a
+# margin's value copied into an output differs from an output element left unwritten.
+_MARGIN_BITS = {torch.float32: 0x7FA5A5A5, torch.int32: -(2**31), torch.int64: -(2**63)}
+_UNWRITTEN_BITS = {torch.float32: 0x7FB4B4B4, torch.int32: -(2**31) + 1, torch.int64: -(2**63) + 1}
 _order = "forward"
 
 
@@ -115,47 +121,67 @@ class Kernel:
 
     def __call__(self, grid: int, threads: int, args: tuple, shared_bytes: int) -> None:
         """Launches with ``args`` (torch tensors on the CPU, numpy int32/float32 scalars), writing
-        the tensors' new contents back; raises on a bad argument, an error inside the launch, or a
-        write outside a tensor."""
+        the tensors' new contents back; raises on a bad argument, an error inside the launch, a
+        write outside a tensor, or an output (a tensor passed only as non-const pointers) not
+        wholly written."""
         if len(args) != len(self.parameters):
             raise TypeError(f"{self.name} takes {len(self.parameters)} arguments, got {len(args)}")
-        storage, buffers = [], {}  # buffers: one padded copy per distinct tensor (arguments alias)
+        storage, buffers = [], {}  # one padded copy per distinct tensor: arguments may alias
         for index, (parameter, value) in enumerate(zip(self.parameters, args)):
-            if parameter in _POINTER_DTYPES:
-                _check_tensor(self.name, index, parameter, value)
+            kind = parameter.removeprefix("const ")
+            if kind in _POINTER_DTYPES:
+                _check_tensor(self.name, index, kind, value)
                 key = (value.data_ptr(), value.numel(), value.dtype)
                 if key not in buffers:
-                    padded = torch.full(
-                        (value.numel() + 2 * MARGIN,), _POISON[value.dtype], dtype=value.dtype
-                    )
+                    padded = torch.empty(value.numel() + 2 * MARGIN, dtype=value.dtype)
+                    _bits(padded).fill_(_MARGIN_BITS[value.dtype])
                     padded[MARGIN : MARGIN + value.numel()] = value.reshape(-1)
-                    buffers[key] = (value, padded)
-                padded = buffers[key][1]
+                    buffers[key] = _Buffer(value, padded, index)
+                buffers[key].read |= parameter.startswith("const ")
+                padded = buffers[key].padded
                 storage.append(ctypes.c_void_p(padded.data_ptr() + MARGIN * padded.element_size()))
-            elif parameter in _SCALAR_TYPES:
-                numpy_type, c_type = _SCALAR_TYPES[parameter]
+            elif kind in _SCALAR_TYPES:
+                numpy_type, c_type = _SCALAR_TYPES[kind]
                 if type(value) is not numpy_type:
                     raise TypeError(
-                        f"{self.name} argument {index} is a {parameter}; pass {numpy_type.__name__}, "
+                        f"{self.name} argument {index} is a {kind}; pass {numpy_type.__name__}, "
                         f"not {type(value).__name__}"
                     )
                 storage.append(c_type(value.item()))
             else:
                 raise TypeError(f"{self.name} parameter {index} has a type the harness does not map")
+        for buffer in buffers.values():
+            if not buffer.read:  # an output: what the kernel does not write stays poison
+                _bits(buffer.padded[MARGIN:-MARGIN]).fill_(_UNWRITTEN_BITS[buffer.tensor.dtype])
         pointers = (ctypes.c_void_p * len(storage))(*(ctypes.addressof(s) for s in storage))
         error = self._launch(pointers, grid, threads, shared_bytes, int(_order == "reverse")).decode()
         if error:
             raise RuntimeError(f"{self.name}: {error}")
-        for tensor, padded in buffers.values():
+        for buffer in buffers.values():
+            tensor, padded = buffer.tensor, buffer.padded
+            described = f"a {tuple(tensor.shape)} {tensor.dtype} tensor"
             for side, margin in (("before", padded[:MARGIN]), ("after", padded[MARGIN + tensor.numel() :])):
-                poison = torch.full_like(margin, _POISON[tensor.dtype])
-                if not torch.equal(margin.isnan(), poison.isnan()) or not torch.equal(
-                    margin.nan_to_num(0), poison.nan_to_num(0)
-                ):
-                    raise RuntimeError(
-                        f"{self.name} wrote {side} a {tuple(tensor.shape)} {tensor.dtype} tensor"
-                    )
-            tensor.view(-1).copy_(padded[MARGIN : MARGIN + tensor.numel()])
+                if not (_bits(margin) == _MARGIN_BITS[tensor.dtype]).all():
+                    raise RuntimeError(f"{self.name} wrote {side} {described}")
+            inside = padded[MARGIN : MARGIN + tensor.numel()]
+            unwritten = 0 if buffer.read else int((_bits(inside) == _UNWRITTEN_BITS[tensor.dtype]).sum())
+            if unwritten:
+                raise RuntimeError(
+                    f"{self.name} left {unwritten} of {tensor.numel()} elements of its output "
+                    f"(argument {buffer.index}, {described}) unwritten"
+                )
+            tensor.view(-1).copy_(inside)
+
+
+class _Buffer:
+    """A tensor argument's padded copy; ``read`` once it is passed as a const pointer."""
+
+    def __init__(self, tensor: torch.Tensor, padded: torch.Tensor, index: int):
+        self.tensor, self.padded, self.index, self.read = tensor, padded, index, False
+
+
+def _bits(values: torch.Tensor) -> torch.Tensor:
+    return values.view(torch.int32) if values.dtype == torch.float32 else values
 
 
 def _check_tensor(kernel: str, index: int, parameter: str, value) -> None:

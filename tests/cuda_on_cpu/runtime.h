@@ -206,16 +206,18 @@ std::string launch(void (*kernel)(Params...), void** arguments, unsigned int gri
   return run_grid(call_body<Params...>, &call, grid, threads, shared_bytes, reverse);
 }
 
-// What the harness checks each argument against: "float*", "float2*", "int*", "int64*", "int",
-// "float".
+// What the harness checks each argument against: "float*", "float2*", "int*", "int64*" (each
+// possibly "const "), "int", "float".
 template <class T>
-const char* type_name() {
-  using U = std::remove_cv_t<std::remove_pointer_t<T>>;
-  constexpr bool pointer = std::is_pointer_v<T>;
-  if (std::is_same_v<U, float>) return pointer ? "float*" : "float";
-  if (std::is_same_v<U, float2>) return pointer ? "float2*" : "float2";
-  if (std::is_same_v<U, int>) return pointer ? "int*" : "int";
-  if (std::is_same_v<U, long long>) return pointer ? "int64*" : "int64";
+std::string type_name() {
+  using Pointee = std::remove_pointer_t<T>;
+  using U = std::remove_cv_t<Pointee>;
+  const std::string pointer = std::is_pointer_v<T> ? "*" : "";
+  const std::string constant = std::is_pointer_v<T> && std::is_const_v<Pointee> ? "const " : "";
+  if (std::is_same_v<U, float>) return constant + "float" + pointer;
+  if (std::is_same_v<U, float2>) return constant + "float2" + pointer;
+  if (std::is_same_v<U, int>) return constant + "int" + pointer;
+  if (std::is_same_v<U, long long>) return constant + "int64" + pointer;
   return "unsupported";
 }
 
