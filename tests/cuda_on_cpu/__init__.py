@@ -94,7 +94,17 @@ class Module:
             cpp = build_dir / f"kernels-{digest}-{os.getpid()}.cpp"
             cpp.write_text(text)
             partial = cpp.with_suffix(".so")
-            flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas"]
+            flags = [
+                "-std=c++17",
+                "-O1",
+                "-g",
+                "-fPIC",
+                "-shared",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wno-unknown-pragmas",
+            ]
             command = ["g++", *flags, "-include", str(RUNTIME), str(cpp), "-o", str(partial)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
