@@ -16,6 +16,7 @@ import numpy
 import pytest
 import torch
 from conftest import LinearEps
+from cuda_on_cpu import aot
 
 from bench import sanitize_ops
 from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
@@ -45,12 +46,22 @@ for _op in CUSTOM_OPS:
     _op.register_kernel("cpu", _refuse_cpu_tensors)
 
 
-@pytest.fixture
-def cuda_backend(monkeypatch):
-    """backend="cuda" on CPU tensors: the JIT loader's launches go to the emulation, and the custom
-    ops run their own bodies (the CPU kernel registered above, disabled) instead of refusing."""
-    monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
-    monkeypatch.setattr(cuda_ops, "active_loader", lambda: "jit")
+def _no_jit_launch(*args, **kwargs):
+    raise AssertionError("a JIT launch under the aot loader")
+
+
+@pytest.fixture(params=cuda_ops.LOADERS)
+def cuda_backend(request, monkeypatch):
+    """backend="cuda" on CPU tensors, once per loader. "jit": the JIT loader's launches go to the
+    CPU runtime. "aot": the ahead-of-time library's sources, built for the CPU (cuda_on_cpu.aot),
+    stand in for the library. Either way the custom ops run their own bodies (the CPU kernel
+    registered above, disabled) instead of refusing."""
+    monkeypatch.setattr(cuda_ops, "active_loader", lambda: request.param)
+    if request.param == "aot":
+        monkeypatch.setattr(torch.ops, "manipure_aot", aot.load(), raising=False)
+        monkeypatch.setattr(cuda_ops, "_launch", _no_jit_launch)
+    else:
+        monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
     device_check = registry.unsupported_reason
     monkeypatch.setattr(
         registry, "unsupported_reason", lambda b, op, x: None if b == "cuda" else device_check(b, op, x)
@@ -58,7 +69,7 @@ def cuda_backend(monkeypatch):
     with contextlib.ExitStack() as stack:
         for op in CUSTOM_OPS:
             stack.enter_context(op.set_kernel_enabled("cpu", False))
-        yield
+        yield request.param
 
 
 def _bound(out, exact, eager, atol=1e-5):
@@ -300,6 +311,7 @@ def _every_kernel():
     return outputs
 
 
+@pytest.mark.parametrize("cuda_backend", ["jit"], indirect=True)  # the order is the JIT runtime's
 def test_results_do_not_depend_on_the_order_threads_run_in(cuda_backend):
     """Every kernel gives bit-identical results with the threads of a block run in the opposite
     order between barriers: no thread reads what another writes without a barrier between."""
@@ -362,3 +374,55 @@ def test_sanitizer_workload_runs_on_the_cuda_kernels(cuda_backend, capsys):
     so a broken workload shows up before the device session."""
     sanitize_ops.main(["--backends", "cuda", "--device", "cpu"])
     assert "cuda: ran 6 shapes, forward and backward" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cuda_backend", ["aot"], indirect=True)
+def test_aot_library_ops_pass_opcheck_and_equal_the_jit(cuda_backend, monkeypatch):
+    """The library's six ops (built for the CPU) through opcheck, and equal, bit for bit, to the JIT
+    loader's launches of the same kernels: the C++ glue passes every argument where it belongs."""
+    from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables, half_spectrum_bands
+
+    library = torch.ops.manipure_aot
+    monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)  # the JIT's launches, to compare
+    gen = torch.Generator().manual_seed(11)
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(3, 2, 20, 24, generator=gen) for _ in range(5))
+    kh, kw = band_frequencies(20, 4.0).numel(), band_frequencies(24, 4.0).numel()
+    tables = (*band_tables(20, 4.0, kh, 20, x_t.device), *band_tables(24, 4.0, kw, 24, x_t.device))
+    masks = band_masks(20, 24, 4.0, 3.0, kh, kw, x_t.device)
+    coefficients = [0.9, 0.4, 0.95, 0.3, 0.92, 0.1, 0.05, 0.3]
+    rng = torch.tensor([3, 2**33], dtype=torch.int64)
+    cases = []
+    for noise, state, project, real in ((z, None, False, False), (None, rng, True, True)):
+        args = (x_t, eps, ref_t, eps_ref, noise, state, *tables, *masks, coefficients, project, real,
+                cuda_ops.exchange_shared_bytes(20, 24, 4.0))  # fmt: skip
+        cases.append((library.exchange_update, cuda_ops._jit_exchange_update, args))
+    for with_eps_ref in (eps_ref, None):
+        args = (z, x_t, eps, ref_t, with_eps_ref, *tables, *masks, coefficients, True, False,
+                cuda_ops.exchange_backward_shared_bytes(20, 24, 4.0))  # fmt: skip
+        cases.append((library.exchange_update_backward, cuda_ops._jit_exchange_update_backward, args))
+    x = torch.rand(3, 2, 20, 24, generator=gen) * 2 - 1
+    mani_tables = cuda_ops._mani_tables(x, 8, "width")
+    for noise, state, normalize in ((z, None, 1), (None, rng, 2)):
+        args = (x, noise, state, *mani_tables, 1.8, 1e-6, normalize == 2, normalize, 0.9, 0.4,
+                cuda_ops.mani_shared_bytes(20, 24, 8))  # fmt: skip
+        cases.append((library.mani_noise, cuda_ops._jit_mani_noise, args))
+    for detach_map, noise_grad in ((False, True), (True, False)):
+        args = (z, x, eps, *mani_tables, 1.8, 1e-6, False, 1, 0.9, 0.4, detach_map, noise_grad,
+                cuda_ops.mani_backward_shared_bytes(20, 24, 8))  # fmt: skip
+        cases.append((library.mani_noise_backward, cuda_ops._jit_mani_noise_backward, args))
+    large = torch.rand(2, 3, 96, 80, generator=gen) * 2 - 1
+    band, share = half_spectrum_bands(96, 80, 8, "width", large.device)
+    spectrum = torch.view_as_real(torch.fft.rfft2(large)).contiguous()
+    for weight_kernel in (False, True):
+        args = (spectrum, band, share, 8, 1.8, 1e-6, weight_kernel)
+        cases.append((library.mani_band_weights, cuda_ops._jit_mani_band_weights, args))
+    shaped = torch.fft.irfft2(torch.fft.rfft2(large), s=(96, 80)).contiguous()
+    for noise, state, normalize in ((torch.randn_like(large), None, 0), (None, rng, 1), (None, rng, 2)):
+        args = (large, shaped, noise, state, normalize, 0.9, 0.4)
+        cases.append((library.mani_inject, cuda_ops._jit_mani_inject, args))
+
+    for op, jit, args in cases:
+        torch.library.opcheck(op.default, args)
+        built, launched = op(*args), jit(*args)
+        for b, j in zip(*(r if isinstance(r, tuple) else (r,) for r in (built, launched))):
+            assert torch.equal(b, j), op
