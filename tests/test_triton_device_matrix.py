@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import weight_off_the_clip_bounds
 
 from manipure_fast import ops
 from manipure_fast.reference.schedule import step_coefficients
@@ -116,12 +117,9 @@ def test_mani_noise_backward(shape):
 @pytest.mark.parametrize("shape", _shapes())
 def test_exchange_update_backward(shape):
     x_t, eps, ref_t, eps_ref, z, weight = _inputs(shape, 6, sum(shape) + 3)
-    _check_gradients(
-        _exchange,
-        [x_t, 0.8 * eps, ref_t, 0.8 * eps_ref, z],
-        weight,
-        ["x_t", "eps", "ref_t", "eps_ref", "noise"],
-    )
+    inputs = [x_t, 0.8 * eps, ref_t, 0.8 * eps_ref, z]
+    weight = weight_off_the_clip_bounds(weight, inputs, EXCHANGE_OPTIONS)
+    _check_gradients(_exchange, inputs, weight, ["x_t", "eps", "ref_t", "eps_ref", "noise"])
 
 
 @pytest.mark.parametrize("shape", _shapes([(7, 3, 32, 32), (1, 3, 256, 256)]) + _shapes([CPU_CASE]))

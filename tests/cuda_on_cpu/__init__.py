@@ -147,7 +147,10 @@ class Kernel:
                     _bits(padded).fill_(_MARGIN_BITS[value.dtype])
                     padded[MARGIN : MARGIN + value.numel()] = value.reshape(-1)
                     buffers[key] = _Buffer(value, padded, index)
-                buffers[key].read |= parameter.startswith("const ")
+                if parameter.startswith("const "):
+                    buffers[key].read = True
+                else:
+                    buffers[key].written = True
                 padded = buffers[key].padded
                 storage.append(ctypes.c_void_p(padded.data_ptr() + MARGIN * padded.element_size()))
             elif kind in _SCALAR_TYPES:
@@ -180,14 +183,17 @@ class Kernel:
                     f"{self.name} left {unwritten} of {tensor.numel()} elements of its output "
                     f"(argument {buffer.index}, {described}) unwritten"
                 )
-            tensor.view(-1).copy_(inside)
+            if buffer.written:  # an input stays untouched, its autograd version too
+                tensor.view(-1).copy_(inside)
 
 
 class _Buffer:
-    """A tensor argument's padded copy; ``read`` once it is passed as a const pointer."""
+    """A tensor argument's padded copy; ``read`` once it is passed as a const pointer, ``written``
+    once as a non-const one."""
 
     def __init__(self, tensor: torch.Tensor, padded: torch.Tensor, index: int):
-        self.tensor, self.padded, self.index, self.read = tensor, padded, index, False
+        self.tensor, self.padded, self.index = tensor, padded, index
+        self.read = self.written = False
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:
