@@ -67,6 +67,10 @@ extern "C" __global__ void two_sums(const float* x, float* out, int guard) {
   out[threadIdx.x] = first + block_sum(2.f * x[threadIdx.x], scratch, guard);
 }
 
+extern "C" __global__ void last_block_wins(float* out) {
+  out[threadIdx.x] = (float)blockIdx.x;
+}
+
 extern "C" __global__ void fill(float* out, int count) {
   if ((int)threadIdx.x < count) out[threadIdx.x] = 1.f;
 }
@@ -94,6 +98,7 @@ def test_reads_the_kernel_signatures(module):
         "early_return",
         "warp_sums",
         "two_sums",
+        "last_block_wins",
         "fill",
         "typed",
     ]
@@ -134,6 +139,14 @@ def test_a_warp_runs_ahead_of_the_others(module):
     for order in ("forward", "reverse"):
         assert (run(guard=True, order=order) == 3 * x.sum()).all()
         assert not (run(guard=False, order=order) == 3 * x.sum()).all()
+
+
+def test_blocks_writing_the_same_memory_depend_on_block_order(module):
+    out = torch.empty(32)
+    for order, last in (("forward", 2), ("reverse", 0)):
+        with cuda_on_cpu.schedule(order):
+            module.kernel("last_block_wins")(3, 32, (out,), 0)
+        assert (out == last).all()
 
 
 def test_global_memory_outside_a_tensor(module):

@@ -2,7 +2,7 @@
 // source rather than a Python imitation of it. Force-included (g++ -include) ahead of a kernel file
 // as the JIT loader inlines it (cuda_ops.kernel_source); see tests/cuda_on_cpu/__init__.py.
 //
-// Model: the blocks of a launch run one after another. Within a block every CUDA thread is a fiber
+// Model: the blocks of a launch run one after another, in the chosen order. Within a block every CUDA thread is a fiber
 // (ucontext) with its own stack, run cooperatively: a fiber runs until it reaches a barrier
 // (__syncthreads, or one of the two warp barriers of a shuffle), and the scheduler releases a
 // barrier once every thread it concerns has arrived. So
@@ -170,7 +170,8 @@ inline std::string run_grid(void (*body)(void*), void* argument, unsigned int gr
   gridDim = dim3{grid, 1, 1};
   blockDim = dim3{threads, 1, 1};
   g_shared.assign(shared_bytes + kSharedGuardBytes, kGuardByte);
-  for (unsigned int b = 0; b < grid; ++b) {
+  for (unsigned int i = 0; i < grid; ++i) {
+    const unsigned int b = reverse ? grid - 1 - i : i;  // blocks that write the same memory show too
     std::memset(g_shared.data(), kSharedPoison, shared_bytes);
     blockIdx = uint3{b, 0, 0};
     if (!run_block(block, threads, reverse)) return "block " + std::to_string(b) + ": " + block.error;
