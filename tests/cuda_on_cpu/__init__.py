@@ -11,8 +11,9 @@ Each launch checks what compute-sanitizer would catch on the device, as far as a
 - outputs (tensors passed only as non-const pointers) start as poison, and every element must be
   written;
 - shared memory: NaN until written, and a guard past the launch's bytes (``runtime.h``);
-- barriers every thread must reach, and races between barriers: ``schedule("reverse")`` runs the
-  threads of a block in the opposite order, and a result that changes with it has a race.
+- barriers every thread must reach, and races: ``schedule("reverse")`` runs the warps and lanes of
+  each block, and the blocks of the launch, in the opposite order; a result that changes with it
+  has a race (between barriers, or between blocks writing the same memory).
 
 Not modelled: concurrent blocks (they run one after another), warp-synchronous code without
 shuffles, and the device's math functions, which differ from the host's by a few ulp.
@@ -58,7 +59,7 @@ def compiler_unavailable_reason() -> str | None:
 
 @contextlib.contextmanager
 def schedule(order: str):
-    """Runs the launches inside in ``order`` ("forward" or "reverse") of threads within a block."""
+    """Runs the launches inside with warps, lanes and blocks in ``order`` ("forward" or "reverse")."""
     global _order
     if order not in ("forward", "reverse"):
         raise ValueError(f"order must be 'forward' or 'reverse', got {order!r}")
