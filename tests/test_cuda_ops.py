@@ -23,7 +23,7 @@ import torch
 from conftest import LinearEps, weight_off_the_clip_bounds
 from cuda_on_cpu import aot
 
-from bench import sanitize_ops
+from bench import bench_ops, sanitize_ops
 from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
 from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops, registry
@@ -141,9 +141,12 @@ def _run_on_the_cpu(monkeypatch, name: str) -> None:
     else:
         monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
     device_check = registry.unsupported_reason
-    monkeypatch.setattr(
-        registry, "unsupported_reason", lambda b, op, x: None if b == "cuda" else device_check(b, op, x)
-    )
+
+    def cuda_runs_on_the_cpu(backend, op, x):
+        return None if backend == "cuda" else device_check(backend, op, x)
+
+    monkeypatch.setattr(registry, "unsupported_reason", cuda_runs_on_the_cpu)
+    monkeypatch.setattr(ops, "unsupported_reason", cuda_runs_on_the_cpu)  # the re-export
 
 
 @pytest.fixture(params=cuda_ops.LOADERS)
@@ -470,6 +473,16 @@ def test_sanitizer_workload_runs_on_the_cuda_backend(loader, capsys):
     before the device session."""
     sanitize_ops.main(["--backends", "cuda", "--device", loader.device])
     assert "cuda: ran 6 shapes, forward and backward" in capsys.readouterr().out
+
+
+def test_op_benchmark_checks_and_times_the_cuda_provider(loader, capsys):
+    """bench/bench_ops.py --smoke: the cuda provider is checked against the reference and timed on
+    every smoke shape (one-block, streamed-size and large planes), as the device session will."""
+    bench_ops.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "RED GATE" not in out
+    timed = [line for line in out.splitlines() if line.split()[2:4] == ["cuda", "p50"]]
+    assert len(timed) == 2 * len(bench_ops.SMOKE_SHAPES), out
 
 
 def _every_kernel():
