@@ -90,15 +90,9 @@ def test_loader_selection_reads_the_environment(monkeypatch):
     assert cuda_ops.active_loader() == "jit"
 
 
-# ---- on a GPU, through each loader -------------------------------------------------------------
-
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
 # ---- through each loader: on the GPU, or on the CPU runtime ------------------------------------
 
 ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
 gpu = pytest.mark.skipif(not ON_GPU, reason="no CUDA device")
 CUSTOM_OPS = (
     cuda_ops.mani_noise_cuda,
