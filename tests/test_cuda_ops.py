@@ -249,6 +249,35 @@ def test_exchange_update_matches_reference(shape, dtype, mode, loader):
         torch.testing.assert_close(out, triton, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("n_bands", [1, 8, 40])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 2, 2), (3, 1, 1, 65), (1, 1, 65, 2)], ids=_ids)
+def test_mani_noise_on_degenerate_planes(shape, n_bands, loader):
+    """Single pixels and lines, on both MANI paths, with one band and with more bands than a
+    line's frequencies fill."""
+    gen = torch.Generator().manual_seed(sum(shape) + n_bands)
+    x, z = _on(loader.device, torch.rand(shape, generator=gen) * 2 - 1, torch.randn(shape, generator=gen))
+    out = ops.mani_noise(x, 300, z, backend="cuda", n_bands=n_bands)
+    exact = ref.mani_noise(x.double(), 300, z.double(), n_bands=n_bands)
+    _bound(out, exact, ref.mani_noise(x, 300, z, n_bands=n_bands))
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(m))
+@pytest.mark.parametrize(
+    "shape, cuts",
+    [((1, 1, 9, 40), (30, 30)), ((2, 1, 16, 16), (0, 0)), ((1, 1, 1, 1), (10, 10)), ((1, 1, 33, 1), (3, 3))],
+    ids=["band-covers-every-frequency", "dc-only", "1x1", "33x1"],
+)
+def test_exchange_update_on_degenerate_bands(shape, cuts, mode, loader):
+    gen = torch.Generator().manual_seed(sum(shape))
+    x_t, eps, ref_t, eps_ref, z = _on(loader.device, *(torch.randn(shape, generator=gen) for _ in range(5)))
+    options = dict(step=step_coefficients(99, 89, eta=1.0), amplitude_cut_range=cuts[0],
+                   phase_cut_range=cuts[1], phase_mode=mode[0], reconstruct=mode[1])  # fmt: skip
+    out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, backend="cuda", **options)
+    tensors = (x_t, eps, ref_t, eps_ref, z)
+    exact = ops.exchange_update(*(t.double() for t in tensors), backend="reference", **options)
+    _bound(out, exact, ops.exchange_update(*tensors, backend="reference", **options))
+
+
 def test_exchange_update_without_reference_model_call(loader):
     gen = torch.Generator().manual_seed(4)
     x_t, eps, ref_t, z = _on(loader.device, *(torch.randn(2, 3, 32, 32, generator=gen) for _ in range(4)))
