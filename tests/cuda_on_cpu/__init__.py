@@ -51,6 +51,8 @@ _SCALAR_TYPES = {"float": (numpy.float32, ctypes.c_float), "int": (numpy.int32, 
 _MARGIN_BITS = {torch.float32: 0x7FA5A5A5, torch.int32: -(2**31), torch.int64: -(2**63)}
 _UNWRITTEN_BITS = {torch.float32: 0x7FB4B4B4, torch.int32: -(2**31) + 1, torch.int64: -(2**63) + 1}
 _order = "forward"
+# The kernels compile warning-free for the CPU, as they do under nvcc.
+COMPILE_FLAGS = ("-std=c++17", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas")
 
 
 def compiler_unavailable_reason() -> str | None:
@@ -95,18 +97,16 @@ class Module:
             cpp = build_dir / f"kernels-{digest}-{os.getpid()}.cpp"
             cpp.write_text(text)
             partial = cpp.with_suffix(".so")
-            flags = [
-                "-std=c++17",
-                "-O1",
-                "-g",
-                "-fPIC",
+            command = [
+                "g++",
+                *COMPILE_FLAGS,
                 "-shared",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-Wno-unknown-pragmas",
+                "-include",
+                str(RUNTIME),
+                str(cpp),
+                "-o",
+                str(partial),
             ]
-            command = ["g++", *flags, "-include", str(RUNTIME), str(cpp), "-o", str(partial)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"g++ failed on the kernel source:\n{result.stderr[-4000:]}")

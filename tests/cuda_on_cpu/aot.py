@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import _BUILD_DIR, _DYNAMIC_SHARED, RUNTIME
+from . import _BUILD_DIR, _DYNAMIC_SHARED, COMPILE_FLAGS, RUNTIME
 
 NAMESPACE = "manipure_aot_on_cpu"
 HERE = Path(__file__).resolve().parent
@@ -79,8 +79,7 @@ def load() -> object:
 
         work = _BUILD_DIR / f"aot-{digest}-{os.getpid()}"
         work.mkdir(exist_ok=True)
-        common = ["g++", "-std=c++17", "-O1", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
-                  f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-I", str(HERE / "include")]  # fmt: skip
+        common = ["g++", *COMPILE_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-I", str(HERE / "include")]
         (work / "launchers.cpp").write_text(launchers)
         (work / "ops.cpp").write_text(ops)
         torch_includes = [f"-isystem{p}" for p in (*include_paths(), sysconfig.get_paths()["include"])]
