@@ -66,7 +66,7 @@ constexpr unsigned char kGuardByte = 0xA5;
 
 struct Block {
   std::vector<Fiber> fibers;
-  std::vector<char> stacks;
+  char* stacks = nullptr;  // threads x kStackBytes, reused across launches
   ucontext_t scheduler;
   unsigned int current = 0;
   void (*body)(void*) = nullptr;
@@ -106,7 +106,7 @@ inline bool run_block(Block& block, unsigned int threads, bool reverse) {
   for (unsigned int t = 0; t < threads; ++t) {
     Fiber& fiber = block.fibers[t];
     getcontext(&fiber.context);
-    fiber.context.uc_stack.ss_sp = block.stacks.data() + t * kStackBytes;
+    fiber.context.uc_stack.ss_sp = block.stacks + t * kStackBytes;
     fiber.context.uc_stack.ss_size = kStackBytes;
     fiber.context.uc_link = &block.scheduler;
     makecontext(&fiber.context, fiber_entry, 0);
@@ -161,9 +161,13 @@ inline std::string run_grid(void (*body)(void*), void* argument, unsigned int gr
                             std::size_t shared_bytes, bool reverse) {
   if (threads == 0 || threads % 32 != 0 || threads > 1024)
     return "block size " + std::to_string(threads) + " is not a multiple of 32 in [32, 1024]";
+  // The fiber stacks outlive the launch: zero-filling 32 MB per launch would dominate small ones.
+  // (Launches are not reentrant anyway: the runtime's state is global.)
+  static std::vector<char> stacks;
+  if (stacks.size() < threads * kStackBytes) stacks.resize(threads * kStackBytes);
   Block block;
   block.fibers.resize(threads);
-  block.stacks.resize(threads * kStackBytes);
+  block.stacks = stacks.data();
   block.warp_slots.resize(threads);
   block.body = body;
   block.body_argument = argument;
