@@ -82,6 +82,14 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
 
 
+def test_exchange_planes_wider_than_the_kernels_rows_are_refused_by_name():
+    # The exchange kernels hold a row in a warp's registers; the backend's plane limit fits that.
+    assert registry.CUDA_MAX_SIDE["exchange_update"] <= cuda_ops.EXCHANGE_MAX_WIDTH
+    x = torch.zeros(1, 1, 4, cuda_ops.EXCHANGE_MAX_WIDTH + 1)
+    with pytest.raises(ValueError, match="up to 256 pixels wide, got 4x257"):
+        cuda_ops.launch_exchange_update(x, x, x, None, x, None, [1.0] * 8, 1.0, 1.0, False, False)
+
+
 def test_loader_selection_reads_the_environment(monkeypatch):
     monkeypatch.setenv("MANIPURE_CUDA_LOADER", "nvrtc")
     with pytest.raises(ValueError, match="MANIPURE_CUDA_LOADER"):
@@ -589,6 +597,22 @@ def both_loaders(monkeypatch):
         pytest.skip(reason)
     monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
     return aot.load(), "cpu"
+
+
+def test_aot_library_refuses_planes_wider_than_the_kernels_rows(both_loaders):
+    from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables
+
+    library, device = both_loaders
+    h, w = 4, cuda_ops.EXCHANGE_MAX_WIDTH + 1
+    (x,) = _on(device, torch.zeros(1, 1, h, w))
+    kh, kw = band_frequencies(h, 1.0).numel(), band_frequencies(w, 1.0).numel()
+    tables = (*band_tables(h, 1.0, kh, h, x.device), *band_tables(w, 1.0, kw, w, x.device))
+    masks = band_masks(h, w, 1.0, 1.0, kh, kw, x.device)
+    shared = cuda_ops.exchange_backward_shared_bytes(h, w, 1.0)
+    with pytest.raises(RuntimeError, match="up to 256 pixels wide, got 4x257"):
+        library.exchange_update(x, x, x, None, x, None, *tables, *masks, [1.0] * 8, False, False, shared)
+    with pytest.raises(RuntimeError, match="up to 256 pixels wide, got 4x257"):
+        library.exchange_update_backward(x, x, x, x, None, *tables, *masks, [1.0] * 8, False, False, shared)
 
 
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):

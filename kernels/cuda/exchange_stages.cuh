@@ -28,6 +28,84 @@ __device__ __forceinline__ float reference_x0(const float* ref_t, const float* e
   return has_eps_ref ? (ref_t[e] - eps_ref[e] * k.ref_sqrt_one_minus_abar) / k.ref_sqrt_abar : ref_t[e];
 }
 
+// The widest row the band row transforms take (cuda_ops and torch_library.cpp refuse wider
+// planes): each lane of a warp holds kRowPixelsPerLane pixels of a row in registers.
+constexpr int kMaxRowWidth = 256;
+constexpr int kRowPixelsPerLane = kMaxRowWidth / 32;
+// Rows a warp transforms together: each twiddle it loads serves this many rows.
+constexpr int kRowsPerWarp = 2;
+static_assert(kRowsPerWarp == 2, "band_row_transforms reduces 4 sums of 2 rows with warp_sums_of_eight");
+
+// The warp's sums of eight values per lane, in 12 shuffles rather than 40: each butterfly step
+// sends away half of the values a lane still holds, so after three steps lane L holds a partial
+// sum of value L >> 2, which two more steps complete. The last three shuffles gather, in lanes 0
+// and 16, the four sums of values 0-3 and 4-7: `sums` gets them there (undefined elsewhere).
+// Every lane of the warp must call it.
+__device__ __forceinline__ void warp_sums_of_eight(const float (&v)[8], float (&sums)[4]) {
+  const unsigned int full = 0xffffffffu;
+  const int lane = threadIdx.x & 31;
+  float four[4], two[2];
+  const bool upper16 = (lane & 16) != 0, upper8 = (lane & 8) != 0, upper4 = (lane & 4) != 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    four[i] = (upper16 ? v[i + 4] : v[i]) + __shfl_xor_sync(full, upper16 ? v[i] : v[i + 4], 16);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+    two[i] = (upper8 ? four[i + 2] : four[i]) + __shfl_xor_sync(full, upper8 ? four[i] : four[i + 2], 8);
+  float one = (upper4 ? two[1] : two[0]) + __shfl_xor_sync(full, upper4 ? two[0] : two[1], 4);
+  one += __shfl_xor_sync(full, one, 2);
+  one += __shfl_xor_sync(full, one, 1);
+  // Lane L now holds the sum of value L >> 2; lane 0 (16) takes those of lanes 4, 8 and 12 (20, 24, 28).
+  sums[0] = one;
+  sums[1] = __shfl_xor_sync(full, one, 4);
+  sums[2] = __shfl_xor_sync(full, one, 8);
+  sums[3] = __shfl_xor_sync(full, one, 12);
+}
+
+// Row transforms of two real images a, b of one plane onto the band columns: for every row h and
+// band column j, the sums over w of a[h][w] cos(theta_j w), a[h][w] sin(theta_j w) and the same
+// for b, handed to store(h, j, a_cos, a_sin, b_cos, b_sin). One warp takes kRowsPerWarp rows at a
+// time. Each lane holds the pixels w = lane + 32 t of them, given once by load(h, w, a, b), so each
+// pixel is computed once, and the twiddle reads are coalesced. It needs W <= kMaxRowWidth and a
+// block of whole warps; it neither starts nor ends with a barrier.
+template <typename Load, typename Store>
+__device__ __forceinline__ void band_row_transforms(int H, int W, int KW, const float* cos_w, const float* sin_w,
+                                                    Load load, Store store) {
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int h0 = (threadIdx.x >> 5) * kRowsPerWarp; h0 < H; h0 += warps * kRowsPerWarp) {
+    float a[kRowsPerWarp][kRowPixelsPerLane], b[kRowsPerWarp][kRowPixelsPerLane];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < kRowPixelsPerLane; ++t) {
+        const int w = lane + 32 * t;
+        a[r][t] = b[r][t] = 0.f;
+        if (h0 + r < H && w < W) load(h0 + r, w, a[r][t], b[r][t]);
+      }
+    for (int j = 0; j < KW; ++j) {
+      float partial[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // row r: a_cos, a_sin, b_cos, b_sin at 4 r
+#pragma unroll
+      for (int t = 0; t < kRowPixelsPerLane; ++t) {
+        const int w = lane + 32 * t;
+        if (w < W) {
+          const float c = cos_w[j * W + w], s = sin_w[j * W + w];
+#pragma unroll
+          for (int r = 0; r < kRowsPerWarp; ++r) {
+            partial[4 * r] += a[r][t] * c;
+            partial[4 * r + 1] += a[r][t] * s;
+            partial[4 * r + 2] += b[r][t] * c;
+            partial[4 * r + 3] += b[r][t] * s;
+          }
+        }
+      }
+      float sums[4];
+      warp_sums_of_eight(partial, sums);
+      const int h = h0 + (lane >> 4);
+      if ((lane & 15) == 0 && h < H) store(h, j, sums[0], sums[1], sums[2], sums[3]);
+    }
+  }
+}
+
 // Both pixel images' band spectra: row transforms G[h][j] = sum_w v[h][w] e^{-i theta_j w} into
 // Gp, Gq [H x KW], then F[i][j] = sum_h G[h][j] e^{-i theta_i h} into Fp, Fq [KH x KW]. Every
 // thread of the block must call it; it returns synchronised.
@@ -35,22 +113,17 @@ __device__ __forceinline__ void band_spectra(
     const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, long long base,
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w, int H, int W, int KH,
     int KW, const ExchangeCoefficients& k, int has_eps_ref, float2* Gp, float2* Gq, float2* Fp, float2* Fq) {
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 gp = make_float2(0.f, 0.f), gq = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) {
-      const long long e = base + (long long)h * W + w;
-      const float p = to_pixels(predicted_x0(x_t, eps, e, k));
-      const float q = to_pixels(reference_x0(ref_t, eps_ref, e, has_eps_ref, k));
-      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
-      gp.x += p * c;
-      gp.y -= p * s;
-      gq.x += q * c;
-      gq.y -= q * s;
-    }
-    Gp[idx] = gp;
-    Gq[idx] = gq;
-  }
+  band_row_transforms(
+      H, W, KW, cos_w, sin_w,
+      [&](int h, int w, float& p, float& q) {
+        const long long e = base + (long long)h * W + w;
+        p = to_pixels(predicted_x0(x_t, eps, e, k));
+        q = to_pixels(reference_x0(ref_t, eps_ref, e, has_eps_ref, k));
+      },
+      [&](int h, int j, float p_cos, float p_sin, float q_cos, float q_sin) {
+        Gp[h * KW + j] = make_float2(p_cos, -p_sin);
+        Gq[h * KW + j] = make_float2(q_cos, -q_sin);
+      });
   __syncthreads();
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
     const int i = idx / KW, j = idx - i * KW;

@@ -17,6 +17,7 @@
 #include "exchange_stages.cuh"
 
 using manipure::band_inverse_columns;
+using manipure::band_row_transforms;
 using manipure::band_spectra;
 using manipure::exchange_mix;
 using manipure::ExchangeCoefficients;
@@ -80,15 +81,17 @@ extern "C" __global__ void exchange_update_backward_kernel(
   __syncthreads();  // the row transform below reads other threads' g_y
 
   // ---- g_Delta = fft2_band(g_y) / HW ----------------------------------------------------------
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) {
-      const long long e = base + (long long)h * W + w;
-      acc = twiddle_mac(acc, make_float2(g_eps[e], g_ref_t[e]), cos_w[j * W + w], -sin_w[j * W + w]);
-    }
-    B[idx] = acc;
-  }
+  // Row transforms of g_y = a + i b: sum_w (a + i b) e^{-i theta_j w} = (a_cos + b_sin) + i (b_cos - a_sin).
+  band_row_transforms(
+      H, W, KW, cos_w, sin_w,
+      [&](int h, int w, float& a, float& b) {
+        const long long e = base + (long long)h * W + w;
+        a = g_eps[e];
+        b = g_ref_t[e];
+      },
+      [&](int h, int j, float a_cos, float a_sin, float b_cos, float b_sin) {
+        B[h * KW + j] = make_float2(a_cos + b_sin, b_cos - a_sin);
+      });
   __syncthreads();
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
     const int i = idx / KW, j = idx - i * KW;

@@ -10,6 +10,8 @@
 
 namespace manipure {
 
+static_assert(kExchangeMaxWidth == kMaxRowWidth, "launchers.h and exchange_stages.cuh disagree on the row width");
+
 namespace {
 constexpr int kThreads = 256;  // the block size the kernels are written for (cuda_ops.THREADS)
 

@@ -8,6 +8,10 @@
 
 namespace manipure {
 
+// The widest plane the exchange kernels take (exchange_stages.cuh kMaxRowWidth, checked there;
+// cuda_ops.EXCHANGE_MAX_WIDTH). torch_library.cpp refuses wider planes.
+constexpr int kExchangeMaxWidth = 256;
+
 // One thread block per (image, channel) plane; the launchers raise the kernel's dynamic
 // shared-memory limit to `shared_bytes` first and return cudaGetLastError() after the launch.
 cudaError_t launch_exchange_update(

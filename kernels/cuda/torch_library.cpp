@@ -89,6 +89,8 @@ std::pair<int64_t, int64_t> check_exchange(
   const int64_t planes = x_t.dim() == 4 ? x_t.size(0) * x_t.size(1) : 0;
   check_launch(planes, shared_bytes, x_t);
   const int64_t H = x_t.size(2), W = x_t.size(3), KH = cos_h.size(0), KW = cos_w.size(0);
+  TORCH_CHECK(W <= manipure::kExchangeMaxWidth, "exchange_update takes planes up to ",
+              manipure::kExchangeMaxWidth, " pixels wide, got ", H, "x", W);
   check_image(x_t, "x_t", x_t);
   check_image(eps, "eps", x_t);
   check_image(ref_t, "ref_t", x_t);

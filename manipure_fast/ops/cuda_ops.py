@@ -51,6 +51,9 @@ from .dft_tables import (
 
 THREADS = 256
 MAX_SHARED_BYTES = 200 * 1024  # below the H100's 227 KB opt-in limit per block
+# The exchange kernels' widest row: a warp holds a row in registers, 8 pixels a lane
+# (exchange_stages.cuh kMaxRowWidth; torch_library.cpp refuses wider planes too).
+EXCHANGE_MAX_WIDTH = 256
 NORMALIZE_CODES = {"none": 0, "rms": 1, "max": 2}
 COEFFICIENTS = (
     "sqrt_abar",
@@ -242,8 +245,14 @@ def launch_exchange_update(
 
 def _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, shared_bytes):
     """(shared bytes, (cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask)) for one exchange kernel;
-    refuses a band whose working set does not fit one block's shared memory."""
+    refuses planes wider than the kernels' rows, and a band whose working set does not fit one
+    block's shared memory."""
     _, _, h, w = x_t.shape
+    if w > EXCHANGE_MAX_WIDTH:
+        raise ValueError(
+            f"cuda exchange_update takes planes up to {EXCHANGE_MAX_WIDTH} pixels wide, got {h}x{w} "
+            "(use the triton or reference backend)"
+        )
     cut = max(amplitude_cut_range, phase_cut_range)
     shared = shared_bytes(h, w, cut)
     if shared > MAX_SHARED_BYTES:
