@@ -12,6 +12,7 @@ order to expose races. The library's device build itself is tested in test_cuda_
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ def test_there_are_cuda_sources():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
 def test_sources_compile_for_sm90(source, tmp_path):
-    """The file as nvcc/CMake sees it, and as NVRTC sees it (header inlined), compile cleanly."""
+    """The file as nvcc/CMake sees it, and as NVRTC sees it (header inlined), compile cleanly, and
+    ptxas spills no register of any kernel (`-Xptxas -v`; docs/kernels.md has the counts)."""
     variants = [(source, [f"-I{source.parent}"])]
     if source.name in KERNEL_FILES:
         inlined = tmp_path / source.name
@@ -56,11 +58,14 @@ def test_sources_compile_for_sm90(source, tmp_path):
         variants.append((inlined, []))
     for path, include in variants:
         result = subprocess.run(
-            ["nvcc", "-arch=sm_90", "-std=c++17", "-Werror=all-warnings", *include, "-c", str(path),
-             "-o", str(tmp_path / "out.o")],
+            ["nvcc", "-arch=sm_90", "-std=c++17", "-Werror=all-warnings", "-Xptxas", "-v", *include, "-c",
+             str(path), "-o", str(tmp_path / "out.o")],
             capture_output=True, text=True,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
+        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
+        assert spills, result.stderr  # the report is there to read
+        assert all(stores == loads == "0" for stores, loads in spills), result.stderr
 
 
 def test_cuda_backend_is_explicit_only_and_named_when_unavailable():
@@ -80,6 +85,15 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.mani_backward_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.MANI_MAX_SIDE == 64  # larger MANI planes take cuFFT and mani_noise_large.cu
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 28, 31, 64])
+def test_full_dft_tables_are_symmetric_bit_for_bit(n):
+    # The MANI kernels read the twiddle of (k, w) at [w][k], so that a warp's reads are coalesced.
+    from manipure_fast.ops.dft_tables import full_tables
+
+    for table in full_tables(n, n, torch.device("cpu")):
+        assert torch.equal(table, table.T)
 
 
 def test_exchange_planes_wider_than_the_kernels_rows_are_refused_by_name():

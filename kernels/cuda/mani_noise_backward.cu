@@ -93,11 +93,11 @@ extern "C" __global__ void mani_noise_backward_kernel(
   }
   __syncthreads();
 
-  // ---- g_G = fft2(g_Y) / N, into Y ---------------------------------------------------------------
+  // ---- g_G = fft2(g_Y) / N, into Y (the twiddles read at [w][kw], as in plane_spectrum) ----------
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int h = idx / W, kw = idx - h * W;
     float2 acc = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) acc = twiddle_mac(acc, Y[h * W + w], cos_w[kw * W + w], -sin_w[kw * W + w]);
+    for (int w = 0; w < W; ++w) acc = twiddle_mac(acc, Y[h * W + w], cos_w[w * W + kw], -sin_w[w * W + kw]);
     G[idx] = acc;
   }
   __syncthreads();

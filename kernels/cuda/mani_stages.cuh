@@ -11,7 +11,10 @@ namespace manipure {
 
 // F = DFT(v) of a real H x W plane v (shared or global memory): the row transform
 // G[h][k] = sum_w v[h][w] e^{-i theta_k w}, then F[k][kw] = sum_h G[h][kw] e^{-i theta_k h}.
-// Every thread of the block must call it; it returns synchronised.
+// The row transform reads the twiddle of (kw, w) at [w][kw]: the full DFT tables are symmetric
+// (dft_tables.full_tables: the same entry, bit for bit), and the lanes of a warp, which hold
+// consecutive kw, then read consecutive addresses. Every thread of the block must call it; it
+// returns synchronised.
 __device__ __forceinline__ void plane_spectrum(const float* v, float2* G, float2* F, const float* cos_h,
                                                const float* sin_h, const float* cos_w, const float* sin_w, int H,
                                                int W) {
@@ -21,8 +24,8 @@ __device__ __forceinline__ void plane_spectrum(const float* v, float2* G, float2
     float2 acc = make_float2(0.f, 0.f);
     for (int w = 0; w < W; ++w) {
       const float value = v[h * W + w];
-      acc.x += value * cos_w[kw * W + w];
-      acc.y -= value * sin_w[kw * W + w];
+      acc.x += value * cos_w[w * W + kw];
+      acc.y -= value * sin_w[w * W + kw];
     }
     G[idx] = acc;
   }
