@@ -44,9 +44,14 @@ def _compile(tmp_path, cases: str, ptxas_report: bool) -> list[dict]:
     return rows
 
 
+# The exchange kernels at 256x256 spilled 4.5 KB (forward) and 16 KB (backward) per thread while
+# their row transforms were K = 256 dots; in 64-column chunks they spill 0 and 0.5 KB.
+EXCHANGE_SPILL_LIMIT = 1024
+
+
 def test_imagenet_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
     rows = _compile(
-        tmp_path, "exchange imagenet,exchange backward imagenet,mani imagenet philox none", ptxas_report=False
+        tmp_path, "exchange imagenet,exchange backward imagenet,mani imagenet philox none", ptxas_report=True
     )
     kernels = {r["kernel"] for r in rows}
     assert kernels == {
@@ -57,6 +62,8 @@ def test_imagenet_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
     }
     for r in rows:
         assert r["shared_bytes"] <= SM90_MAX_SHARED_PER_BLOCK, r
+        if r["kernel"].startswith("exchange"):
+            assert r["spill_stores"] <= EXCHANGE_SPILL_LIMIT, r
 
 
 # The whole-tile MANI kernel at 64x64 spilled 93 KB per thread and took ptxas ten minutes. The

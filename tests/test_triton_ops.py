@@ -312,6 +312,7 @@ BACKWARD_CASES = [
     (2, 2, 16, 20, 3, 5, "project", "real", True),
     (1, 1, 64, 64, 10, 10, "project", "abs", True),
     (1, 1, 9, 40, 30, 30, "replace", "abs", True),  # the band covers every frequency
+    (1, 2, 33, 80, 5, 4, "project", "real", True),  # a 64-column chunk, then a partial one
     (1, 1, 256, 256, 10, 10, "replace", "abs", True),  # ImageNet planes: 16-row tiles
 ]
 

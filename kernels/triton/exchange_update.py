@@ -14,6 +14,11 @@ pass 2: re-read x_t, eps rows; ``ifft2(F_out) = p_x0 + ifft2(Delta)`` with the b
 Plane sizes are compile-time constants: one specialisation per shape (the sampler captures one
 graph per shape anyway), and the row loops have static bounds.
 
+Both passes walk each block of rows in chunks of ``BLOCK_K`` columns (64 at most). The fp32
+``ieee`` dots are FMA loops that hold a whole K extent per thread. Whole 256-wide rows made the
+row transform a K = 256 dot, and the sm_90 compile of the 256x256 kernel spilled 4.5 KB per
+thread; in chunks it spills 0.5 KB (bench/compile_sm90.py).
+
 Memory traffic per plane: reads 4 planes in pass 1 (3 with reference="input") and 2 (3 with an
 explicit noise tensor) in pass 2, writes 1. ``tl.dot`` uses ``PRECISION`` ("ieee" for parity on
 the GPU; the interpreter computes exactly).
@@ -41,14 +46,17 @@ def _unit_phasor(re, im):
 
 
 @triton.jit
-def _band_rows(cos_w_ptr, sin_w_ptr, BLOCK_W: tl.constexpr, BAND_W: tl.constexpr):
-    """The band DFT rows along W, [BAND_W, BLOCK_W], and their transposes for the row transform."""
-    cols = tl.arange(0, BLOCK_W)
-    kw = tl.arange(0, BAND_W)
-    rows = kw[:, None] * BLOCK_W + cols[None, :]
-    cols_first = kw[None, :] * BLOCK_W + cols[:, None]
-    return (tl.load(cos_w_ptr + rows), tl.load(sin_w_ptr + rows), tl.load(cos_w_ptr + cols_first),
-            tl.load(sin_w_ptr + cols_first))  # fmt: skip
+def _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W: tl.constexpr, BAND_W: tl.constexpr):
+    """Columns ``cols`` of the band DFT rows along W: (cos, sin), each [BAND_W, len(cols)]."""
+    offs = tl.arange(0, BAND_W)[:, None] * BLOCK_W + cols[None, :]
+    return tl.load(cos_w_ptr + offs), tl.load(sin_w_ptr + offs)
+
+
+@triton.jit
+def _band_columns_t(cos_w_ptr, sin_w_ptr, cols, BLOCK_W: tl.constexpr, BAND_W: tl.constexpr):
+    """The same columns, transposed for the row transform: (cos, sin), each [len(cols), BAND_W]."""
+    offs = tl.arange(0, BAND_W)[None, :] * BLOCK_W + cols[:, None]
+    return tl.load(cos_w_ptr + offs), tl.load(sin_w_ptr + offs)
 
 
 @triton.jit
@@ -60,18 +68,16 @@ def _band_inverse_h(re, im, cht, sht, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _band_inverse(re, im, cht, sht, cos_w, sin_w, PRECISION: tl.constexpr):
-    """Rows of ``sum_k e^{+i theta n} X[k]`` over the band, unnormalised: (real, imaginary)."""
-    v_re, v_im = _band_inverse_h(re, im, cht, sht, PRECISION)
+def _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION: tl.constexpr):
+    """The W half, on one chunk of columns: ``v (C_W + i S_W)``, (real, imaginary), unnormalised."""
     out_re = tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
     out_im = tl.dot(v_re, sin_w, input_precision=PRECISION) + tl.dot(v_im, cos_w, input_precision=PRECISION)
     return out_re, out_im
 
 
 @triton.jit
-def _band_inverse_real(re, im, cht, sht, cos_w, sin_w, PRECISION: tl.constexpr):
-    """``Re(sum_k e^{+i theta n} X[k])`` on rows: the adjoint of a real input's band DFT."""
-    v_re, v_im = _band_inverse_h(re, im, cht, sht, PRECISION)
+def _band_inverse_w_real(v_re, v_im, cos_w, sin_w, PRECISION: tl.constexpr):
+    """``Re(v (C_W + i S_W))`` on one chunk of columns: the adjoint of a real input's band DFT."""
     return tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
 
 
@@ -83,8 +89,8 @@ def _band_spectra(
     eps_ref_ptr,
     cos_h_ptr,
     sin_h_ptr,
-    cos_wt,
-    sin_wt,
+    cos_w_ptr,
+    sin_w_ptr,
     base,
     sqrt_abar,
     sqrt_one_minus_abar,
@@ -96,13 +102,13 @@ def _band_spectra(
     HAS_EPS_REF: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     BAND_H: tl.constexpr,
     BAND_W: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """Stream the plane's rows; return the band spectra of x0's and the reference's pixel images,
     ``F = D_band_H . p . D_band_W^T``: (F_x0 re, im, F_ref re, im), each [BAND_H, BAND_W]."""
-    cols = tl.arange(0, BLOCK_W)
     kh = tl.arange(0, BAND_H)
     f0_re = tl.zeros((BAND_H, BAND_W), tl.float32)
     f0_im = tl.zeros((BAND_H, BAND_W), tl.float32)
@@ -110,27 +116,35 @@ def _band_spectra(
     fr_im = tl.zeros((BAND_H, BAND_W), tl.float32)
     for m0 in range(0, H, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        inside = (rows[:, None] < H) & (cols[None, :] < W)
-        offs = base + rows[:, None] * W + cols[None, :]
-        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
-        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-        p0 = tl.where(inside, _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar), 0.0)
-        ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
-        if HAS_EPS_REF:
-            eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
-            ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
-        pr = tl.where(inside, _to_pixels(ref), 0.0)
-        # Row transform p . D_W^T = Tc - i Ts, then F += D_H[:, rows] (Tc - i Ts).
+        # Row transform p . D_W^T = Tc - i Ts, over chunks of BLOCK_K columns (see the module notes).
+        tc0 = tl.zeros((BLOCK_M, BAND_W), tl.float32)
+        ts0 = tl.zeros((BLOCK_M, BAND_W), tl.float32)
+        tcr = tl.zeros((BLOCK_M, BAND_W), tl.float32)
+        tsr = tl.zeros((BLOCK_M, BAND_W), tl.float32)
+        for k0 in range(0, W, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            inside = (rows[:, None] < H) & (cols[None, :] < W)
+            offs = base + rows[:, None] * W + cols[None, :]
+            x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
+            eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
+            p0 = tl.where(inside, _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar), 0.0)
+            ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
+            if HAS_EPS_REF:
+                eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
+                ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
+            pr = tl.where(inside, _to_pixels(ref), 0.0)
+            cos_wt, sin_wt = _band_columns_t(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
+            tc0 += tl.dot(p0, cos_wt, input_precision=PRECISION)
+            ts0 += tl.dot(p0, sin_wt, input_precision=PRECISION)
+            tcr += tl.dot(pr, cos_wt, input_precision=PRECISION)
+            tsr += tl.dot(pr, sin_wt, input_precision=PRECISION)
+        # F += D_H[:, rows] (Tc - i Ts).
         ch = tl.load(cos_h_ptr + kh[:, None] * H_PAD + rows[None, :])
         sh = tl.load(sin_h_ptr + kh[:, None] * H_PAD + rows[None, :])
-        tc = tl.dot(p0, cos_wt, input_precision=PRECISION)
-        ts = tl.dot(p0, sin_wt, input_precision=PRECISION)
-        f0_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
-        f0_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
-        tc = tl.dot(pr, cos_wt, input_precision=PRECISION)
-        ts = tl.dot(pr, sin_wt, input_precision=PRECISION)
-        fr_re += tl.dot(ch, tc, input_precision=PRECISION) - tl.dot(sh, ts, input_precision=PRECISION)
-        fr_im -= tl.dot(sh, tc, input_precision=PRECISION) + tl.dot(ch, ts, input_precision=PRECISION)
+        f0_re += tl.dot(ch, tc0, input_precision=PRECISION) - tl.dot(sh, ts0, input_precision=PRECISION)
+        f0_im -= tl.dot(sh, tc0, input_precision=PRECISION) + tl.dot(ch, ts0, input_precision=PRECISION)
+        fr_re += tl.dot(ch, tcr, input_precision=PRECISION) - tl.dot(sh, tsr, input_precision=PRECISION)
+        fr_im -= tl.dot(sh, tcr, input_precision=PRECISION) + tl.dot(ch, tsr, input_precision=PRECISION)
     return f0_re, f0_im, fr_re, fr_im
 
 
@@ -201,21 +215,20 @@ def exchange_update_kernel(
     RECON_ABS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     BAND_H: tl.constexpr,
     BAND_W: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     plane = tl.program_id(0)
     base = plane.to(tl.int64) * H * W
-    cols = tl.arange(0, BLOCK_W)
     kh = tl.arange(0, BAND_H)
     kw = tl.arange(0, BAND_W)
-    cos_w, sin_w, cos_wt, sin_wt = _band_rows(cos_w_ptr, sin_w_ptr, BLOCK_W, BAND_W)
 
     f0_re, f0_im, fr_re, fr_im = _band_spectra(
-        x_t_ptr, eps_ptr, ref_t_ptr, eps_ref_ptr, cos_h_ptr, sin_h_ptr, cos_wt, sin_wt, base, sqrt_abar,
+        x_t_ptr, eps_ptr, ref_t_ptr, eps_ref_ptr, cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, base, sqrt_abar,
         sqrt_one_minus_abar, ref_sqrt_abar, ref_sqrt_one_minus_abar, H, W, H_PAD, HAS_EPS_REF, BLOCK_M,
-        BLOCK_W, BAND_H, BAND_W, PRECISION,
+        BLOCK_W, BLOCK_K, BAND_H, BAND_W, PRECISION,
     )  # fmt: skip
 
     # Exchange in band space.
@@ -229,21 +242,27 @@ def exchange_update_kernel(
     seed, offset = _seed_offset(rng_ptr, NOISE_GIVEN)
     for m0 in range(0, H, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        inside = (rows[:, None] < H) & (cols[None, :] < W)
-        offs = base + rows[:, None] * W + cols[None, :]
         cht = tl.load(cos_h_ptr + kh[None, :] * H_PAD + rows[:, None])
         sht = tl.load(sin_h_ptr + kh[None, :] * H_PAD + rows[:, None])
-        y_re, y_im = _band_inverse(d_re, d_im, cht, sht, cos_w, sin_w, PRECISION)
-        y_re = y_re * inv_hw
-        y_im = y_im * inv_hw
-        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
-        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-        re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re
-        if RECON_ABS:
-            value = tl.sqrt(re * re + y_im * y_im)
-        else:
-            value = re
-        x0 = tl.minimum(tl.maximum((tl.minimum(tl.maximum(value, 0.0), 255.0) / 255 - 0.5) * 2, -1.0), 1.0)
-        z = _noise(noise_ptr, noise_out_ptr, seed, offset, offs, inside, NOISE_GIVEN, STORE_NOISE)
-        out = sqrt_abar_next * x0 + c1 * z + c2 * eps
-        tl.store(out_ptr + offs, out, mask=inside)
+        v_re, v_im = _band_inverse_h(d_re, d_im, cht, sht, PRECISION)
+        for k0 in range(0, W, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            inside = (rows[:, None] < H) & (cols[None, :] < W)
+            offs = base + rows[:, None] * W + cols[None, :]
+            cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
+            y_re, y_im = _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION)
+            y_re = y_re * inv_hw
+            y_im = y_im * inv_hw
+            x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
+            eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
+            re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re
+            if RECON_ABS:
+                value = tl.sqrt(re * re + y_im * y_im)
+            else:
+                value = re
+            x0 = tl.minimum(
+                tl.maximum((tl.minimum(tl.maximum(value, 0.0), 255.0) / 255 - 0.5) * 2, -1.0), 1.0
+            )
+            z = _noise(noise_ptr, noise_out_ptr, seed, offset, offs, inside, NOISE_GIVEN, STORE_NOISE)
+            out = sqrt_abar_next * x0 + c1 * z + c2 * eps
+            tl.store(out_ptr + offs, out, mask=inside)

@@ -25,9 +25,11 @@ import triton
 import triton.language as tl
 
 from .exchange_update import (
-    _band_inverse,
-    _band_inverse_real,
-    _band_rows,
+    _band_columns,
+    _band_columns_t,
+    _band_inverse_h,
+    _band_inverse_w,
+    _band_inverse_w_real,
     _band_spectra,
     _exchange_mix,
     _to_pixels,
@@ -68,22 +70,21 @@ def exchange_update_backward_kernel(
     RECON_ABS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     BAND_H: tl.constexpr,
     BAND_W: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     plane = tl.program_id(0)
     base = plane.to(tl.int64) * H * W
-    cols = tl.arange(0, BLOCK_W)
     kh = tl.arange(0, BAND_H)
     kw = tl.arange(0, BAND_W)
-    cos_w, sin_w, cos_wt, sin_wt = _band_rows(cos_w_ptr, sin_w_ptr, BLOCK_W, BAND_W)
 
     # ---- pass A: the band spectra and the exchange, as in the forward -------------------------
     f0_re, f0_im, fr_re, fr_im = _band_spectra(
-        x_t_ptr, eps_ptr, ref_t_ptr, eps_ref_ptr, cos_h_ptr, sin_h_ptr, cos_wt, sin_wt, base, sqrt_abar,
+        x_t_ptr, eps_ptr, ref_t_ptr, eps_ref_ptr, cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, base, sqrt_abar,
         sqrt_one_minus_abar, ref_sqrt_abar, ref_sqrt_one_minus_abar, H, W, H_PAD, HAS_EPS_REF, BLOCK_M,
-        BLOCK_W, BAND_H, BAND_W, PRECISION,
+        BLOCK_W, BLOCK_K, BAND_H, BAND_W, PRECISION,
     )  # fmt: skip
     band_offs = kh[:, None] * BAND_W + kw[None, :]
     in_amp = tl.load(amp_mask_ptr + band_offs) > 0.5
@@ -98,38 +99,46 @@ def exchange_update_backward_kernel(
     out_scale = sqrt_abar_next * (2.0 / 255.0)
     for m0 in range(0, H, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        inside = (rows[:, None] < H) & (cols[None, :] < W)
-        offs = base + rows[:, None] * W + cols[None, :]
         cht = tl.load(cos_h_ptr + kh[None, :] * H_PAD + rows[:, None])
         sht = tl.load(sin_h_ptr + kh[None, :] * H_PAD + rows[:, None])
-        y_re, y_im = _band_inverse(d_re, d_im, cht, sht, cos_w, sin_w, PRECISION)
-        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
-        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-        re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re * inv_hw
-        im = y_im * inv_hw
-        if RECON_ABS:
-            value = tl.sqrt(re * re + im * im)
-        else:
-            value = re
-        grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
-        g_value = tl.where(inside & (value >= 0.0) & (value <= 255.0), grad * out_scale, 0.0)
-        if RECON_ABS:
-            safe = tl.where(value > 0, value, 1.0)
-            gy_re = tl.where(value > 0, g_value * re / safe, 0.0)
-            gy_im = tl.where(value > 0, g_value * im / safe, 0.0)
-        else:
-            gy_re = g_value
-            gy_im = tl.zeros((BLOCK_M, BLOCK_W), tl.float32)
-        tl.store(g_x_t_ptr + offs, gy_re, mask=inside)
-        # g_Delta += D_H[:, rows] (g_y . D_W^T), D = C - iS, for a complex g_y.
+        v_re, v_im = _band_inverse_h(d_re, d_im, cht, sht, PRECISION)
+        # g_y . D_W^T = Tr + i Ti, D = C - iS, for a complex g_y, over chunks of BLOCK_K columns.
+        tr = tl.zeros((BLOCK_M, BAND_W), tl.float32)
+        ti = tl.zeros((BLOCK_M, BAND_W), tl.float32)
+        for k0 in range(0, W, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            inside = (rows[:, None] < H) & (cols[None, :] < W)
+            offs = base + rows[:, None] * W + cols[None, :]
+            cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
+            y_re, y_im = _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION)
+            x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
+            eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
+            re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re * inv_hw
+            im = y_im * inv_hw
+            if RECON_ABS:
+                value = tl.sqrt(re * re + im * im)
+            else:
+                value = re
+            grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
+            g_value = tl.where(inside & (value >= 0.0) & (value <= 255.0), grad * out_scale, 0.0)
+            if RECON_ABS:
+                safe = tl.where(value > 0, value, 1.0)
+                gy_re = tl.where(value > 0, g_value * re / safe, 0.0)
+                gy_im = tl.where(value > 0, g_value * im / safe, 0.0)
+            else:
+                gy_re = g_value
+                gy_im = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+            tl.store(g_x_t_ptr + offs, gy_re, mask=inside)
+            cos_wt, sin_wt = _band_columns_t(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
+            tr += tl.dot(gy_re, cos_wt, input_precision=PRECISION) + tl.dot(
+                gy_im, sin_wt, input_precision=PRECISION
+            )
+            ti += tl.dot(gy_im, cos_wt, input_precision=PRECISION) - tl.dot(
+                gy_re, sin_wt, input_precision=PRECISION
+            )
+        # g_Delta += D_H[:, rows] (Tr + i Ti).
         ch = tl.load(cos_h_ptr + kh[:, None] * H_PAD + rows[None, :])
         sh = tl.load(sin_h_ptr + kh[:, None] * H_PAD + rows[None, :])
-        tr = tl.dot(gy_re, cos_wt, input_precision=PRECISION) + tl.dot(
-            gy_im, sin_wt, input_precision=PRECISION
-        )
-        ti = tl.dot(gy_im, cos_wt, input_precision=PRECISION) - tl.dot(
-            gy_re, sin_wt, input_precision=PRECISION
-        )
         gd_re += tl.dot(ch, tr, input_precision=PRECISION) + tl.dot(sh, ti, input_precision=PRECISION)
         gd_im += tl.dot(ch, ti, input_precision=PRECISION) - tl.dot(sh, tr, input_precision=PRECISION)
 
@@ -154,28 +163,35 @@ def exchange_update_backward_kernel(
     tl.debug_barrier()  # pass B's stores of Re(g_y) are read back by other threads of this program
     for m0 in range(0, H, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        inside = (rows[:, None] < H) & (cols[None, :] < W)
-        offs = base + rows[:, None] * W + cols[None, :]
         cht = tl.load(cos_h_ptr + kh[None, :] * H_PAD + rows[:, None])
         sht = tl.load(sin_h_ptr + kh[None, :] * H_PAD + rows[:, None])
-        gp_spec = _band_inverse_real(g0_re, g0_im, cht, sht, cos_w, sin_w, PRECISION)
-        gq_spec = _band_inverse_real(gr_re, gr_im, cht, sht, cos_w, sin_w, PRECISION)
-        g_p = tl.load(g_x_t_ptr + offs, mask=inside, other=0.0) + gp_spec
-        x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
-        eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-        u = ((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) / 2 + 0.5
-        g_x0 = tl.where((u >= 0.0) & (u <= 1.0), g_p * 127.5, 0.0)
-        grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
-        tl.store(g_x_t_ptr + offs, g_x0 / sqrt_abar, mask=inside)
-        tl.store(g_eps_ptr + offs, c2 * grad - g_x0 * (sqrt_one_minus_abar / sqrt_abar), mask=inside)
-        ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
-        if HAS_EPS_REF:
-            eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
-            ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
-        u_ref = ref / 2 + 0.5
-        g_ref0 = tl.where((u_ref >= 0.0) & (u_ref <= 1.0), gq_spec * 127.5, 0.0)
-        if HAS_EPS_REF:
-            tl.store(g_ref_t_ptr + offs, g_ref0 / ref_sqrt_abar, mask=inside)
-            tl.store(g_eps_ref_ptr + offs, -g_ref0 * (ref_sqrt_one_minus_abar / ref_sqrt_abar), mask=inside)
-        else:
-            tl.store(g_ref_t_ptr + offs, g_ref0, mask=inside)
+        vp_re, vp_im = _band_inverse_h(g0_re, g0_im, cht, sht, PRECISION)
+        vq_re, vq_im = _band_inverse_h(gr_re, gr_im, cht, sht, PRECISION)
+        for k0 in range(0, W, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            inside = (rows[:, None] < H) & (cols[None, :] < W)
+            offs = base + rows[:, None] * W + cols[None, :]
+            cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
+            gp_spec = _band_inverse_w_real(vp_re, vp_im, cos_w, sin_w, PRECISION)
+            gq_spec = _band_inverse_w_real(vq_re, vq_im, cos_w, sin_w, PRECISION)
+            g_p = tl.load(g_x_t_ptr + offs, mask=inside, other=0.0) + gp_spec
+            x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
+            eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
+            u = ((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) / 2 + 0.5
+            g_x0 = tl.where((u >= 0.0) & (u <= 1.0), g_p * 127.5, 0.0)
+            grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
+            tl.store(g_x_t_ptr + offs, g_x0 / sqrt_abar, mask=inside)
+            tl.store(g_eps_ptr + offs, c2 * grad - g_x0 * (sqrt_one_minus_abar / sqrt_abar), mask=inside)
+            ref = tl.load(ref_t_ptr + offs, mask=inside, other=0.0)
+            if HAS_EPS_REF:
+                eps_ref = tl.load(eps_ref_ptr + offs, mask=inside, other=0.0)
+                ref = (ref - eps_ref * ref_sqrt_one_minus_abar) / ref_sqrt_abar
+            u_ref = ref / 2 + 0.5
+            g_ref0 = tl.where((u_ref >= 0.0) & (u_ref <= 1.0), gq_spec * 127.5, 0.0)
+            if HAS_EPS_REF:
+                tl.store(g_ref_t_ptr + offs, g_ref0 / ref_sqrt_abar, mask=inside)
+                tl.store(
+                    g_eps_ref_ptr + offs, -g_ref0 * (ref_sqrt_one_minus_abar / ref_sqrt_abar), mask=inside
+                )
+            else:
+                tl.store(g_ref_t_ptr + offs, g_ref0, mask=inside)

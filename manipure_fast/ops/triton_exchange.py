@@ -49,17 +49,22 @@ def _precision(device: torch.device) -> str:
 class _Tiling:
     block_m: int
     block_w: int
+    # Columns per chunk of a row block. The fp32 dots are FMA loops that hold their whole K
+    # extent per thread: whole 256-wide rows made the row transforms K = 256 dots, and the sm_90
+    # compile spilled 4.5 KB (forward) and 16 KB (backward) per thread at 256x256. In 64-column
+    # chunks: 0 and 0.5 KB (bench/compile_sm90.py; compile-time counts, untimed).
+    block_k: int
     h_pad: int
     band_h: int
     band_w: int
-    # Software-pipeline stages of the row loops. Triton's default (3) multi-buffers the row
-    # tiles in shared memory: at 256x256 that is 296 KB, over the 227 KB a block may have on
-    # sm_90, so the launch would fail. One stage needs 164 KB (bench/compile_sm90.py).
+    # Software-pipeline stages of the row loops. With whole-row tiles, Triton's default 3 stages
+    # needed 296 KB of shared memory at 256x256, over an sm_90 block's 227 KB. In column chunks
+    # 3 stages need 74 KB (forward) and 111 KB (backward), but spill a little more than 1 stage
+    # (29 KB); wide planes keep 1 stage until a GPU times the two.
     num_stages: int
-    # Warps per program. The fp32 dots are FMA loops over register-held tiles; with Triton's
-    # default 4 warps ptxas gave both kernels 32 registers and 12-60 KB of spills per thread.
-    # 8 warps (W <= 64) and 16 (wider) cut the CIFAR forward's spills from 11.9 KB to 0.2 KB
-    # and the 256x256 forward's from 29.9 KB to 4.5 KB (compile-time counts; untimed).
+    # Warps per program. With Triton's default 4 warps, the whole-row kernels got 32 registers
+    # and 12-60 KB of spills per thread; 8 warps (W <= 64) and 16 (wider) cut that, before the
+    # column chunks cut it further (compile-time counts; untimed).
     num_warps: int
 
 
@@ -71,6 +76,7 @@ def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.dev
     tiling = _Tiling(
         block_m=block_m,
         block_w=block_w,
+        block_k=min(block_w, 64),
         h_pad=math.ceil(h / block_m) * block_m,
         band_h=next_pow2(band_frequencies(h, cut).numel()),
         band_w=next_pow2(band_frequencies(w, cut).numel()),
@@ -127,6 +133,7 @@ def launch_exchange_update(
         RECON_ABS=params.reconstruct == "abs",
         BLOCK_M=tiling.block_m,
         BLOCK_W=tiling.block_w,
+        BLOCK_K=tiling.block_k,
         BAND_H=tiling.band_h,
         BAND_W=tiling.band_w,
         PRECISION=_precision(x_t.device),
@@ -176,6 +183,7 @@ def launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params: Exch
         RECON_ABS=params.reconstruct == "abs",
         BLOCK_M=tiling.block_m,
         BLOCK_W=tiling.block_w,
+        BLOCK_K=tiling.block_k,
         BAND_H=tiling.band_h,
         BAND_W=tiling.band_w,
         PRECISION=_precision(x_t.device),
