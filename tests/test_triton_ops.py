@@ -148,7 +148,7 @@ EXCHANGE_CASES = [
     ((2, 1, 28, 28), 4, 9, "project", "real", True),
     ((1, 3, 24, 40), 6, 4, "replace", "abs", False),
     ((1, 1, 64, 64), 10, 10, "project", "abs", True),
-    ((1, 1, 65, 66), 3, 3, "replace", "abs", True),  # across the BLOCK_W 64 -> 128 and BLOCK_M switches
+    ((1, 1, 65, 66), 3, 3, "replace", "abs", True),  # across the BLOCK_W 64 -> 128 switch
     ((1, 1, 20, 20), 16, 16, "replace", "real", True),  # cut beyond N/2: the band is every frequency
     ((1, 1, 256, 256), 10, 10, "replace", "abs", True),  # ImageNet plane, band-only DFT
 ]
@@ -312,7 +312,7 @@ BACKWARD_CASES = [
     (2, 2, 16, 20, 3, 5, "project", "real", True),
     (1, 1, 64, 64, 10, 10, "project", "abs", True),
     (1, 1, 9, 40, 30, 30, "replace", "abs", True),  # the band covers every frequency
-    (1, 2, 33, 80, 5, 4, "project", "real", True),  # a 64-column chunk, then a partial one
+    (1, 2, 33, 80, 5, 4, "project", "real", True),  # two 32-column chunks, then a partial one
     (1, 1, 256, 256, 10, 10, "replace", "abs", True),  # ImageNet planes: 16-row tiles
 ]
 

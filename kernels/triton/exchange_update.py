@@ -14,10 +14,10 @@ pass 2: re-read x_t, eps rows; ``ifft2(F_out) = p_x0 + ifft2(Delta)`` with the b
 Plane sizes are compile-time constants: one specialisation per shape (the sampler captures one
 graph per shape anyway), and the row loops have static bounds.
 
-Both passes walk each block of rows in chunks of ``BLOCK_K`` columns (64 at most). The fp32
+Both passes walk each block of rows in chunks of ``BLOCK_K`` columns (32 at most). The fp32
 ``ieee`` dots are FMA loops that hold a whole K extent per thread. Whole 256-wide rows made the
 row transform a K = 256 dot, and the sm_90 compile of the 256x256 kernel spilled 4.5 KB per
-thread; in chunks it spills 0.5 KB (bench/compile_sm90.py).
+thread; in chunks it spills nothing (bench/compile_sm90.py).
 
 Memory traffic per plane: reads 4 planes in pass 1 (3 with reference="input") and 2 (3 with an
 explicit noise tensor) in pass 2, writes 1. ``tl.dot`` uses ``PRECISION`` ("ieee" for parity on

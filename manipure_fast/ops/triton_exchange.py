@@ -47,20 +47,24 @@ def _precision(device: torch.device) -> str:
 
 @dataclass(frozen=True)
 class _Tiling:
+    # Rows per block. 32-row blocks on planes up to 64 wide spilled 0.1-0.5 KB per thread in the
+    # variants with noise stores, "project" or the backward; 16-row blocks spill nothing there
+    # in the sm_90 compile (bench/compile_sm90.py; untimed).
     block_m: int
     block_w: int
     # Columns per chunk of a row block. The fp32 dots are FMA loops that hold their whole K
     # extent per thread: whole 256-wide rows made the row transforms K = 256 dots, and the sm_90
     # compile spilled 4.5 KB (forward) and 16 KB (backward) per thread at 256x256. In 64-column
-    # chunks: 0 and 0.5 KB (bench/compile_sm90.py; compile-time counts, untimed).
+    # chunks: 0 and 0.5 KB; in 32-column chunks: 0 and 20 bytes (bench/compile_sm90.py;
+    # compile-time counts, untimed).
     block_k: int
     h_pad: int
     band_h: int
     band_w: int
     # Software-pipeline stages of the row loops. With whole-row tiles, Triton's default 3 stages
     # needed 296 KB of shared memory at 256x256, over an sm_90 block's 227 KB. In column chunks
-    # 3 stages need 74 KB (forward) and 111 KB (backward), but spill a little more than 1 stage
-    # (29 KB); wide planes keep 1 stage until a GPU times the two.
+    # 3 stages need 40 KB (forward) and 60 KB (backward), but the backward spills 0.3 KB more
+    # than with 1 stage; wide planes keep 1 stage until a GPU times the two.
     num_stages: int
     # Warps per program. With Triton's default 4 warps, the whole-row kernels got 32 registers
     # and 12-60 KB of spills per thread; 8 warps (W <= 64) and 16 (wider) cut that, before the
@@ -72,11 +76,11 @@ def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.dev
     """The tile sizes and the cached band tables and masks both kernels read."""
     cut = max(params.amplitude_cut_range, params.phase_cut_range)
     block_w = next_pow2(w)
-    block_m = min(next_pow2(h), 32 if w <= 64 else 16)
+    block_m = min(next_pow2(h), 16)
     tiling = _Tiling(
         block_m=block_m,
         block_w=block_w,
-        block_k=min(block_w, 64),
+        block_k=min(block_w, 32),
         h_pad=math.ceil(h / block_m) * block_m,
         band_h=next_pow2(band_frequencies(h, cut).numel()),
         band_w=next_pow2(band_frequencies(w, cut).numel()),
