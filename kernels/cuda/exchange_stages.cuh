@@ -192,6 +192,40 @@ __device__ __forceinline__ void band_inverse_columns(const float2* X, float2* E,
   __syncthreads();
 }
 
+// Pixel rows a thread of band_inverse_rows takes: each twiddle it loads serves this many pixels.
+constexpr int kInverseRowsPerThread = 4;
+
+// The band's inverse row transform at every pixel: acc = sum_j E[h][j] e^{+i theta_j w} (and acc2
+// from E2 when kTwo), handed to pixel(h, w, acc, acc2), unnormalised. A thread takes
+// kInverseRowsPerThread rows of one column and loads each twiddle once for all of them; a warp's
+// lanes take consecutive columns, so the twiddle reads are coalesced and E's are broadcast. The
+// thread that gets a pixel depends only on (H, W), so two calls give each pixel to the same
+// thread. It neither starts nor ends with a barrier.
+template <bool kTwo, typename Pixel>
+__device__ __forceinline__ void band_inverse_rows(const float2* E, const float2* E2, int H, int W, int KW,
+                                                  const float* cos_w, const float* sin_w, Pixel pixel) {
+  constexpr int kRows = kInverseRowsPerThread;
+  const int groups = (H + kRows - 1) / kRows;
+  for (int idx = threadIdx.x; idx < groups * W; idx += blockDim.x) {
+    const int g = idx / W, w = idx - g * W, h0 = g * kRows;
+    float2 acc[kRows], acc2[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] = acc2[r] = make_float2(0.f, 0.f);
+    for (int j = 0; j < KW; ++j) {
+      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (h0 + r >= H) break;
+        acc[r] = twiddle_mac(acc[r], E[(h0 + r) * KW + j], c, s);
+        if constexpr (kTwo) acc2[r] = twiddle_mac(acc2[r], E2[(h0 + r) * KW + j], c, s);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      if (h0 + r < H) pixel(h0 + r, w, acc[r], acc2[r]);
+  }
+}
+
 }  // namespace manipure
 
 #endif  // MANIPURE_EXCHANGE_STAGES_CUH

@@ -18,6 +18,7 @@
 #include "exchange_stages.cuh"
 
 using manipure::band_inverse_columns;
+using manipure::band_inverse_rows;
 using manipure::band_spectra;
 using manipure::exchange_mix;
 using manipure::ExchangeCoefficients;
@@ -25,7 +26,6 @@ using manipure::philox_normal;
 using manipure::predicted_x0;
 using manipure::to_diffusion;
 using manipure::to_pixels;
-using manipure::twiddle_mac;
 
 // Scalars travel as plain floats (CuPy passes numpy scalars, not structs).
 extern "C" __global__ void exchange_update_kernel(
@@ -64,19 +64,12 @@ extern "C" __global__ void exchange_update_kernel(
 
   // Stage D, per pixel: ifft2(F_out) = p + ifft2(Delta); abs or real; back to [-1, 1]; update.
   const float inv_n = 1.0f / (float)(H * W);
-  for (int idx = threadIdx.x; idx < H * W; idx += blockDim.x) {
-    const int h = idx / W, w = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int j = 0; j < KW; ++j) {
-      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
-      const float2 e = E[h * KW + j];
-      acc = twiddle_mac(acc, e, c, s);
-    }
-    const long long el = base + idx;
+  band_inverse_rows<false>(E, nullptr, H, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc, float2) {
+    const long long el = base + (long long)h * W + w;
     const float eps_v = eps[el];
     const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + acc.x * inv_n, im = acc.y * inv_n;
     const float pixel = reconstruct_real ? re : hypotf(re, im);
     const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
     out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;
-  }
+  });
 }

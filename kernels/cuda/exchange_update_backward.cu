@@ -17,6 +17,7 @@
 #include "exchange_stages.cuh"
 
 using manipure::band_inverse_columns;
+using manipure::band_inverse_rows;
 using manipure::band_row_transforms;
 using manipure::band_spectra;
 using manipure::exchange_mix;
@@ -65,11 +66,8 @@ extern "C" __global__ void exchange_update_backward_kernel(
   // ---- y = p + ifft2_band(Delta), g_y, kept in g_eps (re) and g_ref_t (im) ---------------------
   band_inverse_columns(D, A, cos_h, sin_h, H, KH, KW);
   const float out_scale = sqrt_abar_next * (2.0f / 255.0f);
-  for (int idx = threadIdx.x; idx < H * W; idx += blockDim.x) {
-    const int h = idx / W, w = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int j = 0; j < KW; ++j) acc = twiddle_mac(acc, A[h * KW + j], cos_w[j * W + w], sin_w[j * W + w]);
-    const long long el = base + idx;
+  band_inverse_rows<false>(A, nullptr, H, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc, float2) {
+    const long long el = base + (long long)h * W + w;
     const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + acc.x * inv_n, im = acc.y * inv_n;
     const float value = reconstruct_real ? re : hypotf(re, im);
     const float g_value = within(value, 0.f, 255.f) ? grad[el] * out_scale : 0.f;
@@ -77,7 +75,7 @@ extern "C" __global__ void exchange_update_backward_kernel(
     if (!reconstruct_real) gy = value > 0.f ? make_float2(g_value * re / value, g_value * im / value) : make_float2(0.f, 0.f);
     g_eps[el] = gy.x;
     g_ref_t[el] = gy.y;
-  }
+  });
   __syncthreads();  // the row transform below reads other threads' g_y
 
   // ---- g_Delta = fft2_band(g_y) / HW ----------------------------------------------------------
@@ -148,16 +146,10 @@ extern "C" __global__ void exchange_update_backward_kernel(
     B[idx] = aq;
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < H * W; idx += blockDim.x) {
-    const int h = idx / W, w = idx - h * W;
-    float gp_spec = 0.f, gq_spec = 0.f;
-    for (int j = 0; j < KW; ++j) {
-      const float c = cos_w[j * W + w], s = sin_w[j * W + w];
-      const float2 ap = A[h * KW + j], aq = B[h * KW + j];
-      gp_spec += ap.x * c - ap.y * s;
-      gq_spec += aq.x * c - aq.y * s;
-    }
-    const long long el = base + idx;
+  // Only the real parts are used: the compiler drops the imaginary ones.
+  band_inverse_rows<true>(A, B, H, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc_p, float2 acc_q) {
+    const float gp_spec = acc_p.x, gq_spec = acc_q.x;
+    const long long el = base + (long long)h * W + w;
     const float g_p = g_eps[el] + gp_spec;  // Re(g_y), kept above by this same thread
     const float x0 = predicted_x0(x_t, eps, el, k);
     const float g_x0 = within(x0 / 2.0f + 0.5f, 0.f, 1.f) ? g_p * 127.5f : 0.f;
@@ -171,5 +163,5 @@ extern "C" __global__ void exchange_update_backward_kernel(
     } else {
       g_ref_t[el] = g_ref0;
     }
-  }
+  });
 }
