@@ -17,7 +17,8 @@ graph per shape anyway), and the row loops have static bounds.
 Both passes walk each block of rows in chunks of ``BLOCK_K`` columns (32 at most). The fp32
 ``ieee`` dots are FMA loops that hold a whole K extent per thread. Whole 256-wide rows made the
 row transform a K = 256 dot, and the sm_90 compile of the 256x256 kernel spilled 4.5 KB per
-thread; in chunks it spills nothing (bench/compile_sm90.py).
+thread; in chunks it spills nothing (bench/compile_sm90.py). Each row block re-reads its chunks
+of the W twiddles (64 KB in all at 256x256) from L1/L2 instead of holding them in registers.
 
 Memory traffic per plane: reads 4 planes in pass 1 (3 with reference="input") and 2 (3 with an
 explicit noise tensor) in pass 2, writes 1. ``tl.dot`` uses ``PRECISION`` ("ieee" for parity on
