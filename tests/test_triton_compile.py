@@ -66,6 +66,17 @@ def test_imagenet_kernels_compile_for_sm90_within_its_shared_memory(tmp_path):
             assert r["spill_stores"] <= EXCHANGE_SPILL_LIMIT, r
 
 
+def test_cifar_exchange_kernels_compile_for_sm90_with_few_spills(tmp_path):
+    # 32-row blocks spilled 0.1-0.5 KB per thread in four of these five; 16-row blocks spill none.
+    cases = "exchange cifar,exchange cifar philox project real,exchange 31x33 no-eps-ref," + (
+        "exchange backward cifar,exchange backward cifar project real"
+    )
+    rows = _compile(tmp_path, cases, ptxas_report=True)
+    assert len(rows) == 5
+    for r in rows:
+        assert r["spill_stores"] <= EXCHANGE_SPILL_LIMIT, r
+
+
 # The whole-tile MANI kernel at 64x64 spilled 93 KB per thread and took ptxas ten minutes. The
 # streamed kernels that replaced it there spill about 1 KB (forward) and 5 KB (backward; 24 KB
 # when its last pass held two spectrum blocks at once). bench/results/compile-sm90-*.json.
