@@ -47,6 +47,14 @@ def _unit_phasor(re, im):
 
 
 @triton.jit
+def _chunk(base, rows, k0, H: tl.constexpr, W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Columns ``k0 .. k0 + BLOCK_K`` of the row block ``rows``: (cols, inside mask, element offsets)."""
+    cols = k0 + tl.arange(0, BLOCK_K)
+    inside = (rows[:, None] < H) & (cols[None, :] < W)
+    return cols, inside, base + rows[:, None] * W + cols[None, :]
+
+
+@triton.jit
 def _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W: tl.constexpr, BAND_W: tl.constexpr):
     """Columns ``cols`` of the band DFT rows along W: (cos, sin), each [BAND_W, len(cols)]."""
     offs = tl.arange(0, BAND_W)[:, None] * BLOCK_W + cols[None, :]
@@ -123,9 +131,7 @@ def _band_spectra(
         tcr = tl.zeros((BLOCK_M, BAND_W), tl.float32)
         tsr = tl.zeros((BLOCK_M, BAND_W), tl.float32)
         for k0 in range(0, W, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            inside = (rows[:, None] < H) & (cols[None, :] < W)
-            offs = base + rows[:, None] * W + cols[None, :]
+            cols, inside, offs = _chunk(base, rows, k0, H, W, BLOCK_K)
             x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
             eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
             p0 = tl.where(inside, _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar), 0.0)
@@ -247,9 +253,7 @@ def exchange_update_kernel(
         sht = tl.load(sin_h_ptr + kh[None, :] * H_PAD + rows[:, None])
         v_re, v_im = _band_inverse_h(d_re, d_im, cht, sht, PRECISION)
         for k0 in range(0, W, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            inside = (rows[:, None] < H) & (cols[None, :] < W)
-            offs = base + rows[:, None] * W + cols[None, :]
+            cols, inside, offs = _chunk(base, rows, k0, H, W, BLOCK_K)
             cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
             y_re, y_im = _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION)
             y_re = y_re * inv_hw

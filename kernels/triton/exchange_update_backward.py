@@ -31,6 +31,7 @@ from .exchange_update import (
     _band_inverse_w,
     _band_inverse_w_real,
     _band_spectra,
+    _chunk,
     _exchange_mix,
     _to_pixels,
 )
@@ -106,9 +107,7 @@ def exchange_update_backward_kernel(
         tr = tl.zeros((BLOCK_M, BAND_W), tl.float32)
         ti = tl.zeros((BLOCK_M, BAND_W), tl.float32)
         for k0 in range(0, W, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            inside = (rows[:, None] < H) & (cols[None, :] < W)
-            offs = base + rows[:, None] * W + cols[None, :]
+            cols, inside, offs = _chunk(base, rows, k0, H, W, BLOCK_K)
             cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
             y_re, y_im = _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION)
             x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
@@ -168,9 +167,7 @@ def exchange_update_backward_kernel(
         vp_re, vp_im = _band_inverse_h(g0_re, g0_im, cht, sht, PRECISION)
         vq_re, vq_im = _band_inverse_h(gr_re, gr_im, cht, sht, PRECISION)
         for k0 in range(0, W, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            inside = (rows[:, None] < H) & (cols[None, :] < W)
-            offs = base + rows[:, None] * W + cols[None, :]
+            cols, inside, offs = _chunk(base, rows, k0, H, W, BLOCK_K)
             cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
             gp_spec = _band_inverse_w_real(vp_re, vp_im, cos_w, sin_w, PRECISION)
             gq_spec = _band_inverse_w_real(vq_re, vq_im, cos_w, sin_w, PRECISION)
