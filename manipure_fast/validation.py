@@ -40,6 +40,8 @@ def check_images(
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); B must be >= 1")
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{name} has an empty image plane (shape {tuple(x.shape)})")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape only, no pixels); purification needs its values")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(
             f"{name} has {x.shape[1]} channels but the diffusion model takes "

@@ -41,6 +41,13 @@ def test_bad_input_is_named(purifier, bad, error, match):
         purifier.purify(bad)
 
 
+def test_meta_tensor_is_named_for_a_parameterless_model():
+    """A plain callable has no device to compare with; a meta tensor still gets a named error
+    rather than failing in the value checks' read-back."""
+    with pytest.raises(ValueError, match="meta tensor"):
+        Purifier(lambda x, t: torch.zeros_like(x), SMALL).purify(torch.rand(1, 3, 8, 8, device="meta"))
+
+
 def test_out_of_range_is_clamped_only_when_asked(purifier):
     x = torch.rand(1, 3, 8, 8) * 1.2 - 0.1
     out = purifier.purify(x, clamp=True, generator=torch.Generator().manual_seed(0))
