@@ -16,6 +16,11 @@ mkdir -p "$OUT_DIR" bench/results
 export TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 AOT_LIBRARY="$(ls build/aot/_cuda_ops*.so 2>/dev/null | head -1 || true)"
 [ -n "$AOT_LIBRARY" ] && export MANIPURE_CUDA_LIBRARY="$PWD/$AOT_LIBRARY"
+# The GPU test files compile about 140 Triton specialisations (one per plane size and option set;
+# 0.3-10 s each, about 5 min on one core), so pytest spreads them over the CPUs with pytest-xdist,
+# which the device image has. Triton's and CuPy's disk caches are shared between the workers.
+PARALLEL=()
+"$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n "$(( $(nproc) > 12 ? 12 : $(nproc) ))")
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT_DIR/gpu.txt"
 case "${1:?stage}" in
   quick)
@@ -25,7 +30,7 @@ case "${1:?stage}" in
     timeout 150 "$PY" bench/bench_purifier.py --model ddpmpp --preset cifar10 --batch 64 \
       --repeats 5 --baseline-repeats 1 2>&1 | tee "$OUT_DIR/bench-purifier-cifar.log" || true
     # 3. Correctness on the device: the fused ops and the graphs, stopping at the first failure.
-    timeout 180 "$PY" -m pytest -x -q -p no:cacheprovider --durations 15 tests/test_triton_ops.py \
+    timeout 180 "$PY" -m pytest -x -q -p no:cacheprovider "${PARALLEL[@]}" --durations 15 tests/test_triton_ops.py \
       tests/test_cuda_ops.py tests/test_graphs.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" || true
     # 4. memcheck over both backends' forward and backward.
     timeout 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitize_ops.py 2>&1 \
@@ -47,9 +52,9 @@ case "${1:?stage}" in
       -DMANIPURE_CUDA_ARCHITECTURES=90 2>&1 | tee "$OUT_DIR/aot-build.log"
     cmake --build build/aot 2>&1 | tee -a "$OUT_DIR/aot-build.log"
     MANIPURE_CUDA_LIBRARY="$PWD/$(ls build/aot/_cuda_ops*.so | head -1)" \
-      "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py 2>&1 | tee "$OUT_DIR/aot-tests.log" ;;
+      "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests/test_cuda_ops.py 2>&1 | tee "$OUT_DIR/aot-tests.log" ;;
   tests)
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_ops.py tests/test_triton_device_matrix.py \
+    "$PY" -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests/test_triton_ops.py tests/test_triton_device_matrix.py \
       tests/test_graphs.py tests/test_cuda_ops.py tests/test_gradients.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" ;;
   sanitize)
     compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitize_ops.py 2>&1 | tail -20 | tee "$OUT_DIR/memcheck.log"
