@@ -4,6 +4,7 @@ compiled kernel's registers, spills and shared memory.
     python bench/compile_sm90.py                    # sm_90 (H100/H200), a table on stdout
     python bench/compile_sm90.py --json out.json    # also the rows as JSON
     python bench/compile_sm90.py --arch 100         # another architecture
+    python bench/compile_sm90.py --from-tests tests/test_triton_ops.py   # what those tests launch
 
 Triton compiles to PTX and runs the ``ptxas`` it ships, so neither a GPU nor a driver is needed.
 The launch arguments are not written out by hand: each case runs the ops' real launcher
@@ -35,7 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
 from manipure_fast.reference.schedule import noise_coefficients, step_coefficients  # noqa: E402
 
-_DTYPES = {torch.float32: "fp32", torch.int32: "i32", torch.int64: "i64"}
+_DTYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+    torch.int32: "i32",
+    torch.int64: "i64",
+    torch.uint8: "u8",
+}
 
 
 class _Recorder:
@@ -203,43 +212,117 @@ def _ptxas_report(ptx: str, arch: str) -> dict:
     )
 
 
-def compile_all(
-    arch: str = "90", cases: dict | None = None, on_row=None, ptxas_report: bool = True
-) -> list[dict]:
+def _target(arch: str):
     import triton
     from triton.backends.compiler import GPUTarget
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("run without TRITON_INTERPRET=1: the interpreter's kernels cannot be compiled")
     target = GPUTarget("cuda", int(arch), 32)
-    backend = triton.compiler.make_backend(target)
+    return target, triton.compiler.make_backend(target)
+
+
+def _compile_row(label, kernel, signature, constexprs, options, target, backend, ptxas_report) -> dict:
+    """Compile one specialisation; its row (time, warps, shared memory, and ptxas's counts)."""
+    import triton
+
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    started = time.perf_counter()
+    compiled = triton.compile(source, target=target, options=backend.parse_options(options).__dict__)
+    seconds = time.perf_counter() - started
+    ptx_arch = re.search(r"\.target\s+sm_(\w+)", compiled.asm["ptx"]).group(1)
+    return dict(
+        case=label,
+        kernel=kernel.__name__,
+        arch=f"sm_{ptx_arch}",
+        num_warps=compiled.metadata.num_warps,
+        shared_bytes=compiled.metadata.shared,
+        compile_s=round(seconds, 2),
+        constexprs={k: v for k, v in constexprs.items() if not isinstance(v, str) or len(v) < 16},
+        **(_ptxas_report(compiled.asm["ptx"], ptx_arch) if ptxas_report else {}),
+    )
+
+
+def compile_all(
+    arch: str = "90", cases: dict | None = None, on_row=None, ptxas_report: bool = True
+) -> list[dict]:
+    target, backend = _target(arch)
     rows = []
     for label, launch in (cases or CASES).items():
         for kernel, args, kwargs in _record(launch):
             signature, constexprs, options = _signature(kernel, args, dict(kwargs))
-            source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-            started = time.perf_counter()
-            compiled = triton.compile(source, target=target, options=backend.parse_options(options).__dict__)
-            seconds = time.perf_counter() - started
-            ptx_arch = re.search(r"\.target\s+sm_(\w+)", compiled.asm["ptx"]).group(1)
             rows.append(
-                dict(
-                    case=label,
-                    kernel=kernel.__name__,
-                    arch=f"sm_{ptx_arch}",
-                    num_warps=compiled.metadata.num_warps,
-                    shared_bytes=compiled.metadata.shared,
-                    compile_s=round(seconds, 2),
-                    constexprs={k: v for k, v in constexprs.items() if not isinstance(v, str) or len(v) < 16},
-                    **(_ptxas_report(compiled.asm["ptx"], ptx_arch) if ptxas_report else {}),
-                )
+                _compile_row(label, kernel, signature, constexprs, options, target, backend, ptxas_report)
             )
             if on_row is not None:
                 on_row(rows[-1])
     return rows
 
 
+def record_test_launches(test_paths: list[str]) -> list[dict]:
+    """Run the tests under the interpreter with ``bench/record_triton_launches.py`` and return the
+    distinct kernel specialisations they launched."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "launches.json"
+        env = dict(os.environ, TRITON_INTERPRET="1", MANIPURE_RECORD_LAUNCHES=str(out))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        command += ["-p", "bench.record_triton_launches", *test_paths]
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the recorded test run failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+def _recorded_signature(variant: dict):
+    """(signature, constexprs) for ``triton.compile`` from one recorded specialisation; integers
+    equal to 1 are constexprs, as a compiled launch specialises them."""
+    signature, constexprs = {}, {}
+    dtypes = {str(dtype).removeprefix("torch."): name for dtype, name in _DTYPES.items()}
+    for param in variant["params"]:
+        name, kind = param["name"], param["kind"]
+        if kind == "constexpr" or (kind == "int" and param["one"]):
+            signature[name] = "constexpr"
+            constexprs[name] = param.get("value", 1)
+        elif kind == "tensor":
+            signature[name] = "*" + dtypes[param["dtype"]]
+        elif kind == "int":
+            signature[name] = "i64" if param["wide"] else "i32"
+        else:
+            signature[name] = {"bool": "u1", "float": "fp32"}[kind]  # as Triton's launcher types them
+    return signature, constexprs
+
+
+def compile_recorded(
+    variants: list[dict], arch: str = "90", on_row=None, ptxas_report: bool = True
+) -> list[dict]:
+    """Compile every recorded specialisation; a compile error is a row with ``error``."""
+    import importlib
+
+    target, backend = _target(arch)
+    rows = []
+    for variant in variants:
+        kernel = getattr(importlib.import_module(variant["module"]), variant["kernel"])
+        signature, constexprs = _recorded_signature(variant)
+        plane = "x".join(str(constexprs[k]) for k in ("H", "W") if k in constexprs)
+        label = f"tests {plane or variant['kernel']}, {variant['launches']} launches"
+        try:
+            row = _compile_row(
+                label, kernel, signature, constexprs, variant["options"], target, backend, ptxas_report
+            )
+        except Exception as error:  # noqa: BLE001 - a compile failure is the finding to report
+            row = dict(case=label, kernel=variant["kernel"], constexprs=constexprs, error=repr(error)[:2000])
+        rows.append(row)
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows
+
+
 def _print_row(r: dict) -> None:
+    if "error" in r:
+        print(f"{r['case']:38s} {r['kernel']:32s} FAILED {r['error'][:300]}", flush=True)
+        return
     r = dict(dict(registers=-1, spill_stores=-1, spill_loads=-1), **r)
     print(
         f"{r['case']:38s} {r['kernel']:32s} {r['arch']:7s} {r['num_warps']:5d} {r['registers']:4d} "
@@ -258,6 +341,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--no-ptxas-report", action="store_true", help="skip the second ptxas run (registers, spills)"
     )
+    parser.add_argument(
+        "--from-tests",
+        nargs="+",
+        metavar="TEST",
+        help="instead of CASES, compile every specialisation these tests launch under the interpreter",
+    )
     args = parser.parse_args(argv)
     cases = CASES
     if args.cases:
@@ -265,8 +354,19 @@ def main(argv=None) -> None:
         if unknown:
             parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
         cases = {c: CASES[c] for c in args.cases.split(",")}
-    print(f"{'case':38s} {'kernel':32s} {'arch':7s} warps regs  spill st/ld  smem B  compile s", flush=True)
-    rows = compile_all(args.arch, cases, on_row=_print_row, ptxas_report=not args.no_ptxas_report)
+    header = f"{'case':38s} {'kernel':32s} {'arch':7s} warps regs  spill st/ld  smem B  compile s"
+    if args.from_tests:
+        variants = record_test_launches(args.from_tests)
+        print(f"{len(variants)} distinct specialisations launched by {' '.join(args.from_tests)}", flush=True)
+        print(header, flush=True)
+        rows = compile_recorded(variants, args.arch, on_row=_print_row, ptxas_report=not args.no_ptxas_report)
+        failed = [r for r in rows if "error" in r]
+        total = sum(r.get("compile_s", 0) for r in rows)
+        print(f"compiled {len(rows) - len(failed)} of {len(rows)} in {total:.0f} s; {len(failed)} failed")
+    else:
+        print(header, flush=True)
+        rows = compile_all(args.arch, cases, on_row=_print_row, ptxas_report=not args.no_ptxas_report)
+        failed = []
     if args.json:
         import datetime
         import platform
@@ -283,7 +383,11 @@ def main(argv=None) -> None:
             gpu=None,
             note="compiled on a CPU machine with Triton's bundled ptxas; nothing ran on a GPU",
         )
+        if args.from_tests:
+            meta["tests"] = args.from_tests
         args.json.write_text(json.dumps(dict(meta, rows=rows), indent=2) + "\n")
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

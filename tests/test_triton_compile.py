@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SM90_MAX_SHARED_PER_BLOCK = 232448  # 227 KB, the opt-in maximum of an H100/H200 block
 
 
-def _compile(tmp_path, cases: str, ptxas_report: bool) -> list[dict]:
-    """Rows of ``bench/compile_sm90.py`` for the comma-separated ``cases``, compiled afresh."""
+def _compile(tmp_path, cases: str, ptxas_report: bool, selection: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of ``bench/compile_sm90.py`` for the comma-separated ``cases`` (or the given
+    ``selection`` of its arguments), compiled afresh."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     if not Path(get_ptxas(90).path).is_file():
@@ -30,8 +31,9 @@ def _compile(tmp_path, cases: str, ptxas_report: bool) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compile for real, not from a cache
     flags = [] if ptxas_report else ["--no-ptxas-report"]
+    selection = selection or ("--cases", cases)
     done = subprocess.run(
-        [sys.executable, "bench/compile_sm90.py", "--cases", cases, *flags, "--json", str(out)],
+        [sys.executable, "bench/compile_sm90.py", *selection, *flags, "--json", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -89,3 +91,14 @@ def test_mani_64x64_is_one_streamed_kernel_each_way_with_few_spills(tmp_path):
     for row in rows:
         assert row["shared_bytes"] <= SM90_MAX_SHARED_PER_BLOCK
         assert row["spill_stores"] <= ROWS_SPILL_LIMIT[row["kernel"]], row
+
+
+def test_what_a_test_launches_is_recorded_and_compiled(tmp_path):
+    """``--from-tests`` runs tests under the interpreter, records each kernel specialisation they
+    launch, and compiles each one for sm_90. The whole GPU test set, 138 specialisations, is in
+    bench/results/compile-sm90-2026-12-03-test-launches.json; this checks the tool on one test."""
+    node = "tests/test_triton_ops.py::test_exchange_update_last_step_returns_exchanged_x0"
+    rows = _compile(tmp_path, "", ptxas_report=False, selection=("--from-tests", node))
+    assert [r["kernel"] for r in rows] == ["exchange_update_kernel"]
+    assert (rows[0]["constexprs"]["H"], rows[0]["constexprs"]["W"]) == (16, 16)
+    assert rows[0]["case"] == "tests 16x16, 1 launches"
