@@ -1,6 +1,7 @@
 """The benchmark scripts' code paths on the CPU (they time nothing meaningful here and write
 nothing): the purifier benchmark's smoke mode, gated providers included, the throughput plot, and
-the op benchmark keeping the rows of a run cut short, and the compute-sanitizer workload."""
+the op benchmark keeping the rows of a run cut short, the compute-sanitizer workload, and the
+tuning sweep's variants."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import pytest
 import torch
 
-from bench import bench_ops, bench_purifier, plot_throughput, sanitize_ops
+from bench import bench_ops, bench_purifier, plot_throughput, sanitize_ops, tune_triton
 
 
 def test_purifier_benchmark_smoke_gates_every_provider(capsys):
@@ -70,3 +71,27 @@ def test_sanitizer_workload_runs_every_path_forward_and_backward(capsys):
     interpreter, so a broken workload shows up before the device session."""
     sanitize_ops.main(["--backends", "triton", "--device", "cpu"])
     assert "triton: ran 6 shapes, forward and backward" in capsys.readouterr().out
+
+
+def test_tuning_sweep_runs_every_variant_and_each_reaches_its_kernel(capsys):
+    """Every variant of ``bench/tune_triton.py`` launches, matches the shipped choice, and is the
+    variant it names: the tile-size variants change the summation order, so they must differ
+    from the shipped kernel's output (by rounding), which an override that never reached the
+    kernel would not. (Warps, stages and precision do nothing under the interpreter.)"""
+    pytest.importorskip("triton")
+    rows = tune_triton.main(["--smoke"])
+    assert "RED GATE" not in capsys.readouterr().out
+    assert not [r for r in rows if "error" in r or "red_gate" in r]
+    groups = {(r["op"], r["direction"], r["label"]) for r in rows}
+    # exchange both ways at two shapes (4); MANI both ways on the tile and rows paths (4), and the
+    # large path forward (its backward is autograd through the reference)
+    assert len(groups) == 9
+    names = {(r["op"], r["label"], r["variant"]): r for r in rows if r["direction"] == "forward"}
+    for key in [
+        ("exchange_update", "cifar-B512", "BLOCK_M=32"),
+        ("exchange_update", "cifar-B512", "BLOCK_K=16"),
+        ("exchange_update", "imagenet-B64", "BLOCK_K=64"),
+        ("mani_noise", "cifar-B512", "streamed kernel"),
+        ("mani_noise", "imagenet-B64", "BLOCK=1024,num_warps=4"),
+    ]:
+        assert 0 < names[key]["max_diff_vs_shipped"] <= tune_triton.RED_GATE, key

@@ -1,0 +1,264 @@
+"""Time the Triton kernels' tile, warp and stage choices on a GPU (docs/kernels.md, "Not
+measured yet"). The shipped choices were made from sm_90 compile counts (registers and spills);
+this measures them against their neighbours.
+
+    python bench/tune_triton.py            # on a GPU: bench/results/tune-<gpu>-<date>.json
+    python bench/tune_triton.py --smoke    # anywhere: tiny planes, every variant runs, writes nothing
+
+Each variant changes one choice and keeps the launcher's others. It wraps the kernel object in
+its kernel module (the launchers import it from there at each call), so the launch's own
+arguments pass through and only the named constexprs and launch options are replaced:
+
+- exchange_update, forward and backward, at CIFAR B=512 and ImageNet B=64: ``BLOCK_M`` (32 where
+  the plane's height is a multiple), ``BLOCK_K`` (16, 32, 64, at most the padded width),
+  ``num_stages`` (1, 2, 3), ``num_warps`` (4, 8, 16), and ``PRECISION="tf32x3"`` (the dots on
+  tensor cores in three TF32 passes);
+- mani_noise at CIFAR B=512, forward and backward: the whole-tile kernel's warps, and the streamed
+  kernel (``mani_noise_rows``) in its place; at 64x64 B=256, the streamed kernels' warps;
+- mani_noise at ImageNet B=64: the large-plane kernels' ``BLOCK`` (1024-8192) and warps (its
+  cuFFT transforms are the same in every variant).
+
+Every variant's output is first compared with the shipped choice's on the same inputs (a
+variant that differs by more than 1e-4 is a red gate, reported and not timed), then timed with
+``triton.testing.do_bench`` (L2 flushed; median, p20, p80). A variant that does not compile or
+launch (too much shared memory, say) is a row with its error. Rows carry the GPU, versions and
+commit, and are rewritten after each group, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_ops import provenance, time_ms, write_rows  # noqa: E402
+from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
+from manipure_fast.reference.schedule import noise_coefficients, step_coefficients  # noqa: E402
+
+RED_GATE = 1e-4
+SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256), "64x64-B256": (256, 3, 64, 64)}
+SMOKE_SHAPES = {"cifar-B512": (2, 3, 32, 32), "imagenet-B64": (1, 1, 72, 72), "64x64-B256": (1, 1, 48, 48)}
+
+
+@dataclass
+class Group:
+    """One op, direction and shape, and the variants to time against its shipped choices."""
+
+    op: str
+    direction: str
+    label: str
+    shape: tuple
+    run: Callable  # one call of the op's launcher on fixed inputs
+    module: str  # the kernel module under manipure_fast.kernels.triton whose kernels are varied
+    kernels: tuple[str, ...]
+    variants: list[tuple[str, dict]]  # (name, overrides)
+
+
+class _Override:
+    """Stands in for a JITFunction: ``kernel[grid](*args, **kwargs)`` launches the real kernel with
+    ``overrides`` replacing those keyword arguments."""
+
+    def __init__(self, kernel, overrides: dict):
+        self.kernel, self.overrides = kernel, overrides
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel[grid](*args, **(kwargs | self.overrides))
+
+
+@contextlib.contextmanager
+def overriding(module: str, kernels: tuple[str, ...], overrides: dict):
+    """Launch ``kernels`` of ``manipure_fast.kernels.triton.<module>`` with ``overrides``."""
+    found = importlib.import_module(f"manipure_fast.kernels.triton.{module}")
+    saved = {name: getattr(found, name) for name in kernels}
+    try:
+        for name, kernel in saved.items():
+            setattr(found, name, _Override(kernel, overrides))
+        yield
+    finally:
+        for name, kernel in saved.items():
+            setattr(found, name, kernel)
+
+
+@contextlib.contextmanager
+def launcher(path: str, forward, backward):
+    """Send the MANI ``path`` ("tile", "rows", "large") to other launchers."""
+    saved = triton_mani.FORWARD_LAUNCHERS[path], triton_mani.BACKWARD_LAUNCHERS[path]
+    triton_mani.FORWARD_LAUNCHERS[path], triton_mani.BACKWARD_LAUNCHERS[path] = forward, backward
+    try:
+        yield
+    finally:
+        triton_mani.FORWARD_LAUNCHERS[path], triton_mani.BACKWARD_LAUNCHERS[path] = saved
+
+
+def _exchange_variants(shape) -> list[tuple[str, dict]]:
+    """One choice changed at a time around the shipped tiling."""
+    h, w = shape[-2:]
+    params = _exchange_params()
+    tiling, _ = triton_exchange._tiling_and_tables(h, w, params, torch.device("cpu"))
+    variants = [(f"BLOCK_M={m}", dict(BLOCK_M=m)) for m in (16, 32) if m != tiling.block_m and h % m == 0]
+    variants += [
+        (f"BLOCK_K={k}", dict(BLOCK_K=k)) for k in (16, 32, 64) if k != tiling.block_k and k <= tiling.block_w
+    ]
+    variants += [(f"num_stages={s}", dict(num_stages=s)) for s in (1, 2, 3) if s != tiling.num_stages]
+    variants += [(f"num_warps={n}", dict(num_warps=n)) for n in (4, 8, 16) if n != tiling.num_warps]
+    return variants + [("PRECISION=tf32x3", dict(PRECISION="tf32x3"))]
+
+
+def _exchange_params():
+    step, ref = step_coefficients(49, 39, eta=1.0), noise_coefficients(50)
+    return triton_exchange.ExchangeParams(
+        step.sqrt_abar,
+        step.sqrt_one_minus_abar,
+        ref.signal,
+        ref.noise,
+        step.sqrt_abar_next,
+        step.c1,
+        step.c2,
+    )
+
+
+def _planes(shape, device, count, seed):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(shape, device=device, generator=gen) for _ in range(count)]
+
+
+def exchange_groups(label, shape, device):
+    """The forward's and the backward's groups."""
+    params = _exchange_params()
+    x_t, eps, ref_t, eps_ref, z, grad = _planes(shape, device, 6, seed=0)
+    forward = lambda: triton_exchange.launch_exchange_update(x_t, eps, ref_t, eps_ref, z, None, params)[0]  # noqa: E731
+    backward = lambda: triton_exchange.launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params)  # noqa: E731
+    variants = _exchange_variants(shape)
+    op = "exchange_update"
+    return [
+        Group(op, "forward", label, shape, forward, op, (f"{op}_kernel",), variants),
+        Group(op, "backward", label, shape, backward, f"{op}_backward", (f"{op}_backward_kernel",), variants),
+    ]
+
+
+def mani_groups(label, shape, device):
+    params = triton_mani.ManiParams(999)
+    x, z, grad = _planes(shape, device, 3, seed=1)
+    path = triton_mani.mani_path(*shape[-2:])
+    forward = lambda: triton_mani.FORWARD_LAUNCHERS[path](x, z, None, params)[0]  # noqa: E731
+    backward = lambda: triton_mani.BACKWARD_LAUNCHERS[path](grad, x, z, params, noise_grad=True)  # noqa: E731
+    warps = [(f"num_warps={n}", dict(num_warps=n)) for n in (4, 8, 16)]
+    op = "mani_noise"
+    if path == "large":
+        kernels = ("mani_band_weights_kernel", "mani_inject_kernel")
+        variants = [
+            (f"BLOCK={b},num_warps={n}", dict(BLOCK=b, num_warps=n))
+            for b in (1024, 2048, 4096, 8192)
+            for n in (4, 8, 16)
+            if (b, n) != (triton_mani.LARGE_BLOCK, 4)
+        ]
+        return [Group(op, "forward", label, shape, forward, f"{op}_large", kernels, variants)]
+    if path == "rows":
+        others = [v for v in warps if v[1]["num_warps"] != 8]
+        forward_kernels, backward_kernels = (f"{op}_rows_kernel",), (f"{op}_rows_backward_kernel",)
+        return [
+            Group(op, "forward", label, shape, forward, f"{op}_rows", forward_kernels, others),
+            Group(op, "backward", label, shape, backward, f"{op}_rows_backward", backward_kernels, others),
+        ]
+    streamed = ("streamed kernel", dict(path="rows"))
+    tile_forward = [v for v in warps if v[1]["num_warps"] != 8] + [streamed]  # it ships 8 warps
+    tile_backward = [v for v in warps if v[1]["num_warps"] != 4] + [streamed]  # Triton's default 4
+    return [
+        Group(op, "forward", label, shape, forward, op, (f"{op}_kernel",), tile_forward),
+        Group(
+            op,
+            "backward",
+            label,
+            shape,
+            backward,
+            f"{op}_backward",
+            (f"{op}_backward_kernel",),
+            tile_backward,
+        ),
+    ]
+
+
+def _variant_context(module, kernels, overrides):
+    if overrides.get("path") == "rows":  # the whole-tile path's planes through the streamed kernels
+        return launcher(
+            "tile", triton_mani.launch_mani_noise_rows, triton_mani.launch_mani_noise_rows_backward
+        )
+    return overriding(module, kernels, overrides)
+
+
+def _max_diff(a, b) -> float:
+    a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
+    return max((x - y).abs().max().item() for x, y in zip(a, b) if x is not None)
+
+
+def run_group(group: Group, device, smoke) -> list[dict]:
+    op, direction, label, shape, run = group.op, group.direction, group.label, group.shape, group.run
+    rows = []
+    with torch.no_grad():
+        shipped = run()
+        for name, overrides in [("shipped", {})] + group.variants:
+            row = dict(op=op, direction=direction, label=label, shape=list(shape), variant=name)
+            try:
+                with _variant_context(group.module, group.kernels, overrides):
+                    diff = _max_diff(run(), shipped)
+                    if diff > RED_GATE:
+                        print(f"RED GATE {op} {direction} {label} {name}: max diff {diff:.3g}; not timed")
+                        rows.append(dict(row, red_gate=diff))
+                        continue
+                    if smoke:  # the interpreter: that it runs is the check; one call is enough
+                        p50 = p20 = p80 = float("nan")
+                    else:
+                        p50, p20, p80 = time_ms(run, device, smoke)
+            except Exception as error:  # noqa: BLE001 - a variant that cannot launch is a finding
+                print(f"{op:16s} {direction:8s} {label:12s} {name:26s} failed: {repr(error)[:200]}")
+                rows.append(dict(row, error=repr(error)[:2000]))
+                continue
+            rows.append(dict(row, p50_ms=p50, p20_ms=p20, p80_ms=p80, max_diff_vs_shipped=diff))
+            print(f"{op:16s} {direction:8s} {label:12s} {name:26s} p50 {p50:9.3f} ms  diff {diff:.1e}")
+    shipped_ms = rows[0].get("p50_ms")
+    for r in rows:
+        if shipped_ms and "p50_ms" in r:
+            r["speedup_vs_shipped"] = shipped_ms / r["p50_ms"]
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny planes on any device; writes nothing")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        parser.error("timings need a CUDA device; use --smoke to check the code path on a CPU")
+    path, meta = None, provenance(device)
+    if not args.smoke:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"tune-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
+    rows = []
+    for label, shape in (SMOKE_SHAPES if args.smoke else SHAPES).items():
+        groups = mani_groups(label, shape, device)
+        if label != "64x64-B256":
+            groups = exchange_groups(label, shape, device) + groups
+        for group in groups:
+            rows += run_group(group, device, args.smoke)
+            if path is not None:
+                write_rows(path, rows, meta)
+    if args.smoke:
+        print(f"smoke run: {len(rows)} rows, nothing written")
+    else:
+        print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
