@@ -68,6 +68,30 @@ def test_sources_compile_for_sm90(source, tmp_path):
         assert all(stores == loads == "0" for stores, loads in spills), result.stderr
 
 
+@pytest.mark.parametrize("file", KERNEL_FILES)
+def test_sources_compile_with_nvrtc_as_the_jit_passes_them(file):
+    """What the JIT loader hands CuPy (headers inlined, ``cuda_ops.NVRTC_OPTIONS``), compiled by
+    NVRTC itself with the options CuPy adds (-ftz=true and the architecture: compute_90 gives PTX,
+    sm_90 a cubin, as CuPy versions differ): it compiles without a warning, every kernel of the
+    file is an entry point by its plain name (``get_function`` looks it up so: they are
+    ``extern "C"``), and ptxas spills nothing."""
+    from cuda_on_cpu import nvrtc
+
+    library = nvrtc.find_library()
+    if library is None:
+        pytest.skip("no libnvrtc (the test extras install nvidia-cuda-nvrtc)")
+    source = cuda_ops.kernel_source(file)
+    options = (*cuda_ops.NVRTC_OPTIONS, "-ftz=true")
+    virtual = nvrtc.compile_source(library, source, file, (*options, "-arch=compute_90"))
+    assert virtual.ok and "warning" not in virtual.log, virtual.log
+    kernels = re.findall(r"__global__ void (\w+)\(", source)
+    assert kernels and all(re.search(rf"\.entry {k}\(", virtual.ptx) for k in kernels), kernels
+    real = nvrtc.compile_source(library, source, file, (*options, "-arch=sm_90", "-Xptxas=-v"))
+    assert real.ok and "warning" not in real.log, real.log
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", real.log)
+    assert spills and all(stores == loads == "0" for stores, loads in spills), real.log
+
+
 def test_cuda_backend_is_explicit_only_and_named_when_unavailable():
     x = torch.zeros(1, 1, 32, 32)
     assert ops.select_backend("exchange_update", x) != "cuda"

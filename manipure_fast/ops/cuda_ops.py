@@ -157,12 +157,17 @@ def active_loader() -> str:
     return name
 
 
+# The JIT's options to NVRTC; CuPy adds -ftz=true and the device's architecture.
+# tests/test_cuda_ops.py compiles every kernel file with NVRTC itself and these options.
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
 @functools.lru_cache(maxsize=16)
 def _kernel(file: str, name: str, device_index: int):
     import cupy
 
     with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(code=kernel_source(file), options=("-std=c++17",))
+        module = cupy.RawModule(code=kernel_source(file), options=NVRTC_OPTIONS)
         kernel = module.get_function(name)
         kernel.max_dynamic_shared_size_bytes = MAX_SHARED_BYTES
     return kernel
