@@ -170,7 +170,7 @@ def mani_groups(label, shape, device):
         ]
     streamed = ("streamed kernel", dict(path="rows"))
     tile_forward = [v for v in warps if v[1]["num_warps"] != 8] + [streamed]  # it ships 8 warps
-    tile_backward = [v for v in warps if v[1]["num_warps"] != 4] + [streamed]  # Triton's default 4
+    tile_backward = [v for v in warps if v[1]["num_warps"] != 16] + [streamed]  # it ships 16
     return [
         Group(op, "forward", label, shape, forward, op, (f"{op}_kernel",), tile_forward),
         Group(

@@ -3,7 +3,7 @@ plane, the whole plane in one tile (``mani_noise_rows.py`` streams planes up to 
 are shared with the backward and the streamed kernels.
 
     F = D_H x D_W (full DFT as real matmuls)        |F|, band means M_i over the band map
-    w_i = 1 / (M_i^gamma + eps0)                    W = |ifft2(w[band] F)|  (or |ifft2(w[band])|)
+    w_i = 1 / (M_i^gamma + eps0)                    W = |Re ifft2(w[band] F)|  (or of w[band])
     W normalised (rms / max / none)                 z ~ N(0, 1) (Philox from device seed/offset, or given)
     out = sqrt(abar) x + sqrt(1 - abar) (W z)
 
@@ -28,13 +28,12 @@ def _dft_real(x, ch, sh, cw, sw, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _inverse(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
-    """(C_H + i S_H) (re + i im) (C_W + i S_W), unnormalised: (re, im)."""
+def _inverse_real(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
+    """Re((C_H + i S_H) (re + i im) (C_W + i S_W)): the real part of an unnormalised inverse DFT,
+    which is also the adjoint of a real plane's DFT."""
     p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
     q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
-    y_re = tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
-    y_im = tl.dot(p, sw, input_precision=PRECISION) + tl.dot(q, cw, input_precision=PRECISION)
-    return y_re, y_im
+    return tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
 
 
 @triton.jit
@@ -96,7 +95,10 @@ def _unnormalised_map(
     PRECISION: tl.constexpr,
 ):
     """F = DFT(x), |F|, w[band], and Y = H W ifft2(w[band] F) (or of w[band]):
-    (F re, F im, |F|, w[band], Y re, Y im)."""
+    (F re, F im, |F|, w[band], Y). Y is real: G = w[band] F is Hermitian (F is a real plane's
+    spectrum and the band map is symmetric under k -> -k), so only Re Y is formed, as the
+    streamed and large-plane kernels do; the reference's complex ifft2 differs by an imaginary
+    part that is rounding."""
     f_re, f_im = _dft_real(x, ch, sh, cw, sw, PRECISION)
     magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
     weight = _band_weights(magnitude, bands, gamma, eps0, N_BANDS, BLOCK_H, BLOCK_W)
@@ -106,8 +108,7 @@ def _unnormalised_map(
     else:
         g_re = weight
         g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    y_re, y_im = _inverse(g_re, g_im, ch, sh, cw, sw, PRECISION)
-    return f_re, f_im, magnitude, weight, y_re, y_im
+    return f_re, f_im, magnitude, weight, _inverse_real(g_re, g_im, ch, sh, cw, sw, PRECISION)
 
 
 @triton.jit
@@ -187,10 +188,10 @@ def mani_noise_kernel(
 
     ch, sh, cw, sw = _plane_tables(cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H, BLOCK_W)
     bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    _, _, _, _, y_re, y_im = _unnormalised_map(
+    _, _, _, _, y = _unnormalised_map(
         x, bands, ch, sh, cw, sw, gamma, eps0, N_BANDS, SPECTRAL, BLOCK_H, BLOCK_W, PRECISION
     )
-    shaped = tl.where(inside, tl.sqrt(y_re * y_re + y_im * y_im) * inv_hw, 0.0)
+    shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
     _normalize_and_inject(
         shaped,
         x,

@@ -4,11 +4,12 @@ to x (through the intensity map W, as autograd through ``reference.mani_noise`` 
 to z, in one launch, one program per plane, the whole plane in one tile.
 
 Recompute (no activations are saved): F = DFT(x), |F|, band means M_b, weights w_b, G = w[band] F
-(or w[band]), Y = ifft2(G), S = |Y|, W = S normalised. Then, backwards:
+(or w[band]), Y = Re ifft2(G) (G is Hermitian, so Y is real; see ``mani_noise.py``), S = |Y|,
+W = S normalised. Then, backwards:
 
     g_W = sqrt(1-abar) grad z                        g_z = sqrt(1-abar) W grad
     g_S: rms  (g_W - S <g_W, S> / (N s^2)) / s       max  g_W / m - [S = m] <g_W, S> / (m^2 #max)
-    g_Y = g_S Y / |Y|                                 g_G = fft2(g_Y) / (H W)
+    g_Y = g_S sign(Y)                                 g_G = fft2(g_Y) / (H W)
     g_w[k] = Re(g_G conj(F)) (spectral) or Re(g_G)   g_M_b = -gamma M_b^(gamma-1) w_b^2 sum_b g_w
     g_F = w[band] g_G (spectral) + (g_M_b / count_b) F / |F|
     g_x = sqrt(abar) grad + Re(sum_k e^{+i theta n} g_F[k])
@@ -21,7 +22,15 @@ reference's ``detach_map=True``. Memory traffic per plane: reads x, z and grad, 
 import triton
 import triton.language as tl
 
-from .mani_noise import _band_mean, _band_power, _normalisation, _plane_tables, _unnormalised_map
+from .mani_noise import (
+    _band_mean,
+    _band_power,
+    _dft_real,
+    _inverse_real,
+    _normalisation,
+    _plane_tables,
+    _unnormalised_map,
+)
 
 
 @triton.jit
@@ -39,24 +48,6 @@ def _normalisation_backward(g_map, shaped, scale, inside, inv_hw, NORMALIZE: tl.
         n_max = tl.maximum(tl.sum(tl.sum(at_max.to(tl.float32), axis=1), axis=0), 1.0)
         g_shaped = g_map / safe_scale - tl.where(at_max, dot / (safe_scale * safe_scale * n_max), 0.0)
     return tl.where(scale > 0, tl.where(inside, g_shaped, 0.0), 0.0)
-
-
-@triton.jit
-def _dft_complex(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
-    """(C_H - i S_H) (re + i im) (C_W - i S_W): the unnormalised 2-D DFT of a complex plane."""
-    a = tl.dot(ch, re, input_precision=PRECISION) + tl.dot(sh, im, input_precision=PRECISION)
-    b = tl.dot(ch, im, input_precision=PRECISION) - tl.dot(sh, re, input_precision=PRECISION)
-    out_re = tl.dot(a, cw, input_precision=PRECISION) + tl.dot(b, sw, input_precision=PRECISION)
-    out_im = tl.dot(b, cw, input_precision=PRECISION) - tl.dot(a, sw, input_precision=PRECISION)
-    return out_re, out_im
-
-
-@triton.jit
-def _inverse_real(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
-    """Re((C_H + i S_H) (re + i im) (C_W + i S_W)): the adjoint of a real plane's DFT."""
-    p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
-    q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
-    return tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
 
 
 @triton.jit
@@ -101,12 +92,10 @@ def mani_noise_backward_kernel(
 
     # ---- recompute the forward ------------------------------------------------------------------
     bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    f_re, f_im, magnitude, weight, y_re, y_im = _unnormalised_map(
+    f_re, f_im, magnitude, weight, y = _unnormalised_map(
         x, bands, ch, sh, cw, sw, gamma, eps0, N_BANDS, SPECTRAL, BLOCK_H, BLOCK_W, PRECISION
     )
-    y_re = tl.where(inside, y_re * inv_hw, 0.0)
-    y_im = tl.where(inside, y_im * inv_hw, 0.0)
-    shaped = tl.sqrt(y_re * y_re + y_im * y_im)
+    shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
     scale, normalised = _normalisation(shaped, inv_hw, NORMALIZE)
 
     if NOISE_GRAD:
@@ -117,13 +106,9 @@ def mani_noise_backward_kernel(
         g_shaped = _normalisation_backward(
             tl.where(inside, noise_scale * grad * z, 0.0), shaped, scale, inside, inv_hw, NORMALIZE
         )
-        nonzero = shaped > 0
-        safe = tl.where(nonzero, shaped, 1.0)
-        gy_re = tl.where(nonzero, g_shaped * y_re / safe, 0.0)
-        gy_im = tl.where(nonzero, g_shaped * y_im / safe, 0.0)
-        gg_re, gg_im = _dft_complex(gy_re, gy_im, ch, sh, cw, sw, PRECISION)
-        gg_re = gg_re * inv_hw
-        gg_im = gg_im * inv_hw
+        # S = |Y| / HW with Y real, so g_Y = g_S sign(Y) / HW (a real plane), and g_G = DFT(g_Y).
+        g_y = tl.where(y > 0, g_shaped, tl.where(y < 0, -g_shaped, 0.0)) * inv_hw
+        gg_re, gg_im = _dft_real(g_y, ch, sh, cw, sw, PRECISION)
 
         # ---- through the band weights and means ---------------------------------------------------
         if SPECTRAL:
