@@ -4,8 +4,9 @@
 //   F   = fft2(x)                       (DFT as two passes over cached twiddle tables)
 //   M_b = mean |F| over band b          (the cached band map; deterministic block reductions)
 //   w_b = 1 / (M_b^gamma + eps0)
-//   W   = |ifft2(w[band] F)| ("spectral") or |ifft2(w[band])| ("kernel"), normalised per plane
-//         to unit RMS or unit max (an all-zero map becomes 1), or left as is
+//   W   = |Re ifft2(w[band] F)| ("spectral") or |Re ifft2(w[band])| ("kernel"), normalised per
+//         plane to unit RMS or unit max (an all-zero map becomes 1), or left as is; the
+//         inverse is real (its spectrum is Hermitian), so only its real part is formed
 //   x_t = sqrt(abar_t) x + sqrt(1 - abar_t) W z,  z given or drawn from Philox
 //
 // Dynamic shared memory: X [H W] float (later the map), G and F [H W] float2, 32 floats of
@@ -15,7 +16,7 @@
 using manipure::band_weights;
 using manipure::block_reduce;
 using manipure::inverse_columns;
-using manipure::inverse_row;
+using manipure::inverse_row_real;
 using manipure::philox_normal;
 using manipure::plane_spectrum;
 
@@ -44,13 +45,12 @@ extern "C" __global__ void mani_noise_kernel(
   plane_spectrum(X, G, F, cos_h, sin_h, cos_w, sin_w, H, W);
   band_weights(F, band_map, band_counts, n, n_bands, gamma, eps0, scratch, nullptr, weights);
   inverse_columns(F, weights, band_map, weight_kernel, G, cos_h, sin_h, H, W);
-  // Inverse row transform and |.|: the unnormalised map, over X.
+  // Inverse row transform (its real part) and |.|: the unnormalised map, over X.
   const float inv_n = 1.0f / (float)n;
   float local_sq = 0.f, local_max = 0.f;
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int h = idx / W, w = idx - h * W;
-    const float2 acc = inverse_row(G, h, w, cos_w, sin_w, W);
-    const float m = hypotf(acc.x * inv_n, acc.y * inv_n);
+    const float m = fabsf(inverse_row_real(G, h, w, cos_w, sin_w, W) * inv_n);
     X[idx] = m;
     local_sq += m * m;
     local_max = fmaxf(local_max, m);

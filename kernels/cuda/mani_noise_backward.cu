@@ -3,25 +3,25 @@
 // to x (through the intensity map W) and z, equal to autograd through
 // manipure_fast.reference.mani_noise. The same algorithm as kernels/triton/mani_noise_backward.py:
 //
-//   recompute F = DFT(x), the band means M_b and weights w_b, Y = ifft2(w[band] F) (or w[band]),
-//   S = |Y| and the normalisation scale; then
+//   recompute F = DFT(x), the band means M_b and weights w_b, Y = Re ifft2(w[band] F) (or of
+//   w[band]; Y is real, see mani_noise.cu), S = |Y| and the normalisation scale; then
 //   g_W = sqrt(1-abar) grad z;  g_S: rms (g_W - S <g_W,S> / (N s^2)) / s, max g_W / m minus
 //   <g_W,S> / (m^2 #max) on the maxima (torch's amax shares ties), none g_W;
-//   g_Y = g_S Y/|Y|;  g_G = fft2(g_Y)/N;  g_w[k] = Re(g_G conj F) (spectral) or Re(g_G);
+//   g_Y = g_S sign(Y), a real plane;  g_G = fft2(g_Y)/N;  g_w[k] = Re(g_G conj F) (spectral) or Re(g_G);
 //   g_M_b = -gamma M_b^(gamma-1) w_b^2 sum_b g_w;  g_F = w[band] g_G (spectral) + g_M_b/count_b F/|F|;
 //   g_x = sqrt(abar) grad + Re(sum_k e^{+i theta n} g_F[k]);  g_z = sqrt(1-abar) W grad.
 // Zero where torch's derivative is zero: |.| and F/|F| at 0, a zero band mean, a constant map.
 //
 // Dynamic shared memory: F, G, Y [H W] float2, 32 floats of reduction scratch and 3 n_bands
-// floats (means, weights, mean gradients) = 24 H W + (32 + 3 n_bands) 4 bytes.
+// floats (means, weights, mean gradients) = 24 H W + (32 + 3 n_bands) 4 bytes. Y holds the real
+// map and g_Y in its first H W floats (Ymap), then the complex g_G and g_F.
 #include "mani_stages.cuh"
 
 using manipure::band_weights;
 using manipure::block_reduce;
 using manipure::inverse_columns;
-using manipure::inverse_row;
+using manipure::inverse_row_real;
 using manipure::plane_spectrum;
-using manipure::twiddle_mac;
 
 extern "C" __global__ void mani_noise_backward_kernel(
     const float* __restrict__ grad, const float* __restrict__ x, const float* __restrict__ noise,
@@ -41,19 +41,19 @@ extern "C" __global__ void mani_noise_backward_kernel(
   float* means = scratch + 32;
   float* weights = means + n_bands;
   float* mean_grads = weights + n_bands;
+  float* Ymap = reinterpret_cast<float*>(Y);  // the real map Y, then g_Y
   const long long base = (long long)blockIdx.x * n;
   const float inv_n = 1.0f / (float)n;
 
-  // ---- recompute the forward: F = DFT(x), the band means and weights, Y, S = |Y| ---------------
+  // ---- recompute the forward: F = DFT(x), the band means and weights, Y (real), S = |Y| --------
   plane_spectrum(x + base, G, F, cos_h, sin_h, cos_w, sin_w, H, W);
   band_weights(F, band_map, band_counts, n, n_bands, gamma, eps0, scratch, means, weights);
   inverse_columns(F, weights, band_map, weight_kernel, G, cos_h, sin_h, H, W);
   float local_sq = 0.f, local_max = 0.f;
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int h = idx / W, w = idx - h * W;
-    const float2 acc = inverse_row(G, h, w, cos_w, sin_w, W);
-    Y[idx] = make_float2(acc.x * inv_n, acc.y * inv_n);
-    const float s = hypotf(Y[idx].x, Y[idx].y);
+    Ymap[idx] = inverse_row_real(G, h, w, cos_w, sin_w, W) * inv_n;
+    const float s = fabsf(Ymap[idx]);
     local_sq += s * s;
     local_max = fmaxf(local_max, s);
   }
@@ -67,7 +67,7 @@ extern "C" __global__ void mani_noise_backward_kernel(
   float local_dot = 0.f, local_at_max = 0.f;
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const long long el = base + idx;
-    const float s = hypotf(Y[idx].x, Y[idx].y);
+    const float s = fabsf(Ymap[idx]);
     const float map = normalize == 0 ? s : (live ? s / scale : 1.0f);
     if (noise_grad) g_noise[el] = noise_scale * map * grad[el];
     local_dot += noise_scale * grad[el] * noise[el] * s;
@@ -80,34 +80,22 @@ extern "C" __global__ void mani_noise_backward_kernel(
   const float dot = block_reduce(local_dot, scratch, false);
   const float n_max = fmaxf(block_reduce(local_at_max, scratch, false), 1.f);
 
-  // ---- g_Y = g_S Y / |Y|, over Y --------------------------------------------------------------------
+  // ---- g_Y = g_S sign(Y) / N, over Ymap (the 1/N of g_G = fft2(g_Y) / N taken here) ---------------
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const long long el = base + idx;
-    const float2 y = Y[idx];
-    const float s = hypotf(y.x, y.y);
+    const float y = Ymap[idx];
+    const float s = fabsf(y);
     const float g_map = noise_scale * grad[el] * noise[el];
     float g_s = g_map;
     if (normalize == 1) g_s = live ? (g_map - s * (dot * inv_n / (scale * scale))) / scale : 0.f;
     if (normalize == 2) g_s = live ? g_map / scale - (s == scale ? dot / (scale * scale * n_max) : 0.f) : 0.f;
-    Y[idx] = s > 0.f ? make_float2(g_s * y.x / s, g_s * y.y / s) : make_float2(0.f, 0.f);
+    Ymap[idx] = (y > 0.f ? g_s : y < 0.f ? -g_s : 0.f) * inv_n;
   }
   __syncthreads();
 
-  // ---- g_G = fft2(g_Y) / N, into Y (the twiddles read at [w][kw], as in plane_spectrum) ----------
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int h = idx / W, kw = idx - h * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int w = 0; w < W; ++w) acc = twiddle_mac(acc, Y[h * W + w], cos_w[w * W + kw], -sin_w[w * W + kw]);
-    G[idx] = acc;
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int kh = idx / W, kw = idx - kh * W;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) acc = twiddle_mac(acc, G[h * W + kw], cos_h[kh * H + h], -sin_h[kh * H + h]);
-    Y[idx] = make_float2(acc.x * inv_n, acc.y * inv_n);
-  }
-  __syncthreads();
+  // ---- g_G = fft2(g_Y) / N, into Y: a real plane's spectrum. Its second pass overwrites Ymap, which
+  // only its first pass reads. ---------------------------------------------------------------------
+  plane_spectrum(Ymap, G, Y, cos_h, sin_h, cos_w, sin_w, H, W);
 
   // ---- through the band weights and means ----------------------------------------------------------
   for (int b = 0; b < n_bands; ++b) {
@@ -137,6 +125,6 @@ extern "C" __global__ void mani_noise_backward_kernel(
   inverse_columns(Y, nullptr, band_map, 0, G, cos_h, sin_h, H, W);
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int h = idx / W, w = idx - h * W;
-    g_x[base + idx] = signal * grad[base + idx] + inverse_row(G, h, w, cos_w, sin_w, W).x;
+    g_x[base + idx] = signal * grad[base + idx] + inverse_row_real(G, h, w, cos_w, sin_w, W);
   }
 }

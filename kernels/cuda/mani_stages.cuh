@@ -82,11 +82,17 @@ __device__ __forceinline__ void inverse_columns(const float2* F, const float* we
   __syncthreads();
 }
 
-// sum_kw G[h][kw] e^{+i theta_kw w}: the inverse row transform at one pixel (unnormalised).
-__device__ __forceinline__ float2 inverse_row(const float2* G, int h, int w, const float* cos_w, const float* sin_w,
-                                              int W) {
-  float2 acc = make_float2(0.f, 0.f);
-  for (int kw = 0; kw < W; ++kw) acc = twiddle_mac(acc, G[h * W + kw], cos_w[kw * W + w], sin_w[kw * W + w]);
+// Re(sum_kw G[h][kw] e^{+i theta_kw w}): the real part of the inverse row transform at one pixel
+// (unnormalised). Both of its uses want only that: MANI's map Y is real (its spectrum is
+// Hermitian: F is a real plane's and the band map is symmetric under k -> -k), so its imaginary
+// part is rounding, and the backward's g_x is the real part of the adjoint.
+__device__ __forceinline__ float inverse_row_real(const float2* G, int h, int w, const float* cos_w,
+                                                  const float* sin_w, int W) {
+  float acc = 0.f;
+  for (int kw = 0; kw < W; ++kw) {
+    const float2 g = G[h * W + kw];
+    acc += g.x * cos_w[kw * W + w] - g.y * sin_w[kw * W + w];
+  }
   return acc;
 }
 
