@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
-from manipure_fast.reference.schedule import noise_coefficients, step_coefficients  # noqa: E402
+from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
 _DTYPES = {
     torch.float32: "fp32",
@@ -114,18 +114,7 @@ def _planes(shape, seed=0):
 
 
 def _exchange_case(shape, eps_ref=True, philox=False, backward=False, **options):
-    step = step_coefficients(49, 39, eta=1.0)
-    ref = noise_coefficients(50)
-    params = triton_exchange.ExchangeParams(
-        step.sqrt_abar,
-        step.sqrt_one_minus_abar,
-        ref.signal,
-        ref.noise,
-        step.sqrt_abar_next,
-        step.c1,
-        step.c2,
-        **options,
-    )
+    params = triton_exchange.ExchangeParams.from_step(step_coefficients(49, 39, eta=1.0), **options)
     x_t, eps, ref_t, eps_r, z = _planes(shape)
     eps_r = eps_r if eps_ref else None
     if backward:

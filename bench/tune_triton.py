@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_ops import provenance, time_ms, write_rows  # noqa: E402
 from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
-from manipure_fast.reference.schedule import noise_coefficients, step_coefficients  # noqa: E402
+from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
 RED_GATE = 1e-4
 SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256), "64x64-B256": (256, 3, 64, 64)}
@@ -113,16 +113,7 @@ def _exchange_variants(shape) -> list[tuple[str, dict]]:
 
 
 def _exchange_params():
-    step, ref = step_coefficients(49, 39, eta=1.0), noise_coefficients(50)
-    return triton_exchange.ExchangeParams(
-        step.sqrt_abar,
-        step.sqrt_one_minus_abar,
-        ref.signal,
-        ref.noise,
-        step.sqrt_abar_next,
-        step.c1,
-        step.c2,
-    )
+    return triton_exchange.ExchangeParams.from_step(step_coefficients(49, 39, eta=1.0))
 
 
 def _planes(shape, device, count, seed):

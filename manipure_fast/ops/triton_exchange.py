@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..reference.schedule import StepCoefficients, noise_coefficients
 from .dft_tables import band_frequencies, band_masks, band_tables, next_pow2
 
 MAX_SIDE = 256  # one row of BLOCK_W = next_pow2(W) floats per tile row; beyond this, use reference
@@ -38,6 +39,22 @@ class ExchangeParams:
     phase_mode: str = "replace"
     delta: float = 0.3
     reconstruct: str = "abs"
+
+    @classmethod
+    def from_step(cls, step: StepCoefficients, forward_noise_steps: int = 50, **options) -> ExchangeParams:
+        """One reverse step's parameters: ``step``'s coefficients, the reference estimate's at
+        ``forward_noise_steps``, and the exchange ``options`` (the cut ranges and modes)."""
+        ref = noise_coefficients(forward_noise_steps)
+        return cls(
+            step.sqrt_abar,
+            step.sqrt_one_minus_abar,
+            ref.signal,
+            ref.noise,
+            step.sqrt_abar_next,
+            step.c1,
+            step.c2,
+            **options,
+        )
 
 
 def _precision(device: torch.device) -> str:
