@@ -30,9 +30,11 @@ case "${1:?stage}" in
     # 2. T6 at CIFAR B=64 against the reference-structure baseline (rows are kept per batch).
     timeout 150 "$PY" bench/bench_purifier.py --model ddpmpp --preset cifar10 --batch 64 \
       --repeats 5 --baseline-repeats 1 2>&1 | tee "$OUT_DIR/bench-purifier-cifar.log" || true
-    # 3. Correctness on the device: the fused ops and the graphs, stopping at the first failure.
+    # 3. Correctness on the device: the fused ops, the graphs and issue #4's device matrix, stopping
+    #    at the first failure.
     timeout 180 "$PY" -m pytest -x -q -p no:cacheprovider "${PARALLEL[@]}" --durations 15 tests/test_triton_ops.py \
-      tests/test_cuda_ops.py tests/test_graphs.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" || true
+      tests/test_cuda_ops.py tests/test_graphs.py tests/test_triton_device_matrix.py 2>&1 \
+      | tee "$OUT_DIR/gpu-tests.log" || true
     # 4. memcheck over both backends' forward and backward.
     timeout 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/sanitize_ops.py 2>&1 \
       | tail -20 | tee "$OUT_DIR/memcheck.log" || true ;;
