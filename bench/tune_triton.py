@@ -13,8 +13,9 @@ arguments pass through and only the named constexprs and launch options are repl
   the plane's height is a multiple), ``BLOCK_K`` (16, 32, 64, at most the padded width),
   ``num_stages`` (1, 2, 3), ``num_warps`` (4, 8, 16), and ``PRECISION="tf32x3"`` (the dots on
   tensor cores in three TF32 passes);
-- mani_noise at CIFAR B=512, forward and backward: the whole-tile kernel's warps, and the streamed
-  kernel (``mani_noise_rows``) in its place; at 64x64 B=256, the streamed kernels' warps;
+- mani_noise at CIFAR B=512, forward and backward: the whole-tile kernel's warps, the streamed
+  kernel (``mani_noise_rows``) in its place, and ``tf32x3``; at 64x64 B=256, the streamed kernels'
+  warps and ``tf32x3``;
 - mani_noise at ImageNet B=64: the large-plane kernels' ``BLOCK`` (1024-8192) and warps (its
   cuFFT transforms are the same in every variant).
 
@@ -44,6 +45,9 @@ from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
 RED_GATE = 1e-4
+# The dots on the tensor cores: three TF32 products per product, about fp32's accuracy
+# (docs/kernels.md, "Precision": the ieee kernels' FMA work bounds T1 and T3 at CIFAR).
+TF32X3 = ("PRECISION=tf32x3", dict(PRECISION="tf32x3"))
 SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256), "64x64-B256": (256, 3, 64, 64)}
 SMOKE_SHAPES = {"cifar-B512": (2, 3, 32, 32), "imagenet-B64": (1, 1, 72, 72), "64x64-B256": (1, 1, 48, 48)}
 
@@ -109,7 +113,7 @@ def _exchange_variants(shape) -> list[tuple[str, dict]]:
     ]
     variants += [(f"num_stages={s}", dict(num_stages=s)) for s in (1, 2, 3) if s != tiling.num_stages]
     variants += [(f"num_warps={n}", dict(num_warps=n)) for n in (4, 8, 16) if n != tiling.num_warps]
-    return variants + [("PRECISION=tf32x3", dict(PRECISION="tf32x3"))]
+    return variants + [TF32X3]
 
 
 def _exchange_params():
@@ -153,15 +157,15 @@ def mani_groups(label, shape, device):
         ]
         return [Group(op, "forward", label, shape, forward, f"{op}_large", kernels, variants)]
     if path == "rows":
-        others = [v for v in warps if v[1]["num_warps"] != 8]
+        others = [v for v in warps if v[1]["num_warps"] != 8] + [TF32X3]
         forward_kernels, backward_kernels = (f"{op}_rows_kernel",), (f"{op}_rows_backward_kernel",)
         return [
             Group(op, "forward", label, shape, forward, f"{op}_rows", forward_kernels, others),
             Group(op, "backward", label, shape, backward, f"{op}_rows_backward", backward_kernels, others),
         ]
     streamed = ("streamed kernel", dict(path="rows"))
-    tile_forward = [v for v in warps if v[1]["num_warps"] != 8] + [streamed]  # it ships 8 warps
-    tile_backward = [v for v in warps if v[1]["num_warps"] != 16] + [streamed]  # it ships 16
+    tile_forward = [v for v in warps if v[1]["num_warps"] != 8] + [streamed, TF32X3]  # it ships 8 warps
+    tile_backward = [v for v in warps if v[1]["num_warps"] != 16] + [streamed, TF32X3]  # it ships 16
     return [
         Group(op, "forward", label, shape, forward, op, (f"{op}_kernel",), tile_forward),
         Group(
