@@ -33,18 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.record_triton_launches import describe_argument  # noqa: E402
 from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
-_DTYPES = {
-    torch.float32: "fp32",
-    torch.float16: "fp16",
-    torch.bfloat16: "bf16",
-    torch.float64: "fp64",
-    torch.int32: "i32",
-    torch.int64: "i64",
-    torch.uint8: "u8",
-}
+# The tensor types the kernels take (the ops hand them fp32 planes and int32/int64 tables).
+_DTYPES = {"float32": "fp32", "int32": "i32", "int64": "i64"}
 
 
 class _Recorder:
@@ -58,26 +52,12 @@ class _Recorder:
 
 
 def _signature(kernel, args, kwargs):
-    """(signature, constexprs, options) for ``triton.compile`` from one recorded call."""
+    """(signature, constexprs, options) for ``triton.compile`` from one recorded call, typed as
+    ``--from-tests`` types a recorded launch."""
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     values = dict(zip(kernel.arg_names, args)) | kwargs
-    signature, constexprs = {}, {}
-    for param in kernel.params:
-        value = values[param.name]
-        if param.is_constexpr:
-            signature[param.name] = "constexpr"
-            constexprs[param.name] = value
-        elif isinstance(value, torch.Tensor):
-            signature[param.name] = "*" + _DTYPES[value.dtype]
-        elif isinstance(value, bool):
-            signature[param.name] = "i1"
-        elif isinstance(value, int):
-            signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        elif isinstance(value, float):
-            signature[param.name] = "fp32"
-        else:
-            raise TypeError(f"{kernel.__name__}: cannot type argument {param.name}={value!r}")
-    return signature, constexprs, options
+    params = [describe_argument(p.name, values[p.name], p.is_constexpr) for p in kernel.params]
+    return (*_recorded_signature(dict(params=params)), options)
 
 
 def _record(launch) -> list:
@@ -268,14 +248,13 @@ def _recorded_signature(variant: dict):
     """(signature, constexprs) for ``triton.compile`` from one recorded specialisation; integers
     equal to 1 are constexprs, as a compiled launch specialises them."""
     signature, constexprs = {}, {}
-    dtypes = {str(dtype).removeprefix("torch."): name for dtype, name in _DTYPES.items()}
     for param in variant["params"]:
         name, kind = param["name"], param["kind"]
         if kind == "constexpr" or (kind == "int" and param["one"]):
             signature[name] = "constexpr"
             constexprs[name] = param.get("value", 1)
         elif kind == "tensor":
-            signature[name] = "*" + dtypes[param["dtype"]]
+            signature[name] = "*" + _DTYPES[param["dtype"]]
         elif kind == "int":
             signature[name] = "i64" if param["wide"] else "i32"
         else:

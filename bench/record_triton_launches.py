@@ -23,7 +23,8 @@ _LAUNCH_OPTIONS = ("num_warps", "num_stages")
 _variants: dict[str, dict] = {}
 
 
-def _describe(name: str, value, constexpr: bool) -> dict:
+def describe_argument(name: str, value, constexpr: bool) -> dict:
+    """What a compiled launch specialises on for one argument (``compile_sm90`` types it)."""
     if constexpr or value is None:
         return dict(name=name, kind="constexpr", value=value)
     if isinstance(value, torch.Tensor):
@@ -41,7 +42,7 @@ def _record(function, args, kwargs) -> None:
     fn = function.fn
     values = dict(zip(function.arg_names, args)) | kwargs
     params = [
-        _describe(p.name, values.get(p.name, p.default), "constexpr" in str(p.annotation))
+        describe_argument(p.name, values.get(p.name, p.default), "constexpr" in str(p.annotation))
         for p in inspect.signature(fn).parameters.values()
     ]
     variant = dict(
