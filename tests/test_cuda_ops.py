@@ -63,9 +63,14 @@ def test_sources_compile_for_sm90(source, tmp_path):
             capture_output=True, text=True,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
-        assert spills, result.stderr  # the report is there to read
-        assert all(stores == loads == "0" for stores, loads in spills), result.stderr
+        _assert_no_spills(result.stderr)
+
+
+def _assert_no_spills(ptxas_log: str) -> None:
+    """ptxas's ``-v`` report is there, and no kernel in it spills."""
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
+    assert spills, ptxas_log  # the report is there to read
+    assert all(stores == loads == "0" for stores, loads in spills), ptxas_log
 
 
 @pytest.mark.parametrize("file", KERNEL_FILES)
@@ -88,8 +93,7 @@ def test_sources_compile_with_nvrtc_as_the_jit_passes_them(file):
     assert kernels and all(re.search(rf"\.entry {k}\(", virtual.ptx) for k in kernels), kernels
     real = nvrtc.compile_source(library, source, file, (*options, "-arch=sm_90", "-Xptxas=-v"))
     assert real.ok and "warning" not in real.log, real.log
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", real.log)
-    assert spills and all(stores == loads == "0" for stores, loads in spills), real.log
+    _assert_no_spills(real.log)
 
 
 def test_cuda_backend_is_explicit_only_and_named_when_unavailable():
