@@ -75,6 +75,23 @@ extern "C" __global__ void fill(float* out, int count) {
   if ((int)threadIdx.x < count) out[threadIdx.x] = 1.f;
 }
 
+// One m16n8k8 TF32 tensor-core product, D = 1 + A B: A [16 x 8] and B [8 x 8] row-major into
+// D [16 x 8] row-major, each lane's fragment registers gathered as the PTX ISA lays them out; the
+// first `lanes` lanes of the warp take part.
+extern "C" __global__ void mma_16x8x8(const float* A, const float* B, float* D, int lanes) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const unsigned int a[4] = {__float_as_uint(A[g * 8 + t]), __float_as_uint(A[(g + 8) * 8 + t]),
+                             __float_as_uint(A[g * 8 + t + 4]), __float_as_uint(A[(g + 8) * 8 + t + 4])};
+  const unsigned int b[2] = {__float_as_uint(B[t * 8 + g]), __float_as_uint(B[(t + 4) * 8 + g])};
+  float d[4] = {1.f, 1.f, 1.f, 1.f};
+  if (lane < lanes) manipure::mma_tf32_m16n8k8(d, a, b);
+  for (int q = 0; q < 4; ++q) D[(g + (q >> 1) * 8) * 8 + 2 * t + (q & 1)] = d[q];
+}
+
+extern "C" __global__ void to_tf32(const float* x, float* out) {
+  out[threadIdx.x] = __uint_as_float(manipure::tf32_round_bits(x[threadIdx.x]));
+}
+
 extern "C" __global__ void typed(const long long* a, const int* b, float* out, int n, float scale) {
   if (threadIdx.x == 0) out[0] = scale * (float)(a[0] - (1LL << 33) + b[0] + n);
 }
@@ -100,6 +117,8 @@ def test_reads_the_kernel_signatures(module):
         "two_sums",
         "last_block_wins",
         "fill",
+        "mma_16x8x8",
+        "to_tf32",
         "typed",
     ]
     assert module.names == names
@@ -190,7 +209,7 @@ def test_warp_shuffles(module):
     out = torch.empty_like(x)
     module.kernel("warp_sums")(1, 64, (x, out, i32(0)), 0)
     assert torch.equal(out, x.view(2, 32).sum(1).repeat_interleave(32))
-    with pytest.raises(RuntimeError, match="16 of 32 lanes wait at a full-mask shuffle"):
+    with pytest.raises(RuntimeError, match="16 of 32 lanes wait at a full-warp shuffle or mma"):
         module.kernel("warp_sums")(1, 64, (x, out, i32(1)), 0)
 
 
@@ -209,3 +228,30 @@ def test_arguments_are_checked_against_the_signature(module):
     for args, message in bad:
         with pytest.raises(TypeError, match=message):
             typed(1, 32, args, 0)
+
+
+def _tf32_truncated(t):
+    return (t.view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+def test_tensor_core_mma_follows_the_ptx_fragment_layout(module):
+    """D = 1 + A B with each operand read as TF32 (low 13 mantissa bits ignored): placing any
+    fragment register at the wrong (row, column) fails the first check, and operands used in full
+    precision fail the second."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 8, generator=gen), torch.randn(8, 8, generator=gen)
+    out = torch.empty(16, 8)
+    module.kernel("mma_16x8x8")(1, 32, (a, b, out, i32(32)), 0)
+    as_tf32 = 1 + _tf32_truncated(a).double() @ _tf32_truncated(b).double()
+    assert (out.double() - as_tf32).abs().max() <= 1e-5
+    assert (out.double() - (1 + a.double() @ b.double())).abs().max() >= 1e-4
+    with pytest.raises(RuntimeError, match="16 of 32 lanes wait at a full-warp shuffle or mma"):
+        module.kernel("mma_16x8x8")(1, 32, (a, b, out, i32(16)), 0)
+
+
+def test_tf32_rounding_is_nearest_ties_away_from_zero(module):
+    ulp = 2.0**-10
+    x = torch.tensor([1 + ulp / 2, -(1 + ulp / 2), 1 + ulp / 2 - 2**-23, 1 + 3 * ulp / 2] + [3.0] * 28)
+    out = torch.empty_like(x)
+    module.kernel("to_tf32")(1, 32, (x, out), 0)
+    assert out[:4].tolist() == [1 + ulp, -(1 + ulp), 1.0, 1 + 2 * ulp]

@@ -40,15 +40,16 @@ __device__ __forceinline__ void plane_spectrum(const float* v, float2* G, float2
 }
 
 // The band means M_b = mean |F| over band b (into `means`, when given) and the weights
-// w_b = 1 / (M_b^gamma + eps0), one deterministic block reduction per band. Every thread of the
-// block must call it; it returns synchronised.
-__device__ __forceinline__ void band_weights(const float2* F, const int* band_map, const float* band_counts, int n,
-                                             int n_bands, float gamma, float eps0, float* scratch, float* means,
-                                             float* weights) {
+// w_b = 1 / (M_b^gamma + eps0), one deterministic block reduction per band; magnitude(idx) is
+// |F| at flat index idx < n. Every thread of the block must call it; it returns synchronised.
+template <typename Magnitude>
+__device__ __forceinline__ void band_weights_of(Magnitude magnitude, const int* band_map, const float* band_counts,
+                                                int n, int n_bands, float gamma, float eps0, float* scratch,
+                                                float* means, float* weights) {
   for (int b = 0; b < n_bands; ++b) {
     float partial = 0.f;
     for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
-      if (band_map[idx] == b) partial += hypotf(F[idx].x, F[idx].y);
+      if (band_map[idx] == b) partial += magnitude(idx);
     const float total = block_reduce(partial, scratch, false);
     if (threadIdx.x == 0) {
       const float mean = total / band_counts[b];
@@ -57,6 +58,14 @@ __device__ __forceinline__ void band_weights(const float2* F, const int* band_ma
     }
   }
   __syncthreads();
+}
+
+// band_weights_of an [H W] float2 spectrum.
+__device__ __forceinline__ void band_weights(const float2* F, const int* band_map, const float* band_counts, int n,
+                                             int n_bands, float gamma, float eps0, float* scratch, float* means,
+                                             float* weights) {
+  band_weights_of([&](int idx) { return hypotf(F[idx].x, F[idx].y); }, band_map, band_counts, n, n_bands, gamma,
+                  eps0, scratch, means, weights);
 }
 
 // G[h][kw] = sum_kh X[kh][kw] e^{+i theta_kh h}, where X is w[band] F ("spectral"), w[band]

@@ -55,6 +55,30 @@ __device__ __forceinline__ float2 twiddle_mac(float2 acc, float2 v, float c, flo
   return acc;
 }
 
+// ---- tensor cores: TF32 operands, fp32 accumulation (sm_80 and later) --------------------------
+// The CPU runtime of the tests (tests/cuda_on_cpu/runtime.h) defines MANIPURE_EMULATED_MMA and
+// its own versions of these two, which follow the PTX ISA's semantics and fragment layout.
+#ifndef MANIPURE_EMULATED_MMA
+// v rounded to TF32 (nearest, ties away from zero), as the bits of an fp32 word.
+__device__ __forceinline__ unsigned int tf32_round_bits(float v) {
+  unsigned int bits;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(v));
+  return bits;
+}
+
+// d += A B for one warp's 16x8 tile of D over k = 8, every lane of the warp together. Lane L
+// (g = L / 4, t = L % 4) holds A (row-major 16x8) at (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4);
+// B (8x8) at (t, g), (t + 4, g); and D at (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1).
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const unsigned int (&a)[4],
+                                                 const unsigned int (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
 // ---- block reductions (blockDim.x a multiple of 32, at most 1024) ------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -402,8 +402,18 @@ exchange_update_cuda.register_autograd(_exchange_backward, setup_context=_exchan
 MANI_MAX_SIDE = 64
 
 
+# mani_noise.cu: planes up to this side take the tensor-core transforms, in nine padded tiles of
+# [32 x 36] floats (tensor_core_dft.cuh kTileSide and kTileStride).
+MANI_TENSOR_CORE_SIDE = 32
+_MANI_TILE_FLOATS = 32 * 36
+
+
 def mani_shared_bytes(h: int, w: int, n_bands: int) -> int:
+    """mani_noise.cu: nine padded tiles up to 32x32, else an [H W] float and two [H W] float2
+    arrays; then scratch and n_bands floats."""
     n = h * w
+    if max(h, w) <= MANI_TENSOR_CORE_SIDE:
+        return 9 * _MANI_TILE_FLOATS * 4 + (32 + n_bands) * 4
     return ((n + 1) & ~1) * 4 + 2 * n * 8 + (32 + n_bands) * 4
 
 

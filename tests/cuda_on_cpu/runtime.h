@@ -13,7 +13,14 @@
 //   - dynamic shared memory starts as NaN bytes (a read before a write poisons the result) and
 //     is followed by a guard that must be intact after each block (a write past its end).
 // Only what kernels/cuda uses is provided: full-warp __shfl_xor_sync, __syncthreads, __umulhi,
-// float2, dynamic shared memory, and the single-precision math of <cmath> plus cospif/sincosf.
+// __float_as_uint/__uint_as_float, float2, dynamic shared memory, the single-precision math of
+// <cmath> plus cospif/sincosf, and the two PTX instructions manipure_common.cuh wraps for the
+// tensor cores (MANIPURE_EMULATED_MMA replaces its inline assembly):
+//   - cvt.rna.tf32.f32: to the nearest TF32 value, ties away from zero;
+//   - mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, warp-collective: each lane's fragment
+//     registers are placed in the A, B and C tiles by the PTX ISA's documented layout (not by the
+//     kernels' code), each operand is read as TF32 (its low 13 mantissa bits ignored, as the
+//     tensor core does), and the products are summed in fp32.
 #ifndef CUDA_ON_CPU_RUNTIME_H
 #define CUDA_ON_CPU_RUNTIME_H
 
@@ -44,6 +51,17 @@ using dim3 = uint3;
 inline uint3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 
+inline unsigned int __float_as_uint(float v) {
+  unsigned int bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+inline float __uint_as_float(unsigned int bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
 inline unsigned int __umulhi(unsigned int a, unsigned int b) {
   return (unsigned int)(((unsigned long long)a * b) >> 32);
 }
@@ -63,6 +81,7 @@ constexpr std::size_t kStackBytes = 128 * 1024;
 constexpr std::size_t kSharedGuardBytes = 256;
 constexpr unsigned char kSharedPoison = 0xFF;  // every float read from it is a NaN
 constexpr unsigned char kGuardByte = 0xA5;
+constexpr unsigned int kMmaRegisters = 6;  // m16n8k8 TF32: A 4, B 2 (C is the lane's own)
 
 struct Block {
   std::vector<Fiber> fibers;
@@ -72,6 +91,7 @@ struct Block {
   void (*body)(void*) = nullptr;
   void* body_argument = nullptr;
   std::vector<unsigned long long> warp_slots;  // a shuffle's 32 values per warp
+  std::vector<unsigned int> mma_slots;          // an mma's fragment registers, kMmaRegisters per thread
   std::string error;
 };
 
@@ -132,7 +152,7 @@ inline bool run_block(Block& block, unsigned int threads, bool reverse) {
         if (at_warp == 0) break;
         if (at_warp != 32) {
           block.error = "warp " + std::to_string(w) + ": " + std::to_string(at_warp) +
-                        " of 32 lanes wait at a full-mask shuffle the others never reach";
+                        " of 32 lanes wait at a full-warp shuffle or mma the others never reach";
           return false;
         }
         for (unsigned int l = 0; l < 32; ++l) block.fibers[w * 32 + l].wait = Wait::kRunning;
@@ -169,6 +189,7 @@ inline std::string run_grid(void (*body)(void*), void* argument, unsigned int gr
   block.fibers.resize(threads);
   block.stacks = stacks.data();
   block.warp_slots.resize(threads);
+  block.mma_slots.resize(threads * kMmaRegisters);
   block.body = body;
   block.body_argument = argument;
   gridDim = dim3{grid, 1, 1};
@@ -253,5 +274,51 @@ T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
   cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);
   return partner;
 }
+
+// ---- the tensor-core instructions of manipure_common.cuh ---------------------------------------
+#define MANIPURE_EMULATED_MMA 1
+
+namespace manipure {
+
+inline unsigned int tf32_round_bits(float v) {  // cvt.rna.tf32.f32
+  const unsigned int bits = __float_as_uint(v);
+  if (!std::isfinite(v)) return bits;
+  return (bits + 0x1000u) & ~0x1FFFu;  // sign-magnitude: the carry rounds |v| up, ties included
+}
+
+// d += A B on one warp's 16x8x8 tile, fragments as the PTX ISA lays them out for
+// mma.m16n8k8 .tf32 (groupID = lane / 4, threadID_in_group = lane % 4):
+//   A 16x8, row: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)
+//   B 8x8, col:  b0 (t, g), b1 (t + 4, g)
+//   C/D 16x8:    c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1)
+inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+  using cuda_on_cpu::g_block;
+  using cuda_on_cpu::kMmaRegisters;
+  const unsigned int lane = threadIdx.x & 31, first = threadIdx.x & ~31u;
+  unsigned int* slots = g_block->mma_slots.data();
+  unsigned int* mine = slots + threadIdx.x * kMmaRegisters;
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
+  cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);  // every lane's fragments are in place
+  auto operand = [&](unsigned int holder, unsigned int reg) {
+    return __uint_as_float(slots[(first + holder) * kMmaRegisters + reg] & ~0x1FFFu);
+  };
+  const unsigned int g = lane >> 2, t = lane & 3;
+  float out[4];
+  for (unsigned int q = 0; q < 4; ++q) {
+    const unsigned int row = g + (q >> 1) * 8, col = 2 * t + (q & 1);
+    float sum = 0.f;
+    for (unsigned int k = 0; k < 8; ++k) {
+      const float a_rk = operand((row % 8) * 4 + k % 4, (row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0));
+      const float b_kc = operand(col * 4 + k % 4, k >= 4 ? 5 : 4);  // B follows A's 4 registers
+      sum += a_rk * b_kc;
+    }
+    out[q] = d[q] + sum;
+  }
+  cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);  // no lane overwrites its slots before all have read
+  for (int q = 0; q < 4; ++q) d[q] = out[q];
+}
+
+}  // namespace manipure
 
 #endif  // CUDA_ON_CPU_RUNTIME_H
