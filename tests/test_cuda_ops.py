@@ -124,6 +124,14 @@ def test_full_dft_tables_are_symmetric_bit_for_bit(n):
         assert torch.equal(table, table.T)
 
 
+def test_gpus_without_tf32_tensor_cores_are_refused_by_name():
+    """The kernels carry TF32 mma.sync (the tensor-core path), which sm_80 added."""
+    assert cuda_ops.capability_unsupported_reason((8, 0)) is None
+    assert cuda_ops.capability_unsupported_reason((9, 0)) is None
+    reason = cuda_ops.capability_unsupported_reason((7, 5))
+    assert reason is not None and "compute capability 8.0 or newer; this GPU has 7.5" in reason
+
+
 def test_exchange_planes_wider_than_the_kernels_rows_are_refused_by_name():
     # The exchange kernels hold a row in a warp's registers; the backend's plane limit fits that.
     assert registry.CUDA_MAX_SIDE["exchange_update"] <= cuda_ops.EXCHANGE_MAX_WIDTH
@@ -217,10 +225,15 @@ def _on(device, *tensors):
 
 # Awkward planes for every run (odd, thin, square, batched; each MANI path), and on the GPU the
 # shapes of the Triton issue (31x33, 28x28, 32x32, 64x64, 256x256; C in {1, 3}; B in {1, 7, 64}).
-MANI_SHAPES = [(1, 1, 31, 33), (2, 3, 16, 20), (1, 1, 64, 64), (2, 1, 3, 64), (1, 1, 64, 1), (1, 2, 67, 65)]
+# Planes up to 32x32 take the kernels' tensor-core path: 32x32 fills its tiles, smaller ones pad them.
+MANI_SHAPES = [
+    (1, 1, 31, 33), (2, 3, 16, 20), (2, 3, 32, 32), (1, 1, 64, 64),
+    (2, 1, 3, 64), (1, 1, 64, 1), (1, 2, 67, 65),
+]  # fmt: skip
 EXCHANGE_SHAPES = [
     (1, 3, 31, 33),
     (2, 1, 28, 28),
+    (2, 3, 32, 32),
     (1, 1, 64, 64),
     (2, 1, 5, 7),
     (1, 1, 1, 40),
@@ -314,8 +327,14 @@ def test_mani_noise_on_degenerate_planes(shape, n_bands, loader):
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(m))
 @pytest.mark.parametrize(
     "shape, cuts",
-    [((1, 1, 9, 40), (30, 30)), ((2, 1, 16, 16), (0, 0)), ((1, 1, 1, 1), (10, 10)), ((1, 1, 33, 1), (3, 3))],
-    ids=["band-covers-every-frequency", "dc-only", "1x1", "33x1"],
+    [
+        ((1, 1, 9, 40), (30, 30)),
+        ((1, 1, 12, 20), (30, 30)),
+        ((2, 1, 16, 16), (0, 0)),
+        ((1, 1, 1, 1), (10, 10)),
+        ((1, 1, 33, 1), (3, 3)),
+    ],
+    ids=["band-covers-every-frequency", "band-covers-every-frequency-tensor-cores", "dc-only", "1x1", "33x1"],
 )
 def test_exchange_update_on_degenerate_bands(shape, cuts, mode, loader):
     gen = torch.Generator().manual_seed(sum(shape))

@@ -31,18 +31,22 @@ __device__ __forceinline__ SplitTf32 split_tf32(float v) {
 }
 
 // acc += sign * (A B)[m0 : m0 + 16, n0 : n0 + 8] over k < kTileSide, in 3xTF32; A and B are
-// padded tiles. acc holds the lane's four D elements (manipure_common.cuh's mma layout). Every
-// lane of the warp must call it.
+// padded tiles, read transposed (A^T, B^T) when kTransposeA or kTransposeB. acc holds the lane's
+// four D elements (manipure_common.cuh's mma layout). Every lane of the warp must call it.
+template <bool kTransposeA = false, bool kTransposeB = false>
 __device__ __forceinline__ void tile_product_3xtf32(float (&acc)[4], const float* A, const float* B, int m0,
                                                     int n0, float sign) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
+  auto a_at = [&](int row, int k) { return sign * (kTransposeA ? A[k * kTileStride + row] : A[row * kTileStride + k]); };
+  auto b_at = [&](int k, int col) { return kTransposeB ? B[col * kTileStride + k] : B[k * kTileStride + col]; };
+  // Unrolled by 2, not 4: the three mma of a step accumulate into acc in turn anyway, and the
+  // full unroll hoisted every step's loads, which took exchange_update_kernel from 64 registers
+  // to 129 (one block per SM at 256 threads) and mani_noise_kernel from 48 to 69 (sm_90 ptxas).
+#pragma unroll 2
   for (int k0 = 0; k0 < kTileSide; k0 += 8) {
-    const float* a_row = A + (m0 + g) * kTileStride + k0 + t;
-    const float* b_col = B + (k0 + t) * kTileStride + n0 + g;
-    const SplitTf32 a0 = split_tf32(sign * a_row[0]), a1 = split_tf32(sign * a_row[8 * kTileStride]),
-                    a2 = split_tf32(sign * a_row[4]), a3 = split_tf32(sign * a_row[8 * kTileStride + 4]);
-    const SplitTf32 b0 = split_tf32(b_col[0]), b1 = split_tf32(b_col[4 * kTileStride]);
+    const SplitTf32 a0 = split_tf32(a_at(m0 + g, k0 + t)), a1 = split_tf32(a_at(m0 + g + 8, k0 + t)),
+                    a2 = split_tf32(a_at(m0 + g, k0 + t + 4)), a3 = split_tf32(a_at(m0 + g + 8, k0 + t + 4));
+    const SplitTf32 b0 = split_tf32(b_at(k0 + t, n0 + g)), b1 = split_tf32(b_at(k0 + t + 4, n0 + g));
     const unsigned int a_big[4] = {a0.big, a1.big, a2.big, a3.big};
     const unsigned int a_small[4] = {a0.small, a1.small, a2.small, a3.small};
     const unsigned int b_big[2] = {b0.big, b1.big}, b_small[2] = {b0.small, b1.small};
@@ -63,19 +67,20 @@ __device__ __forceinline__ int tile_col(int tile) { return (tile % (kTileSide / 
 
 // Two products at once, C1 = s11 A1 B1 + s12 A2 B2 and C2 = s21 A1 B2 + s22 A2 B1: the shape of a
 // complex product's real and imaginary parts (re = A1 B1 -/+ A2 B2, im = A1 B2 +/- A2 B1). A2 may
-// be null for a real A1, which drops the A2 terms. Every thread of the block must call it; it
-// returns synchronised.
+// be null for a real A1, which drops the A2 terms. The operands are read transposed as in
+// tile_product_3xtf32. Every thread of the block must call it; it returns synchronised.
+template <bool kTransposeA = false, bool kTransposeB = false>
 __device__ __forceinline__ void complex_tile_product(const float* A1, const float* A2, const float* B1,
                                                      const float* B2, float s11, float s12, float s21, float s22,
                                                      float* C1, float* C2) {
   for (int tile = threadIdx.x >> 5; tile < kOutputTiles; tile += blockDim.x >> 5) {
     const int m0 = tile_row(tile), n0 = tile_col(tile);
     float c1[4] = {0.f, 0.f, 0.f, 0.f}, c2[4] = {0.f, 0.f, 0.f, 0.f};
-    tile_product_3xtf32(c1, A1, B1, m0, n0, s11);
-    tile_product_3xtf32(c2, A1, B2, m0, n0, s21);
+    tile_product_3xtf32<kTransposeA, kTransposeB>(c1, A1, B1, m0, n0, s11);
+    tile_product_3xtf32<kTransposeA, kTransposeB>(c2, A1, B2, m0, n0, s21);
     if (A2 != nullptr) {
-      tile_product_3xtf32(c1, A2, B2, m0, n0, s12);
-      tile_product_3xtf32(c2, A2, B1, m0, n0, s22);
+      tile_product_3xtf32<kTransposeA, kTransposeB>(c1, A2, B2, m0, n0, s12);
+      tile_product_3xtf32<kTransposeA, kTransposeB>(c2, A2, B1, m0, n0, s22);
     }
 #pragma unroll
     for (int q = 0; q < 4; ++q) {

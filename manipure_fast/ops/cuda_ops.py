@@ -105,6 +105,22 @@ def cupy_unavailable_reason() -> str | None:
     return None
 
 
+# The kernels' tensor-core path (tensor_core_dft.cuh) issues TF32 mma.sync, which sm_80 added; it
+# is compiled into the kernels whatever the plane size.
+MIN_COMPUTE_CAPABILITY = (8, 0)
+
+
+def capability_unsupported_reason(capability: tuple[int, int]) -> str | None:
+    """None if a GPU of this compute capability runs the kernels, else why not."""
+    if tuple(capability) >= MIN_COMPUTE_CAPABILITY:
+        return None
+    major, minor = capability
+    return (
+        f"the cuda kernels use TF32 tensor-core instructions, which need compute capability "
+        f"{MIN_COMPUTE_CAPABILITY[0]}.{MIN_COMPUTE_CAPABILITY[1]} or newer; this GPU has {major}.{minor}"
+    )
+
+
 LOADERS = ("aot", "jit")
 BUILD_HINT = "MANIPURE_BUILD_CUDA=1 pip install --no-build-isolation -e ."
 
@@ -199,7 +215,17 @@ def _f32(v) -> object:
 # ---- exchange_update ----------------------------------------------------------------------------
 
 
+# Planes up to this side take the kernels' tensor-core transforms, in padded tiles of [32 x 36]
+# floats (tensor_core_dft.cuh kTileSide and kTileStride).
+TENSOR_CORE_SIDE = 32
+_TILE_BYTES = 32 * 36 * 4
+
+
 def exchange_shared_bytes(h: int, w: int, cut: float) -> int:
+    """exchange_update.cu: twelve padded tiles up to 32x32, else two [H, KW] and two [KH, KW]
+    float2 arrays."""
+    if max(h, w) <= TENSOR_CORE_SIDE:
+        return 12 * _TILE_BYTES
     kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
     return (2 * h * kw + 2 * kh * kw) * 8
 
@@ -402,18 +428,12 @@ exchange_update_cuda.register_autograd(_exchange_backward, setup_context=_exchan
 MANI_MAX_SIDE = 64
 
 
-# mani_noise.cu: planes up to this side take the tensor-core transforms, in nine padded tiles of
-# [32 x 36] floats (tensor_core_dft.cuh kTileSide and kTileStride).
-MANI_TENSOR_CORE_SIDE = 32
-_MANI_TILE_FLOATS = 32 * 36
-
-
 def mani_shared_bytes(h: int, w: int, n_bands: int) -> int:
-    """mani_noise.cu: nine padded tiles up to 32x32, else an [H W] float and two [H W] float2
-    arrays; then scratch and n_bands floats."""
+    """mani_noise.cu: nine padded tiles up to 32x32 (TENSOR_CORE_SIDE), else an [H W] float and
+    two [H W] float2 arrays; then scratch and n_bands floats."""
     n = h * w
-    if max(h, w) <= MANI_TENSOR_CORE_SIDE:
-        return 9 * _MANI_TILE_FLOATS * 4 + (32 + n_bands) * 4
+    if max(h, w) <= TENSOR_CORE_SIDE:
+        return 9 * _TILE_BYTES + (32 + n_bands) * 4
     return ((n + 1) & ~1) * 4 + 2 * n * 8 + (32 + n_bands) * 4
 
 

@@ -69,6 +69,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.lru_cache(maxsize=16)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
     """None if ``backend`` runs ``op`` on tensors like ``x``, else why not."""
     if backend == "reference":
@@ -91,9 +96,9 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
     if backend == "cuda":
         if x.device.type != "cuda":
             return f"the cuda kernels run on CUDA devices, not {x.device}"
-        from .cuda_ops import cuda_unavailable_reason
+        from .cuda_ops import capability_unsupported_reason, cuda_unavailable_reason
 
-        reason = cuda_unavailable_reason()
+        reason = cuda_unavailable_reason() or capability_unsupported_reason(_capability(x.device))
         if reason is not None:
             return reason
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
