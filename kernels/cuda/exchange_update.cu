@@ -66,10 +66,13 @@ __device__ __forceinline__ void tensor_core_exchange_update(
   __syncthreads();
   // Row transforms onto the band columns, G = X (Cw - i Sw)^T; then the band rows,
   // F = (Ch - i Sh) G: Re F = Ch Gr + Sh Gi, Im F = Ch Gi - Sh Gr.
-  complex_tile_product<false, true>(P, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gpr, Gpi);
-  complex_tile_product<false, true>(Q, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gqr, Gqi);
-  complex_tile_product(Ch, Sh, Gpr, Gpi, 1.f, 1.f, 1.f, -1.f, Fpr, Fpi);
-  complex_tile_product(Ch, Sh, Gqr, Gqi, 1.f, 1.f, 1.f, -1.f, Fqr, Fqi);
+  // Each product covers only the band where it has one: KW of 32 columns at CIFAR's R = 10 is
+  // 21, rounded up to 24.
+  const manipure::ProductExtent rows_pass{H, KW, W}, columns_pass{KH, KW, H}, inverse_columns{H, KW, KH};
+  complex_tile_product<false, true>(P, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gpr, Gpi, rows_pass);
+  complex_tile_product<false, true>(Q, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gqr, Gqi, rows_pass);
+  complex_tile_product(Ch, Sh, Gpr, Gpi, 1.f, 1.f, 1.f, -1.f, Fpr, Fpi, columns_pass);
+  complex_tile_product(Ch, Sh, Gqr, Gqi, 1.f, 1.f, 1.f, -1.f, Fqr, Fqi, columns_pass);
   // Mix: Delta = F_out - F_p inside the discs, 0 outside (over F_q).
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
     const int i = idx / KW, e = i * kTileStride + (idx - i * KW);
@@ -82,16 +85,15 @@ __device__ __forceinline__ void tensor_core_exchange_update(
   __syncthreads();
   // E = (Ch + i Sh)^T Delta over the band rows, then per pixel y = E (Cw + i Sw), from the
   // accumulators: Re y = Er Cw - Ei Sw, Im y = Er Sw + Ei Cw (not formed for "real").
-  complex_tile_product<true, false>(Ch, Sh, Fqr, Fqi, 1.f, -1.f, 1.f, 1.f, Er, Ei);
+  complex_tile_product<true, false>(Ch, Sh, Fqr, Fqi, 1.f, -1.f, 1.f, 1.f, Er, Ei, inverse_columns);
   const float inv_n = 1.0f / (float)(H * W);
-  for (int tile = threadIdx.x >> 5; tile < manipure::kOutputTiles; tile += blockDim.x >> 5) {
-    const int m0 = manipure::tile_row(tile), n0 = manipure::tile_col(tile);
+  manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
     float y_re[4] = {0.f, 0.f, 0.f, 0.f}, y_im[4] = {0.f, 0.f, 0.f, 0.f};
-    manipure::tile_product_3xtf32(y_re, Er, Cw, m0, n0, 1.f);
-    manipure::tile_product_3xtf32(y_re, Ei, Sw, m0, n0, -1.f);
+    manipure::tile_product_3xtf32(y_re, Er, Cw, m0, n0, KW, 1.f);
+    manipure::tile_product_3xtf32(y_re, Ei, Sw, m0, n0, KW, -1.f);
     if (!reconstruct_real) {
-      manipure::tile_product_3xtf32(y_im, Er, Sw, m0, n0, 1.f);
-      manipure::tile_product_3xtf32(y_im, Ei, Cw, m0, n0, 1.f);
+      manipure::tile_product_3xtf32(y_im, Er, Sw, m0, n0, KW, 1.f);
+      manipure::tile_product_3xtf32(y_im, Ei, Cw, m0, n0, KW, 1.f);
     }
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -104,7 +106,7 @@ __device__ __forceinline__ void tensor_core_exchange_update(
       const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
       out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;
     }
-  }
+  });
 }
 
 // Scalars travel as plain floats (CuPy passes numpy scalars, not structs).

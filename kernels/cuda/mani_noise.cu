@@ -24,19 +24,18 @@ using manipure::band_weights;
 using manipure::band_weights_of;
 using manipure::block_reduce;
 using manipure::complex_tile_product;
+using manipure::for_each_output_tile;
 using manipure::fragment_col;
 using manipure::fragment_row;
 using manipure::inverse_columns;
 using manipure::inverse_row_real;
-using manipure::kOutputTiles;
 using manipure::kTileFloats;
 using manipure::kTileSide;
 using manipure::kTileStride;
 using manipure::philox_normal;
 using manipure::plane_spectrum;
-using manipure::tile_col;
+using manipure::ProductExtent;
 using manipure::tile_product_3xtf32;
-using manipure::tile_row;
 
 // The unnormalised map of a plane up to 32 x 32 on the tensor cores, into `tiles` (the first
 // tile, at row stride kTileStride); adds the thread's map values to sum_sq and max. Every thread
@@ -60,8 +59,9 @@ __device__ __forceinline__ void tensor_core_map(
   __syncthreads();
   // F = C_H (X C_W) with C = cos - i sin (the tables are symmetric): G = X Cw - i X Sw, then
   // Re F = Ch Gr + Sh Gi and Im F = Ch Gi - Sh Gr.
-  complex_tile_product(X, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gr, Gi);
-  complex_tile_product(Ch, Sh, Gr, Gi, 1.f, 1.f, 1.f, -1.f, Fr, Fi);
+  const ProductExtent rows_pass{H, W, W}, columns_pass{H, W, H};
+  complex_tile_product(X, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gr, Gi, rows_pass);
+  complex_tile_product(Ch, Sh, Gr, Gi, 1.f, 1.f, 1.f, -1.f, Fr, Fi, columns_pass);
   const int n = H * W;
   band_weights_of(
       [&](int idx) {
@@ -79,13 +79,12 @@ __device__ __forceinline__ void tensor_core_map(
   __syncthreads();
   // Q = C_H^* P column-wise (Re Q = Ch Pr - Sh Pi, Im Q = Ch Pi + Sh Pr), then the map's real
   // part Re(Q C_W^*) = Qr Cw - Qi Sw, taken from the accumulators; |.| / n into X.
-  complex_tile_product(Ch, Sh, Fr, Fi, 1.f, -1.f, 1.f, 1.f, Gr, Gi);
+  complex_tile_product(Ch, Sh, Fr, Fi, 1.f, -1.f, 1.f, 1.f, Gr, Gi, columns_pass);
   const float inv_n = 1.0f / (float)n;
-  for (int tile = threadIdx.x >> 5; tile < kOutputTiles; tile += blockDim.x >> 5) {
-    const int m0 = tile_row(tile), n0 = tile_col(tile);
+  for_each_output_tile(H, W, [&](int m0, int n0) {
     float y[4] = {0.f, 0.f, 0.f, 0.f};
-    tile_product_3xtf32(y, Gr, Cw, m0, n0, 1.f);
-    tile_product_3xtf32(y, Gi, Sw, m0, n0, -1.f);
+    tile_product_3xtf32(y, Gr, Cw, m0, n0, W, 1.f);
+    tile_product_3xtf32(y, Gi, Sw, m0, n0, W, -1.f);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int h = fragment_row(m0, q), w = fragment_col(n0, q);
@@ -96,7 +95,7 @@ __device__ __forceinline__ void tensor_core_map(
         max = fmaxf(max, m);
       }
     }
-  }
+  });
 }
 
 extern "C" __global__ void mani_noise_kernel(
