@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a GPU session should run, in stages that each fit one device call (10 min).
-#   bash bench/gpu_session.sh quick|report|aot|tests|sanitize|ops|tune|purifier-cifar|purifier-imagenet|plot
+#   bash bench/gpu_session.sh quick|report|aot|tests|sanitize|ops|tune|tune-cuda|purifier-cifar|purifier-imagenet|plot
 # With little device time (one call), run `quick`: the acceptance measurements in priority order,
 # each under its own timeout, so that one slow step cannot take the rest down with it.
 # Run `aot` first: it builds the ahead-of-time CUDA library (root CMakeLists.txt) into build/aot,
@@ -74,6 +74,10 @@ case "${1:?stage}" in
   tune)
     # The Triton kernels' tiles, warps and stages, one choice at a time against the shipped ones.
     "$PY" bench/tune_triton.py 2>&1 | tee "$OUT_DIR/tune.log" ;;
+  tune-cuda)
+    # The CUDA kernels' compile-time choices through the JIT: the tensor-core path against the FMA
+    # loops, and the exchange's inverse rows per thread.
+    "$PY" bench/tune_cuda.py 2>&1 | tee "$OUT_DIR/tune-cuda.log" ;;
   purifier-cifar)
     "$PY" bench/bench_purifier.py --model ddpmpp --preset cifar10 --batch 1,8,64,256 2>&1 | tee "$OUT_DIR/bench-purifier-cifar.log" ;;
   purifier-imagenet)

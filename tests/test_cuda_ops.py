@@ -24,7 +24,7 @@ import torch
 from conftest import LinearEps, weight_off_the_clip_bounds
 from cuda_on_cpu import aot
 
-from bench import bench_ops, sanitize_ops
+from bench import bench_ops, sanitize_ops, tune_cuda
 from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
 from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops, registry
@@ -729,3 +729,25 @@ def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
         built, launched = op(*args), jit(*args)
         for b, j in zip(*(r if isinstance(r, tuple) else (r,) for r in (built, launched))):
             torch.testing.assert_close(b, j, rtol=0, atol=atol, msg=lambda m, op=op: f"{op}: {m}")
+
+
+def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
+    """bench/tune_cuda.py's variants on small planes, on the CPU runtime: each compiles, launches
+    and stays within its red gate. The defines reach the compiled source: the FMA loops differ
+    from the tensor-core path by rounding, and a define the kernels refuse fails the compile."""
+    reason = cuda_on_cpu.compiler_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
+    rows = tune_cuda.main(["--smoke"])
+    assert all("error" not in r and "red_gate" not in r for r in rows), rows
+    variants = {(r["op"], r["direction"], r["label"], r["variant"]) for r in rows}
+    assert ("exchange_update", "forward", "cifar-B512", "FMA loops") in variants
+    assert ("mani_noise", "forward", "cifar-B512", "FMA loops") in variants
+    assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
+    fma = [r for r in rows if r["variant"] == "FMA loops"]
+    assert all(0 < r["max_diff_vs_shipped"] <= tune_cuda.RED_GATE for r in fma), fma
+    x = torch.zeros(1, 1, 36, 40)
+    with tune_cuda.compiled_with({"MANIPURE_INVERSE_ROWS_PER_THREAD": 0}):
+        with pytest.raises(RuntimeError, match="at least one row per thread"):
+            cuda_ops.launch_exchange_update(x, x, x, x, x, None, [1.0] * 8, 3.0, 3.0, False, False)

@@ -193,7 +193,12 @@ __device__ __forceinline__ void band_inverse_columns(const float2* X, float2* E,
 }
 
 // Pixel rows a thread of band_inverse_rows takes: each twiddle it loads serves this many pixels.
-constexpr int kInverseRowsPerThread = 4;
+// bench/tune_cuda.py times other counts through MANIPURE_INVERSE_ROWS_PER_THREAD.
+#ifndef MANIPURE_INVERSE_ROWS_PER_THREAD
+#define MANIPURE_INVERSE_ROWS_PER_THREAD 4
+#endif
+constexpr int kInverseRowsPerThread = MANIPURE_INVERSE_ROWS_PER_THREAD;
+static_assert(kInverseRowsPerThread >= 1, "band_inverse_rows takes at least one row per thread");
 
 // The band's inverse row transform at every pixel: acc = sum_j E[h][j] e^{+i theta_j w} (and acc2
 // from E2 when kTwo), handed to pixel(h, w, acc, acc2), unnormalised. A thread takes

@@ -124,7 +124,7 @@ extern "C" __global__ void exchange_update_kernel(
                                   sqrt_abar_next, c1, c2, delta};
   extern __shared__ float2 smem[];
   const long long base = (long long)blockIdx.x * H * W;
-  if (H <= manipure::kTileSide && W <= manipure::kTileSide) {  // cuda_ops.exchange_shared_bytes agrees
+  if (H <= manipure::kTensorCoreMaxSide && W <= manipure::kTensorCoreMaxSide) {  // as exchange_shared_bytes
     tensor_core_exchange_update(x_t, eps, ref_t, eps_ref, noise, out, rng_state, cos_h, sin_h, cos_w, sin_w,
                                 amp_mask, phase_mask, base, H, W, KH, KW, k, has_eps_ref, has_noise, phase_project,
                                 reconstruct_real, reinterpret_cast<float*>(smem));

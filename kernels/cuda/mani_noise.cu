@@ -29,6 +29,7 @@ using manipure::fragment_col;
 using manipure::fragment_row;
 using manipure::inverse_columns;
 using manipure::inverse_row_real;
+using manipure::kTensorCoreMaxSide;
 using manipure::kTileFloats;
 using manipure::kTileSide;
 using manipure::kTileStride;
@@ -111,7 +112,7 @@ extern "C" __global__ void mani_noise_kernel(
   const int n = H * W;
   const long long base = (long long)blockIdx.x * n;
   const float inv_n = 1.0f / (float)n;
-  const bool tensor_cores = H <= kTileSide && W <= kTileSide;  // cuda_ops.mani_shared_bytes agrees
+  const bool tensor_cores = H <= kTensorCoreMaxSide && W <= kTensorCoreMaxSide;  // as mani_shared_bytes
   float local_sq = 0.f, local_max = 0.f;
   float *map, *scratch;  // the unnormalised map, at row stride map_stride
   int map_stride;

@@ -18,10 +18,20 @@
 
 namespace manipure {
 
-constexpr int kTileSide = 32;  // the largest plane side of the tensor-core path
+constexpr int kTileSide = 32;  // the largest plane side a tile holds
 // 36: the A-fragment reads of a warp, rows g (0-7) and columns t (0-3), fall in 32 distinct banks.
 constexpr int kTileStride = kTileSide + 4;
 constexpr int kTileFloats = kTileSide * kTileStride;
+
+// The largest plane side the kernels send to the tensor cores (cuda_ops.TENSOR_CORE_SIDE, which
+// sizes their shared memory, agrees). bench/tune_cuda.py compiles the kernels with 0, the FMA
+// loops for every plane, to time the two against each other.
+#ifndef MANIPURE_TENSOR_CORE_MAX_SIDE
+#define MANIPURE_TENSOR_CORE_MAX_SIDE 32
+#endif
+constexpr int kTensorCoreMaxSide = MANIPURE_TENSOR_CORE_MAX_SIDE;
+static_assert(kTensorCoreMaxSide >= 0 && kTensorCoreMaxSide <= kTileSide,
+              "the tensor-core path's planes fit a tile");
 
 // A product's valid output rows and columns, and its inner (k) extent; each at most kTileSide.
 struct ProductExtent {

@@ -216,7 +216,8 @@ def _f32(v) -> object:
 
 
 # Planes up to this side take the kernels' tensor-core transforms, in padded tiles of [32 x 36]
-# floats (tensor_core_dft.cuh kTileSide and kTileStride).
+# floats (tensor_core_dft.cuh kTensorCoreMaxSide, kTileSide and kTileStride; bench/tune_cuda.py
+# sets both this and the kernels' to 0 to time the FMA loops against them).
 TENSOR_CORE_SIDE = 32
 _TILE_BYTES = 32 * 36 * 4
 

@@ -1,0 +1,184 @@
+"""Time the CUDA C++ kernels' compile-time choices on a GPU (docs/kernels.md, "Not measured yet"),
+through the JIT loader. The shipped choices were made by counting; this measures them against
+their neighbours.
+
+    python bench/tune_cuda.py            # on a GPU with CuPy: bench/results/tune-cuda-<gpu>-<date>.json
+
+Variants, each one define away from the shipped source (prepended to what the JIT compiles):
+
+- ``MANIPURE_TENSOR_CORE_MAX_SIDE=0``: the FMA loops instead of the 3xTF32 tensor-core path, for
+  ``exchange_update`` and ``mani_noise`` forward at CIFAR B=512 (the path's planes);
+- ``MANIPURE_INVERSE_ROWS_PER_THREAD`` 1, 2 and 8 against 4: the pixel rows a thread of the
+  exchange's ``band_inverse_rows`` takes, in the FMA loops: the forward at ImageNet B=64, and the
+  backward at both shapes.
+
+Every variant's output is first compared with the shipped kernels' on the same inputs (a
+difference over 1e-4 is a red gate, reported and not timed), then timed with
+``triton.testing.do_bench`` (L2 flushed; median, p20, p80). A variant that does not compile or
+launch is a row with its error. Rows carry the GPU, versions and commit, and are rewritten after
+each group. ``main(["--smoke"])`` runs every variant once on small planes through whatever
+``cuda_ops._launch`` is (tests/test_cuda_ops.py puts the CPU runtime there) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_ops import provenance, time_ms, write_rows  # noqa: E402
+from manipure_fast.ops import cuda_ops  # noqa: E402
+from manipure_fast.ops.triton_exchange import ExchangeParams  # noqa: E402
+from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
+
+RED_GATE = 1e-4
+SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256)}
+SMOKE_SHAPES = {"cifar-B512": (1, 2, 20, 24), "imagenet-B64": (1, 1, 36, 40)}
+FMA_LOOPS = ("FMA loops", {"MANIPURE_TENSOR_CORE_MAX_SIDE": 0})
+INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THREAD": n}) for n in (1, 2, 8)]
+
+
+@dataclass
+class Group:
+    op: str
+    direction: str
+    label: str
+    shape: tuple
+    run: Callable  # one call of the op's launcher on fixed inputs
+    variants: list[tuple[str, dict]]  # (name, defines)
+
+
+@contextlib.contextmanager
+def compiled_with(defines: dict):
+    """The JIT loader's kernels, compiled with ``defines`` prepended to their source. The
+    tensor-core side is also the one ``cuda_ops`` sizes shared memory by, so it is set there too."""
+    original_source, original_side = cuda_ops.kernel_source, cuda_ops.TENSOR_CORE_SIDE
+    prefix = "".join(f"#define {name} {value}\n" for name, value in defines.items())
+    saved_loader = os.environ.get("MANIPURE_CUDA_LOADER")
+    cuda_ops.kernel_source = lambda file: prefix + original_source(file)
+    cuda_ops.TENSOR_CORE_SIDE = defines.get("MANIPURE_TENSOR_CORE_MAX_SIDE", original_side)
+    os.environ["MANIPURE_CUDA_LOADER"] = "jit"  # the library's choices are compiled in
+    cuda_ops._kernel.cache_clear()
+    try:
+        yield
+    finally:
+        cuda_ops.kernel_source, cuda_ops.TENSOR_CORE_SIDE = original_source, original_side
+        if saved_loader is None:
+            os.environ.pop("MANIPURE_CUDA_LOADER", None)
+        else:
+            os.environ["MANIPURE_CUDA_LOADER"] = saved_loader
+        cuda_ops._kernel.cache_clear()
+
+
+def _planes(shape, device, count, seed):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(shape, device=device, generator=gen) for _ in range(count)]
+
+
+def exchange_groups(label, shape, device) -> list[Group]:
+    params = ExchangeParams.from_step(step_coefficients(49, 39, eta=1.0))
+    coefficients = [float(getattr(params, name)) for name in cuda_ops.COEFFICIENTS]
+    x_t, eps, ref_t, eps_ref, z, grad = _planes(shape, device, 6, seed=0)
+    cuts = (params.amplitude_cut_range, params.phase_cut_range, False, False)
+    forward = lambda: cuda_ops.launch_exchange_update(x_t, eps, ref_t, eps_ref, z, None, coefficients, *cuts)  # noqa: E731
+    backward = lambda: cuda_ops.launch_exchange_update_backward(
+        grad, x_t, eps, ref_t, eps_ref, coefficients, *cuts
+    )  # noqa: E731
+    tensor_cores = max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE
+    return [
+        Group(
+            "exchange_update", "forward", label, shape, forward, [FMA_LOOPS] if tensor_cores else INVERSE_ROWS
+        ),
+        Group("exchange_update", "backward", label, shape, backward, INVERSE_ROWS),
+    ]
+
+
+def mani_groups(label, shape, device) -> list[Group]:
+    if max(shape[-2:]) > cuda_ops.TENSOR_CORE_SIDE:
+        return []  # nothing compile-time to vary above the tensor-core path's planes
+    x, z = _planes(shape, device, 2, seed=1)
+    forward = lambda: cuda_ops.launch_mani_noise(x, z, None, 999, 8, 1.8, 1e-6, "width", "spectral", "rms")[0]  # noqa: E731
+    return [Group("mani_noise", "forward", label, shape, forward, [FMA_LOOPS])]
+
+
+def _max_diff(a, b) -> float:
+    a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
+    return max((x - y).abs().max().item() for x, y in zip(a, b) if x.numel())
+
+
+def run_group(group: Group, device, smoke) -> list[dict]:
+    rows = []
+    with torch.no_grad():
+        shipped = group.run()
+        for name, defines in [("shipped", {})] + group.variants:
+            row = dict(op=group.op, direction=group.direction, label=group.label, shape=list(group.shape))
+            row.update(variant=name, defines=defines)
+            try:
+                with compiled_with(defines):
+                    diff = _max_diff(group.run(), shipped)
+                    if diff > RED_GATE:
+                        print(
+                            f"RED GATE {group.op} {group.direction} {group.label} {name}: max diff {diff:.3g}"
+                        )
+                        rows.append(dict(row, red_gate=diff))
+                        continue
+                    if smoke:  # the CPU runtime: that it runs and agrees is the check
+                        p50 = p20 = p80 = float("nan")
+                    else:
+                        p50, p20, p80 = time_ms(group.run, device, smoke)
+            except Exception as error:  # noqa: BLE001 - a variant that cannot compile is a finding
+                print(
+                    f"{group.op:16s} {group.direction:8s} {group.label:12s} {name:28s} failed: {error!r:.200}"
+                )
+                rows.append(dict(row, error=repr(error)[:2000]))
+                continue
+            rows.append(dict(row, p50_ms=p50, p20_ms=p20, p80_ms=p80, max_diff_vs_shipped=diff))
+            where = f"{group.op:16s} {group.direction:8s} {group.label:12s} {name:28s}"
+            print(f"{where} p50 {p50:9.3f} ms  diff {diff:.1e}")
+    shipped_ms = rows[0].get("p50_ms")
+    for r in rows:
+        if shipped_ms and "p50_ms" in r:
+            r["speedup_vs_shipped"] = shipped_ms / r["p50_ms"]
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="small planes through cuda_ops._launch; writes nothing"
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if not args.smoke:
+        if device.type != "cuda":
+            parser.error("timings need a CUDA device; --smoke checks the variants through cuda_ops._launch")
+        reason = cuda_ops.loader_unavailable_reason("jit")
+        if reason is not None:
+            parser.error(f"the variants compile through the JIT loader: {reason}")
+    path, meta = None, provenance(device)
+    if not args.smoke:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"tune-cuda-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
+    rows = []
+    for label, shape in (SMOKE_SHAPES if args.smoke else SHAPES).items():
+        for group in exchange_groups(label, shape, device) + mani_groups(label, shape, device):
+            rows += run_group(group, device, args.smoke)
+            if path is not None:
+                write_rows(path, rows, meta)
+    print(f"smoke run: {len(rows)} rows, nothing written" if args.smoke else f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
