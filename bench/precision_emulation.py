@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_ops import provenance, write_rows  # noqa: E402
 from bench.tune_triton import overriding  # noqa: E402
-from manipure_fast import Purifier, PurifierConfig, RecordedNoise, ops  # noqa: E402
+from manipure_fast import RecordedNoise, ops  # noqa: E402
 from manipure_fast.ops import triton_mani  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
@@ -230,26 +230,25 @@ def fixture_rows(fixtures: Path, precisions=PRECISIONS) -> list[dict]:
     if not path.is_file():
         print(f"{path} is absent: no end-to-end rows")
         return []
-    from manipure_fast.config import rounds_from_reference
+    from manipure_fast.compat import PurificationForward
 
     def eps_model(x, t):  # the fixtures' closed-form noise model (SPEC §4)
         return 0.1 * x + 0.001 * (t.view(-1, 1, 1, 1) / 1000.0)
 
     rows = []
     for case in torch.load(path, weights_only=True)["purification_cases"]:
-        config = PurifierConfig(
-            rounds=rounds_from_reference(case["max_timestep"], case["attack_steps"]),
-            mani=False,
-            sampling=case["sampling_method"],
-            amplitude_cut_range=case["amplitude_cut_range"],
-            phase_cut_range=case["phase_cut_range"],
-            delta=case["delta"],
-            forward_noise_steps=case["forward_noise_steps"],
-        )
+        arguments = [case[k] for k in ("max_timestep", "attack_steps", "sampling_method", "is_imagenet")]
+        options = {
+            k: case[k] for k in ("amplitude_cut_range", "phase_cut_range", "delta", "forward_noise_steps")
+        }
         for precision in precisions:
+            # The reference's own constructor (the drop-in API), replaying its recorded noise.
             noise = RecordedNoise(case["noise"], case["noise_labels"])
-            with dot_precision(precision):
-                out = Purifier(eps_model, config, backend="triton").purify(case["x"], noise=noise)
+            purifier = PurificationForward(
+                torch.nn.Identity(), eps_model, *arguments, "cpu", **options, noise=noise
+            )
+            with ops.use_backend("triton"), dot_precision(precision):
+                out = purifier.preprocess(case["x"])
             error = float((out - case["purified"]).abs().max())
             rows.append(
                 dict(

@@ -26,34 +26,22 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_ops import provenance, time_ms, write_rows  # noqa: E402
+from bench.bench_ops import provenance, write_rows  # noqa: E402
+from bench.variants import RED_GATE, Group, planes  # noqa: E402,F401 - RED_GATE: the tests' bound
 from manipure_fast.ops import cuda_ops  # noqa: E402
 from manipure_fast.ops.triton_exchange import ExchangeParams  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
-RED_GATE = 1e-4
 SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256)}
 SMOKE_SHAPES = {"cifar-B512": (1, 2, 20, 24), "imagenet-B64": (1, 1, 36, 40)}
 FMA_LOOPS = ("FMA loops", {"MANIPURE_TENSOR_CORE_MAX_SIDE": 0})
 INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THREAD": n}) for n in (1, 2, 8)]
-
-
-@dataclass
-class Group:
-    op: str
-    direction: str
-    label: str
-    shape: tuple
-    run: Callable  # one call of the op's launcher on fixed inputs
-    variants: list[tuple[str, dict]]  # (name, defines)
 
 
 @contextlib.contextmanager
@@ -78,75 +66,34 @@ def compiled_with(defines: dict):
         cuda_ops._kernel.cache_clear()
 
 
-def _planes(shape, device, count, seed):
-    gen = torch.Generator(device=device).manual_seed(seed)
-    return [torch.randn(shape, device=device, generator=gen) for _ in range(count)]
-
-
 def exchange_groups(label, shape, device) -> list[Group]:
     params = ExchangeParams.from_step(step_coefficients(49, 39, eta=1.0))
     coefficients = [float(getattr(params, name)) for name in cuda_ops.COEFFICIENTS]
-    x_t, eps, ref_t, eps_ref, z, grad = _planes(shape, device, 6, seed=0)
+    x_t, eps, ref_t, eps_ref, z, grad = planes(shape, device, 6, seed=0)
     cuts = (params.amplitude_cut_range, params.phase_cut_range, False, False)
     forward = lambda: cuda_ops.launch_exchange_update(x_t, eps, ref_t, eps_ref, z, None, coefficients, *cuts)  # noqa: E731
     backward = lambda: cuda_ops.launch_exchange_update_backward(
         grad, x_t, eps, ref_t, eps_ref, coefficients, *cuts
-    )  # noqa: E731
-    tensor_cores = max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE
+    )
+    forward_variants = [FMA_LOOPS] if max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE else INVERSE_ROWS
+    op = "exchange_update"
     return [
-        Group(
-            "exchange_update", "forward", label, shape, forward, [FMA_LOOPS] if tensor_cores else INVERSE_ROWS
-        ),
-        Group("exchange_update", "backward", label, shape, backward, INVERSE_ROWS),
+        Group(op, "forward", label, shape, forward, compiled_with, forward_variants),
+        Group(op, "backward", label, shape, backward, compiled_with, INVERSE_ROWS),
     ]
 
 
 def mani_groups(label, shape, device) -> list[Group]:
     if max(shape[-2:]) > cuda_ops.TENSOR_CORE_SIDE:
         return []  # nothing compile-time to vary above the tensor-core path's planes
-    x, z = _planes(shape, device, 2, seed=1)
+    x, z = planes(shape, device, 2, seed=1)
     forward = lambda: cuda_ops.launch_mani_noise(x, z, None, 999, 8, 1.8, 1e-6, "width", "spectral", "rms")[0]  # noqa: E731
-    return [Group("mani_noise", "forward", label, shape, forward, [FMA_LOOPS])]
+    return [Group("mani_noise", "forward", label, shape, forward, compiled_with, [FMA_LOOPS])]
 
 
-def _max_diff(a, b) -> float:
-    a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
-    return max((x - y).abs().max().item() for x, y in zip(a, b) if x.numel())
-
-
-def run_group(group: Group, device, smoke) -> list[dict]:
-    rows = []
-    with torch.no_grad():
-        shipped = group.run()
-        for name, defines in [("shipped", {})] + group.variants:
-            row = dict(op=group.op, direction=group.direction, label=group.label, shape=list(group.shape))
-            row.update(variant=name, defines=defines)
-            try:
-                with compiled_with(defines):
-                    diff = _max_diff(group.run(), shipped)
-                    if diff > RED_GATE:
-                        print(
-                            f"RED GATE {group.op} {group.direction} {group.label} {name}: max diff {diff:.3g}"
-                        )
-                        rows.append(dict(row, red_gate=diff))
-                        continue
-                    if smoke:  # the CPU runtime: that it runs and agrees is the check
-                        p50 = p20 = p80 = float("nan")
-                    else:
-                        p50, p20, p80 = time_ms(group.run, device, smoke)
-            except Exception as error:  # noqa: BLE001 - a variant that cannot compile is a finding
-                print(
-                    f"{group.op:16s} {group.direction:8s} {group.label:12s} {name:28s} failed: {error!r:.200}"
-                )
-                rows.append(dict(row, error=repr(error)[:2000]))
-                continue
-            rows.append(dict(row, p50_ms=p50, p20_ms=p20, p80_ms=p80, max_diff_vs_shipped=diff))
-            where = f"{group.op:16s} {group.direction:8s} {group.label:12s} {name:28s}"
-            print(f"{where} p50 {p50:9.3f} ms  diff {diff:.1e}")
-    shipped_ms = rows[0].get("p50_ms")
-    for r in rows:
-        if shipped_ms and "p50_ms" in r:
-            r["speedup_vs_shipped"] = shipped_ms / r["p50_ms"]
+def _with_defines(rows: list[dict], group: Group) -> list[dict]:
+    for row, (_, defines) in zip(rows, [("shipped", {})] + group.variants):
+        row["defines"] = defines
     return rows
 
 
@@ -173,7 +120,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     for label, shape in (SMOKE_SHAPES if args.smoke else SHAPES).items():
         for group in exchange_groups(label, shape, device) + mani_groups(label, shape, device):
-            rows += run_group(group, device, args.smoke)
+            rows += _with_defines(group.time(device, args.smoke), group)
             if path is not None:
                 write_rows(path, rows, meta)
     print(f"smoke run: {len(rows)} rows, nothing written" if args.smoke else f"wrote {path}")

@@ -32,38 +32,22 @@ import argparse
 import contextlib
 import importlib
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_ops import provenance, time_ms, write_rows  # noqa: E402
+from bench.bench_ops import provenance, write_rows  # noqa: E402
+from bench.variants import RED_GATE, Group, planes  # noqa: E402,F401 - RED_GATE: the tests' bound
 from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
-RED_GATE = 1e-4
 # The dots on the tensor cores: three TF32 products per product, about fp32's accuracy
 # (docs/kernels.md, "Precision": the ieee kernels' FMA work bounds T1 and T3 at CIFAR).
 TF32X3 = ("PRECISION=tf32x3", dict(PRECISION="tf32x3"))
 SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256), "64x64-B256": (256, 3, 64, 64)}
 SMOKE_SHAPES = {"cifar-B512": (2, 3, 32, 32), "imagenet-B64": (1, 1, 72, 72), "64x64-B256": (1, 1, 48, 48)}
-
-
-@dataclass
-class Group:
-    """One op, direction and shape, and the variants to time against its shipped choices."""
-
-    op: str
-    direction: str
-    label: str
-    shape: tuple
-    run: Callable  # one call of the op's launcher on fixed inputs
-    module: str  # the kernel module under manipure_fast.kernels.triton whose kernels are varied
-    kernels: tuple[str, ...]
-    variants: list[tuple[str, dict]]  # (name, overrides)
 
 
 class _Override:
@@ -120,28 +104,21 @@ def _exchange_params():
     return triton_exchange.ExchangeParams.from_step(step_coefficients(49, 39, eta=1.0))
 
 
-def _planes(shape, device, count, seed):
-    gen = torch.Generator(device=device).manual_seed(seed)
-    return [torch.randn(shape, device=device, generator=gen) for _ in range(count)]
-
-
 def exchange_groups(label, shape, device):
     """The forward's and the backward's groups."""
     params = _exchange_params()
-    x_t, eps, ref_t, eps_ref, z, grad = _planes(shape, device, 6, seed=0)
+    x_t, eps, ref_t, eps_ref, z, grad = planes(shape, device, 6, seed=0)
     forward = lambda: triton_exchange.launch_exchange_update(x_t, eps, ref_t, eps_ref, z, None, params)[0]  # noqa: E731
     backward = lambda: triton_exchange.launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params)  # noqa: E731
     variants = _exchange_variants(shape)
-    op = "exchange_update"
-    return [
-        Group(op, "forward", label, shape, forward, op, (f"{op}_kernel",), variants),
-        Group(op, "backward", label, shape, backward, f"{op}_backward", (f"{op}_backward_kernel",), variants),
-    ]
+    return _forward_and_backward(
+        "exchange_update", label, shape, forward, backward, "exchange_update", variants
+    )
 
 
 def mani_groups(label, shape, device):
     params = triton_mani.ManiParams(999)
-    x, z, grad = _planes(shape, device, 3, seed=1)
+    x, z, grad = planes(shape, device, 3, seed=1)
     path = triton_mani.mani_path(*shape[-2:])
     forward = lambda: triton_mani.FORWARD_LAUNCHERS[path](x, z, None, params)[0]  # noqa: E731
     backward = lambda: triton_mani.BACKWARD_LAUNCHERS[path](grad, x, z, params, noise_grad=True)  # noqa: E731
@@ -155,74 +132,46 @@ def mani_groups(label, shape, device):
             for n in (4, 8, 16)
             if (b, n) != (triton_mani.LARGE_BLOCK, 4)
         ]
-        return [Group(op, "forward", label, shape, forward, f"{op}_large", kernels, variants)]
+        return [Group(op, "forward", label, shape, forward, _context(f"{op}_large", *kernels), variants)]
     if path == "rows":
         others = [v for v in warps if v[1]["num_warps"] != 8] + [TF32X3]
-        forward_kernels, backward_kernels = (f"{op}_rows_kernel",), (f"{op}_rows_backward_kernel",)
-        return [
-            Group(op, "forward", label, shape, forward, f"{op}_rows", forward_kernels, others),
-            Group(op, "backward", label, shape, backward, f"{op}_rows_backward", backward_kernels, others),
-        ]
+        return _forward_and_backward(op, label, shape, forward, backward, f"{op}_rows", others)
     streamed = ("streamed kernel", dict(path="rows"))
     tile_forward = [v for v in warps if v[1]["num_warps"] != 8] + [streamed, TF32X3]  # it ships 8 warps
     tile_backward = [v for v in warps if v[1]["num_warps"] != 16] + [streamed, TF32X3]  # it ships 16
+    return _forward_and_backward(op, label, shape, forward, backward, op, tile_forward, tile_backward)
+
+
+def _forward_and_backward(op, label, shape, forward, backward, module, variants, backward_variants=None):
+    """The groups of kernel module ``module``'s kernel and of its backward module's
+    (``<module>_backward``), named as the kernel modules name them."""
+    backward_module = f"{module}_backward"
     return [
-        Group(op, "forward", label, shape, forward, op, (f"{op}_kernel",), tile_forward),
+        Group(op, "forward", label, shape, forward, _context(module, f"{module}_kernel"), variants),
         Group(
             op,
             "backward",
             label,
             shape,
             backward,
-            f"{op}_backward",
-            (f"{op}_backward_kernel",),
-            tile_backward,
+            _context(backward_module, f"{backward_module}_kernel"),
+            variants if backward_variants is None else backward_variants,
         ),
     ]
 
 
-def _variant_context(module, kernels, overrides):
-    if overrides.get("path") == "rows":  # the whole-tile path's planes through the streamed kernels
-        return launcher(
-            "tile", triton_mani.launch_mani_noise_rows, triton_mani.launch_mani_noise_rows_backward
-        )
-    return overriding(module, kernels, overrides)
+def _context(module: str, *kernels: str):
+    """The variant context of ``kernels`` in kernel module ``module``: their overrides, or the
+    streamed MANI kernels in place of the whole tile (``path="rows"``)."""
 
+    def context(overrides: dict):
+        if overrides.get("path") == "rows":  # the whole-tile path's planes through the streamed kernels
+            return launcher(
+                "tile", triton_mani.launch_mani_noise_rows, triton_mani.launch_mani_noise_rows_backward
+            )
+        return overriding(module, kernels, overrides)
 
-def _max_diff(a, b) -> float:
-    a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
-    return max((x - y).abs().max().item() for x, y in zip(a, b) if x is not None)
-
-
-def run_group(group: Group, device, smoke) -> list[dict]:
-    op, direction, label, shape, run = group.op, group.direction, group.label, group.shape, group.run
-    rows = []
-    with torch.no_grad():
-        shipped = run()
-        for name, overrides in [("shipped", {})] + group.variants:
-            row = dict(op=op, direction=direction, label=label, shape=list(shape), variant=name)
-            try:
-                with _variant_context(group.module, group.kernels, overrides):
-                    diff = _max_diff(run(), shipped)
-                    if diff > RED_GATE:
-                        print(f"RED GATE {op} {direction} {label} {name}: max diff {diff:.3g}; not timed")
-                        rows.append(dict(row, red_gate=diff))
-                        continue
-                    if smoke:  # the interpreter: that it runs is the check; one call is enough
-                        p50 = p20 = p80 = float("nan")
-                    else:
-                        p50, p20, p80 = time_ms(run, device, smoke)
-            except Exception as error:  # noqa: BLE001 - a variant that cannot launch is a finding
-                print(f"{op:16s} {direction:8s} {label:12s} {name:26s} failed: {repr(error)[:200]}")
-                rows.append(dict(row, error=repr(error)[:2000]))
-                continue
-            rows.append(dict(row, p50_ms=p50, p20_ms=p20, p80_ms=p80, max_diff_vs_shipped=diff))
-            print(f"{op:16s} {direction:8s} {label:12s} {name:26s} p50 {p50:9.3f} ms  diff {diff:.1e}")
-    shipped_ms = rows[0].get("p50_ms")
-    for r in rows:
-        if shipped_ms and "p50_ms" in r:
-            r["speedup_vs_shipped"] = shipped_ms / r["p50_ms"]
-    return rows
+    return context
 
 
 def main(argv=None) -> list[dict]:
@@ -245,7 +194,7 @@ def main(argv=None) -> list[dict]:
         if label != "64x64-B256":
             groups = exchange_groups(label, shape, device) + groups
         for group in groups:
-            rows += run_group(group, device, args.smoke)
+            rows += group.time(device, args.smoke)
             if path is not None:
                 write_rows(path, rows, meta)
     if args.smoke:

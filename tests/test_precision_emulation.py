@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES, load_fixture
 
 pytest.importorskip("triton")
 
@@ -68,3 +69,12 @@ def test_smoke_rows_rank_the_precisions():
         assert found["ieee"]["max_error"] <= fp32_scale, case
         assert found["tf32x3"]["max_error"] <= fp32_scale, case
         assert found["tf32"]["max_error"] >= 100 * fp32_scale, case
+
+
+def test_tf32x3_purifications_meet_t7_on_the_golden_fixtures():
+    """T7 with the dots emulated as tf32x3: the reference purifier's recorded purifications
+    (SPEC §4), through the drop-in constructor on the triton backend, within 1e-5."""
+    load_fixture("reverse_step_parity.pt")  # skips, with the reason, where the fixtures are absent
+    rows = emulation.fixture_rows(FIXTURES, precisions=("tf32x3",))
+    assert len(rows) == 6
+    assert all(row["within_t7"] for row in rows), [(r["label"], r["max_error"]) for r in rows]
