@@ -91,12 +91,6 @@ def mani_groups(label, shape, device) -> list[Group]:
     return [Group("mani_noise", "forward", label, shape, forward, compiled_with, [FMA_LOOPS])]
 
 
-def _with_defines(rows: list[dict], group: Group) -> list[dict]:
-    for row, (_, defines) in zip(rows, [("shipped", {})] + group.variants):
-        row["defines"] = defines
-    return rows
-
-
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,7 +114,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     for label, shape in (SMOKE_SHAPES if args.smoke else SHAPES).items():
         for group in exchange_groups(label, shape, device) + mani_groups(label, shape, device):
-            rows += _with_defines(group.time(device, args.smoke), group)
+            rows += group.time(device, args.smoke)
             if path is not None:
                 write_rows(path, rows, meta)
     print(f"smoke run: {len(rows)} rows, nothing written" if args.smoke else f"wrote {path}")

@@ -39,14 +39,14 @@ def time_variants(
 ) -> list[dict]:
     """Rows for the shipped choice and each ``(name, settings)`` variant: ``run()`` under
     ``context(settings)`` is the variant, and under ``context({})`` the shipped choice (timed the
-    same way); ``row`` (op, direction, label, shape) heads each row. In ``smoke`` mode nothing is
-    timed: that each variant runs and agrees is the check."""
+    same way); ``row`` (op, direction, label, shape) heads each row, and each row records its
+    settings. In ``smoke`` mode nothing is timed: that each variant runs and agrees is the check."""
     where = " ".join(str(row[k]) for k in ("op", "direction", "label"))
     rows = []
     with torch.no_grad():
         shipped = run()
         for name, settings in [("shipped", {})] + variants:
-            this = dict(row, variant=name)
+            this = dict(row, variant=name, settings=settings)
             try:
                 with context(settings):
                     diff = max_diff(run(), shipped)
