@@ -1,8 +1,10 @@
 """The CPU runtime for CUDA kernels (tests/cuda_on_cpu) itself: a kernel with a known defect must be
-caught, and correct warp and block code must run as on the device. test_cuda_kernels_on_cpu.py
+caught, and correct warp and block code must run as on the device. test_cuda_ops.py
 relies on it to check kernels/cuda."""
 
 from __future__ import annotations
+
+import math
 
 import cuda_on_cpu
 import numpy
@@ -76,16 +78,19 @@ extern "C" __global__ void fill(float* out, int count) {
 }
 
 // One m16n8k8 TF32 tensor-core product, D = 1 + A B: A [16 x 8] and B [8 x 8] row-major into
-// D [16 x 8] row-major, each lane's fragment registers gathered as the PTX ISA lays them out; the
-// first `lanes` lanes of the warp take part.
-extern "C" __global__ void mma_16x8x8(const float* A, const float* B, float* D, int lanes) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const unsigned int a[4] = {__float_as_uint(A[g * 8 + t]), __float_as_uint(A[(g + 8) * 8 + t]),
-                             __float_as_uint(A[g * 8 + t + 4]), __float_as_uint(A[(g + 8) * 8 + t + 4])};
-  const unsigned int b[2] = {__float_as_uint(B[t * 8 + g]), __float_as_uint(B[(t + 4) * 8 + g])};
+// D [16 x 8] row-major. Lane l's fragment register r holds A[a_at[4 l + r]], B[b_at[2 l + r]] and
+// D[d_at[4 l + r]]: the test derives those tables from CUTLASS's layouts of the instruction, so the
+// runtime's fragment layout is checked against a source other than its own reading of the PTX ISA.
+// The first `lanes` lanes of the warp take part.
+extern "C" __global__ void mma_16x8x8(const float* A, const float* B, float* D, const int* a_at,
+                                      const int* b_at, const int* d_at, int lanes) {
+  const int lane = threadIdx.x & 31;
+  unsigned int a[4], b[2];
+  for (int r = 0; r < 4; ++r) a[r] = __float_as_uint(A[a_at[4 * lane + r]]);
+  for (int r = 0; r < 2; ++r) b[r] = __float_as_uint(B[b_at[2 * lane + r]]);
   float d[4] = {1.f, 1.f, 1.f, 1.f};
   if (lane < lanes) manipure::mma_tf32_m16n8k8(d, a, b);
-  for (int q = 0; q < 4; ++q) D[(g + (q >> 1) * 8) * 8 + 2 * t + (q & 1)] = d[q];
+  for (int r = 0; r < 4; ++r) D[d_at[4 * lane + r]] = d[r];
 }
 
 extern "C" __global__ void to_tf32(const float* x, float* out) {
@@ -234,19 +239,54 @@ def _tf32_truncated(t):
     return (t.view(torch.int32) & ~0x1FFF).view(torch.float32)
 
 
+def _cute_fragment_offsets(thread_stride, value_shape, value_stride, rows, cols):
+    """Row-major offsets, [32 lanes, values], of a CuTe (T32, V) -> (M, N) layout: the thread mode
+    is Shape<_4, _8> with `thread_stride`, the value mode `value_shape` with `value_stride`, and
+    the layout's index is column-major in (M, N), as CuTe flattens it."""
+    offsets = torch.empty(32, math.prod(value_shape), dtype=torch.int32)
+    for lane in range(32):
+        for value in range(offsets.shape[1]):
+            thread_coords = (lane % 4, lane // 4)
+            value_coords = (value % value_shape[0], value // value_shape[0])[: len(value_shape)]
+            index = sum(c * s for c, s in zip(thread_coords, thread_stride))
+            index += sum(c * s for c, s in zip(value_coords, value_stride))
+            row, col = index % rows, index // rows
+            assert col < cols
+            offsets[lane, value] = row * cols + col
+    return offsets.flatten()
+
+
+# CUTLASS's MMA_Traits<SM80_16x8x8_F32TF32TF32F32_TN> (cute/atom/mma_traits_sm80.hpp):
+#   ALayout (M16, K8): Shape<Shape<_4,_8>, Shape<_2,_2>>, Stride<Stride<_16,_1>, Stride<_8,_64>>
+#   BLayout (N8, K8):  Shape<Shape<_4,_8>, _2>,           Stride<Stride<_8,_1>, _32>
+#   CLayout (M16, N8): SM80_16x8_Row,
+#                      Shape<Shape<_4,_8>, Shape<_2,_2>>, Stride<Stride<_32,_1>, Stride<_16,_8>>
+# B's layout is over (N, K); the kernel's B is [K x N] row-major, hence the transpose below.
+A_AT = _cute_fragment_offsets((16, 1), (2, 2), (8, 64), rows=16, cols=8)
+B_AT_NK = _cute_fragment_offsets((8, 1), (2,), (32,), rows=8, cols=8)
+B_AT = (B_AT_NK % 8) * 8 + B_AT_NK // 8
+D_AT = _cute_fragment_offsets((32, 1), (2, 2), (16, 8), rows=16, cols=8)
+
+
+def test_cutlass_fragment_tables_cover_each_operand_once():
+    for table, size in ((A_AT, 128), (B_AT, 64), (D_AT, 128)):
+        assert sorted(table.tolist()) == list(range(size))
+
+
 def test_tensor_core_mma_follows_the_ptx_fragment_layout(module):
-    """D = 1 + A B with each operand read as TF32 (low 13 mantissa bits ignored): placing any
-    fragment register at the wrong (row, column) fails the first check, and operands used in full
-    precision fail the second."""
+    """D = 1 + A B with each operand read as TF32 (low 13 mantissa bits ignored), the fragments
+    placed by CUTLASS's layouts: a runtime that reads any fragment register at another (row,
+    column) fails the first check, and operands used in full precision fail the second."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(16, 8, generator=gen), torch.randn(8, 8, generator=gen)
     out = torch.empty(16, 8)
-    module.kernel("mma_16x8x8")(1, 32, (a, b, out, i32(32)), 0)
+    tables = (A_AT, B_AT, D_AT)
+    module.kernel("mma_16x8x8")(1, 32, (a, b, out, *tables, i32(32)), 0)
     as_tf32 = 1 + _tf32_truncated(a).double() @ _tf32_truncated(b).double()
     assert (out.double() - as_tf32).abs().max() <= 1e-5
     assert (out.double() - (1 + a.double() @ b.double())).abs().max() >= 1e-4
     with pytest.raises(RuntimeError, match="16 of 32 lanes wait at a full-warp shuffle or mma"):
-        module.kernel("mma_16x8x8")(1, 32, (a, b, out, i32(16)), 0)
+        module.kernel("mma_16x8x8")(1, 32, (a, b, out, *tables, i32(16)), 0)
 
 
 def test_tf32_rounding_is_nearest_ties_away_from_zero(module):

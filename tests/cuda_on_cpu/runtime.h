@@ -291,6 +291,7 @@ inline unsigned int tf32_round_bits(float v) {  // cvt.rna.tf32.f32
 //   A 16x8, row: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)
 //   B 8x8, col:  b0 (t, g), b1 (t + 4, g)
 //   C/D 16x8:    c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1)
+// tests/test_cuda_on_cpu.py checks this against CUTLASS's MMA_Traits of the same instruction.
 inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
   using cuda_on_cpu::g_block;
   using cuda_on_cpu::kMmaRegisters;
