@@ -7,10 +7,10 @@ their neighbours.
 Variants, each one define away from the shipped source (prepended to what the JIT compiles):
 
 - ``MANIPURE_TENSOR_CORE_MAX_SIDE=0``: the FMA loops instead of the 3xTF32 tensor-core path, for
-  ``exchange_update`` and ``mani_noise`` forward at CIFAR B=512 (the path's planes);
+  ``exchange_update`` forward and backward and ``mani_noise`` forward at CIFAR B=512 (the path's
+  planes);
 - ``MANIPURE_INVERSE_ROWS_PER_THREAD`` 1, 2 and 8 against 4: the pixel rows a thread of the
-  exchange's ``band_inverse_rows`` takes, in the FMA loops: the forward at ImageNet B=64, and the
-  backward at both shapes.
+  exchange's ``band_inverse_rows`` takes, in the FMA loops: forward and backward at ImageNet B=64.
 
 Every variant's output is first compared with the shipped kernels' on the same inputs (a
 difference over 1e-4 is a red gate, reported and not timed), then timed with
@@ -75,11 +75,13 @@ def exchange_groups(label, shape, device) -> list[Group]:
     backward = lambda: cuda_ops.launch_exchange_update_backward(
         grad, x_t, eps, ref_t, eps_ref, coefficients, *cuts
     )
-    forward_variants = [FMA_LOOPS] if max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE else INVERSE_ROWS
+    # Both directions take the tensor cores up to TENSOR_CORE_SIDE, and the FMA loops (whose inverse
+    # rows per thread are a choice) above.
+    variants = [FMA_LOOPS] if max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE else INVERSE_ROWS
     op = "exchange_update"
     return [
-        Group(op, "forward", label, shape, forward, compiled_with, forward_variants),
-        Group(op, "backward", label, shape, backward, compiled_with, INVERSE_ROWS),
+        Group(op, "forward", label, shape, forward, compiled_with, variants),
+        Group(op, "backward", label, shape, backward, compiled_with, variants),
     ]
 
 

@@ -471,8 +471,14 @@ def _assert_gradients_close(gradients):
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(m))
 @pytest.mark.parametrize(
     "shape, cuts, with_eps_ref",
-    [((1, 3, 31, 33), (10, 10), True), ((7, 1, 28, 28), (4, 7), False), ((2, 3, 256, 256), (10, 10), True)],
-    ids=["31x33", "28x28-no-eps-ref", "256x256"],
+    [
+        ((1, 3, 31, 33), (10, 10), True),
+        ((7, 1, 28, 28), (4, 7), False),
+        ((2, 3, 32, 32), (10, 10), True),  # the tensor-core path's whole tile
+        ((1, 2, 12, 20), (12, 9), True),  # the amplitude disc covers every frequency
+        ((2, 3, 256, 256), (10, 10), True),
+    ],
+    ids=["31x33", "28x28-no-eps-ref", "32x32", "12x20-full-band", "256x256"],
 )
 def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mode, loader):
     gen = torch.Generator().manual_seed(sum(shape))
@@ -744,6 +750,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     variants = {(r["op"], r["direction"], r["label"], r["variant"]) for r in rows}
     assert ("exchange_update", "forward", "cifar-B512", "FMA loops") in variants
     assert ("mani_noise", "forward", "cifar-B512", "FMA loops") in variants
+    assert ("exchange_update", "backward", "cifar-B512", "FMA loops") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
     fma = [r for r in rows if r["variant"] == "FMA loops"]
     assert all(0 < r["max_diff_vs_shipped"] <= tune_cuda.RED_GATE for r in fma), fma

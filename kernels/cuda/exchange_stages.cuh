@@ -1,5 +1,6 @@
 // The stages exchange_update.cu and exchange_update_backward.cu share: the x0 predictions, both
-// band spectra, the exchange of one band coefficient, and the band-only inverse column transform.
+// band spectra, the exchange of one band coefficient and its gradient, and the band-only inverse
+// column and row transforms.
 // One definition, so the backward recomputes exactly what the forward computed. Include guards
 // rather than #pragma once, because the JIT loader inlines this file into each kernel source.
 #ifndef MANIPURE_EXCHANGE_STAGES_CUH
@@ -177,6 +178,37 @@ __device__ __forceinline__ ExchangeMix exchange_mix(float2 fp, float2 fq, bool i
   sincosf(phase, &m.s, &m.c);
   m.delta = make_float2(m.amp * m.c - fp.x, m.amp * m.s - fp.y);
   return m;
+}
+
+// The gradients of one band coefficient's Delta = F_out - F_p with respect to F_p and F_q, given
+// g = dL/dDelta: through polar(A, phi), g_A = Re(g conj U) and g_phi = A Im(g conj U), each to the
+// spectrum it was taken from (|F|' = F/|F|, angle(F)' = iF/|F|^2, zero where F = 0, as torch's),
+// and -g to F_p. Zero outside both discs.
+__device__ __forceinline__ void exchange_mix_gradient(float2 fp, float2 fq, float2 g, bool in_amp, bool in_phase,
+                                                      int phase_project, float delta, float2& gp, float2& gq) {
+  gp = gq = make_float2(0.f, 0.f);
+  if (!(in_amp || in_phase)) return;
+  const ExchangeMix m = exchange_mix(fp, fq, in_amp, in_phase, phase_project, delta);
+  const float g_amp = g.x * m.c + g.y * m.s;
+  const float g_phase = m.amp * (g.y * m.c - g.x * m.s);
+  gp = make_float2(-g.x, -g.y);  // Delta = F_out - F_p
+  // |F|' = F / |F|
+  const float2 amp_src = in_amp ? fq : fp;
+  const float amp_mag = in_amp ? m.amp_q : m.amp_p;
+  if (amp_mag > 0.f) {
+    const float2 add = make_float2(g_amp * amp_src.x / amp_mag, g_amp * amp_src.y / amp_mag);
+    if (in_amp) gq = make_float2(gq.x + add.x, gq.y + add.y);
+    else gp = make_float2(gp.x + add.x, gp.y + add.y);
+  }
+  // angle(F)' = i F / |F|^2
+  const float2 phase_src = m.phase_from_ref ? fq : fp;
+  const float phase_mag = m.phase_from_ref ? m.amp_q : m.amp_p;
+  if (phase_mag > 0.f) {
+    const float scale = g_phase / (phase_mag * phase_mag);
+    const float2 add = make_float2(-scale * phase_src.y, scale * phase_src.x);
+    if (m.phase_from_ref) gq = make_float2(gq.x + add.x, gq.y + add.y);
+    else gp = make_float2(gp.x + add.x, gp.y + add.y);
+  }
 }
 
 // E[h][j] = sum_i X[i][j] e^{+i theta_i h}: the band's inverse column transform, [KH x KW] ->

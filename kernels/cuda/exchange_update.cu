@@ -17,11 +17,9 @@
 // spectra; Delta overwrites Fq and the inverse column transform overwrites Gq.
 //
 // Planes up to 32 x 32 (CIFAR's) take the same stages as matrix products on the tensor cores, in
-// 3xTF32 (tensor_core_dft.cuh): at CIFAR the FMA loops' 341 K multiply-adds per plane need 83% of
-// the SIMT peak to meet T1 (docs/kernels.md). Dynamic shared memory: twelve padded [32 x 36] float
-// tiles (below).
+// 3xTF32 (exchange_tensor_core.cuh). Dynamic shared memory: twelve padded [32 x 36] float tiles.
 #include "exchange_stages.cuh"
-#include "tensor_core_dft.cuh"
+#include "exchange_tensor_core.cuh"
 
 using manipure::band_inverse_columns;
 using manipure::band_inverse_rows;
@@ -33,68 +31,25 @@ using manipure::predicted_x0;
 using manipure::to_diffusion;
 using manipure::to_pixels;
 
-// The whole step for a plane up to 32 x 32 on the tensor cores: the stages of the FMA path below,
-// each a pair of real products of padded [32 x 32] tiles (zero outside the plane and the band,
-// so the padding adds nothing). Every thread of the block must call it.
+// The whole step for a plane up to 32 x 32 on the tensor cores. Every thread of the block must
+// call it.
 __device__ __forceinline__ void tensor_core_exchange_update(
     const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, const float* noise, float* out,
     const long long* rng_state, const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
     const float* amp_mask, const float* phase_mask, long long base, int H, int W, int KH, int KW,
     const ExchangeCoefficients& k, int has_eps_ref, int has_noise, int phase_project, int reconstruct_real,
-    float* tiles) {
-  using manipure::complex_tile_product;
-  using manipure::kTileFloats;
-  using manipure::kTileSide;
-  using manipure::kTileStride;
-  constexpr int T = kTileFloats;
-  float *Ch = tiles, *Sh = Ch + T, *Cw = Sh + T, *Sw = Cw + T;  // the band tables [KH x H], [KW x W]
-  float *P = Sw + T, *Q = P + T;                               // the pixel images; then F_p over them
-  float *Gpr = Q + T, *Gpi = Gpr + T, *Gqr = Gpi + T, *Gqi = Gqr + T;  // row transforms; E over Gp
-  float *Fqr = Gqi + T, *Fqi = Fqr + T;                                // F_q; then Delta over it
-  float *Fpr = P, *Fpi = Q, *Er = Gpr, *Ei = Gpi;
-  for (int idx = threadIdx.x; idx < kTileSide * kTileSide; idx += blockDim.x) {
-    const int r = idx / kTileSide, c = idx - r * kTileSide, e = r * kTileStride + c;
-    const bool pixel = r < H && c < W;
-    const long long el = base + (long long)r * W + c;
-    P[e] = pixel ? to_pixels(predicted_x0(x_t, eps, el, k)) : 0.f;
-    Q[e] = pixel ? to_pixels(manipure::reference_x0(ref_t, eps_ref, el, has_eps_ref, k)) : 0.f;
-    Ch[e] = r < KH && c < H ? cos_h[r * H + c] : 0.f;
-    Sh[e] = r < KH && c < H ? sin_h[r * H + c] : 0.f;
-    Cw[e] = r < KW && c < W ? cos_w[r * W + c] : 0.f;
-    Sw[e] = r < KW && c < W ? sin_w[r * W + c] : 0.f;
-  }
-  __syncthreads();
-  // Row transforms onto the band columns, G = X (Cw - i Sw)^T; then the band rows,
-  // F = (Ch - i Sh) G: Re F = Ch Gr + Sh Gi, Im F = Ch Gi - Sh Gr.
-  // Each product covers only the band where it has one: KW of 32 columns at CIFAR's R = 10 is
-  // 21, rounded up to 24.
-  const manipure::ProductExtent rows_pass{H, KW, W}, columns_pass{KH, KW, H}, inverse_columns{H, KW, KH};
-  complex_tile_product<false, true>(P, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gpr, Gpi, rows_pass);
-  complex_tile_product<false, true>(Q, nullptr, Cw, Sw, 1.f, 0.f, -1.f, 0.f, Gqr, Gqi, rows_pass);
-  complex_tile_product(Ch, Sh, Gpr, Gpi, 1.f, 1.f, 1.f, -1.f, Fpr, Fpi, columns_pass);
-  complex_tile_product(Ch, Sh, Gqr, Gqi, 1.f, 1.f, 1.f, -1.f, Fqr, Fqi, columns_pass);
-  // Mix: Delta = F_out - F_p inside the discs, 0 outside (over F_q).
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, e = i * kTileStride + (idx - i * KW);
-    const float2 d = exchange_mix(make_float2(Fpr[e], Fpi[e]), make_float2(Fqr[e], Fqi[e]), amp_mask[idx] != 0.f,
-                                  phase_mask[idx] != 0.f, phase_project, k.delta)
-                         .delta;
-    Fqr[e] = d.x;
-    Fqi[e] = d.y;
-  }
-  __syncthreads();
-  // E = (Ch + i Sh)^T Delta over the band rows, then per pixel y = E (Cw + i Sw), from the
-  // accumulators: Re y = Er Cw - Ei Sw, Im y = Er Sw + Ei Cw (not formed for "real").
-  complex_tile_product<true, false>(Ch, Sh, Fqr, Fqi, 1.f, -1.f, 1.f, 1.f, Er, Ei, inverse_columns);
+    float* smem) {
+  const manipure::ExchangeTiles t = manipure::exchange_tiles(smem);
+  manipure::tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k,
+                                     has_eps_ref, t);
+  // Delta over F_q, then E = (Ch + i Sh)^T Delta over the row transforms of p.
+  manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW, phase_project, k.delta, t.Fqr, t.Fqi);
+  manipure::tensor_core_inverse_columns(t, t.Fqr, t.Fqi, t.Gpr, t.Gpi, H, KH, KW);
+  // Per pixel, y = E (Cw + i Sw) from the accumulators (its imaginary part not formed for "real").
   const float inv_n = 1.0f / (float)(H * W);
   manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
     float y_re[4] = {0.f, 0.f, 0.f, 0.f}, y_im[4] = {0.f, 0.f, 0.f, 0.f};
-    manipure::tile_product_3xtf32(y_re, Er, Cw, m0, n0, KW, 1.f);
-    manipure::tile_product_3xtf32(y_re, Ei, Sw, m0, n0, KW, -1.f);
-    if (!reconstruct_real) {
-      manipure::tile_product_3xtf32(y_im, Er, Sw, m0, n0, KW, 1.f);
-      manipure::tile_product_3xtf32(y_im, Ei, Cw, m0, n0, KW, 1.f);
-    }
+    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !reconstruct_real);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int h = manipure::fragment_row(m0, q), w = manipure::fragment_col(n0, q);

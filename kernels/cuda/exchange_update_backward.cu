@@ -14,15 +14,19 @@
 //
 // Dynamic shared memory (float2): A, B [H x KW]; Fp, Fq, D [KH x KW]
 // = (2 H KW + 3 KH KW) * 8 bytes (cuda_ops.exchange_backward_shared_bytes).
+//
+// Planes up to 32 x 32 (CIFAR's) take the same stages as matrix products on the tensor cores, in
+// 3xTF32, with the forward's recomputation from exchange_tensor_core.cuh: twelve padded tiles.
 #include "exchange_stages.cuh"
+#include "exchange_tensor_core.cuh"
 
 using manipure::band_inverse_columns;
 using manipure::band_inverse_rows;
 using manipure::band_row_transforms;
 using manipure::band_spectra;
 using manipure::exchange_mix;
+using manipure::exchange_mix_gradient;
 using manipure::ExchangeCoefficients;
-using manipure::ExchangeMix;
 using manipure::predicted_x0;
 using manipure::reference_x0;
 using manipure::to_pixels;
@@ -31,6 +35,103 @@ using manipure::twiddle_mac;
 namespace {
 __device__ __forceinline__ bool within(float v, float lo, float hi) { return v >= lo && v <= hi; }
 }  // namespace
+
+// The whole backward for a plane up to 32 x 32 on the tensor cores, the stages of the FMA path
+// below. The tiles, in turn: F_p and F_q stay where the spectra put them until the polar
+// gradient; the G pairs take Delta, then E, g_y, the row transform of g_y, g_Delta, and the
+// inverse column transforms of g_F_p and g_F_q. Every thread of the block must call it.
+__device__ __forceinline__ void tensor_core_exchange_update_backward(
+    const float* grad, const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, float* g_x_t,
+    float* g_eps, float* g_ref_t, float* g_eps_ref, const float* cos_h, const float* sin_h, const float* cos_w,
+    const float* sin_w, const float* amp_mask, const float* phase_mask, long long base, int H, int W, int KH,
+    int KW, const ExchangeCoefficients& k, int has_eps_ref, int phase_project, int reconstruct_real,
+    float* smem) {
+  using manipure::fragment_col;
+  using manipure::fragment_row;
+  using manipure::kTileStride;
+  const manipure::ExchangeTiles t = manipure::exchange_tiles(smem);
+  const float inv_n = 1.0f / (float)(H * W);
+
+  // ---- recompute the band spectra, Delta (into Gq) and E = (Ch + i Sh)^T Delta (into Gp) -------
+  manipure::tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k,
+                                     has_eps_ref, t);
+  manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW, phase_project, k.delta, t.Gqr, t.Gqi);
+  manipure::tensor_core_inverse_columns(t, t.Gqr, t.Gqi, t.Gpr, t.Gpi, H, KH, KW);
+
+  // ---- y = p + ifft2_band(Delta) per pixel; g_y into Gq (zero off the plane), Re g_y in g_eps ---
+  const float out_scale = k.sqrt_abar_next * (2.0f / 255.0f);
+  manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
+    float y_re[4] = {0.f, 0.f, 0.f, 0.f}, y_im[4] = {0.f, 0.f, 0.f, 0.f};
+    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !reconstruct_real);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int h = fragment_row(m0, q), w = fragment_col(n0, q), e = h * kTileStride + w;
+      float2 gy = make_float2(0.f, 0.f);
+      if (h < H && w < W) {
+        const long long el = base + (long long)h * W + w;
+        const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + y_re[q] * inv_n, im = y_im[q] * inv_n;
+        const float value = reconstruct_real ? re : hypotf(re, im);
+        const float g_value = within(value, 0.f, 255.f) ? grad[el] * out_scale : 0.f;
+        gy = make_float2(g_value, 0.f);
+        if (!reconstruct_real) gy = value > 0.f ? make_float2(g_value * re / value, g_value * im / value) : make_float2(0.f, 0.f);
+        g_eps[el] = gy.x;
+      }
+      t.Gqr[e] = gy.x;
+      t.Gqi[e] = gy.y;
+    }
+  });
+  __syncthreads();  // the product below reads other warps' g_y
+
+  // ---- g_Delta HW = fft2_band(g_y): rows B = g_y (Cw - i Sw)^T into Gp, columns (Ch - i Sh) B
+  //      into Gq. Re B = gr Cw^T + gi Sw^T, Im B = gi Cw^T - gr Sw^T. ------------------------------
+  manipure::complex_tile_product<false, true>(t.Gqr, t.Gqi, t.Cw, t.Sw, 1.f, 1.f, -1.f, 1.f, t.Gpr, t.Gpi,
+                                              manipure::rows_pass(H, W, KW));
+  manipure::complex_tile_product(t.Ch, t.Sh, t.Gpr, t.Gpi, 1.f, 1.f, 1.f, -1.f, t.Gqr, t.Gqi,
+                                 manipure::columns_pass(H, KH, KW));
+
+  // ---- through polar(amplitude, phase) back to F_p and F_q (written over them) ------------------
+  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
+    const int i = idx / KW, e = i * kTileStride + (idx - i * KW);
+    float2 gp, gq;
+    exchange_mix_gradient(make_float2(t.Fpr[e], t.Fpi[e]), make_float2(t.Fqr[e], t.Fqi[e]),
+                          make_float2(t.Gqr[e] * inv_n, t.Gqi[e] * inv_n), amp_mask[idx] != 0.f,
+                          phase_mask[idx] != 0.f, phase_project, k.delta, gp, gq);
+    t.Fpr[e] = gp.x;
+    t.Fpi[e] = gp.y;
+    t.Fqr[e] = gq.x;
+    t.Fqi[e] = gq.y;
+  }
+  __syncthreads();
+
+  // ---- back to pixels: the inverse column transforms of g_F_p (into Gp) and g_F_q (into Gq),
+  //      the real parts of the inverse rows, then the clamps and x0 maps --------------------------
+  manipure::tensor_core_inverse_columns(t, t.Fpr, t.Fpi, t.Gpr, t.Gpi, H, KH, KW);
+  manipure::tensor_core_inverse_columns(t, t.Fqr, t.Fqi, t.Gqr, t.Gqi, H, KH, KW);
+  manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
+    float gp_spec[4] = {0.f, 0.f, 0.f, 0.f}, gq_spec[4] = {0.f, 0.f, 0.f, 0.f}, unused[4] = {};
+    manipure::tensor_core_inverse_row_tile(gp_spec, unused, t.Gpr, t.Gpi, t, m0, n0, KW, false);
+    manipure::tensor_core_inverse_row_tile(gq_spec, unused, t.Gqr, t.Gqi, t, m0, n0, KW, false);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int h = fragment_row(m0, q), w = fragment_col(n0, q);
+      if (h >= H || w >= W) continue;
+      const long long el = base + (long long)h * W + w;
+      const float g_p = g_eps[el] + gp_spec[q];  // Re(g_y), kept above by this same lane
+      const float x0 = predicted_x0(x_t, eps, el, k);
+      const float g_x0 = within(x0 / 2.0f + 0.5f, 0.f, 1.f) ? g_p * 127.5f : 0.f;
+      g_x_t[el] = g_x0 / k.sqrt_abar;
+      g_eps[el] = k.c2 * grad[el] - g_x0 * (k.sqrt_one_minus_abar / k.sqrt_abar);
+      const float xr = reference_x0(ref_t, eps_ref, el, has_eps_ref, k);
+      const float g_ref0 = within(xr / 2.0f + 0.5f, 0.f, 1.f) ? gq_spec[q] * 127.5f : 0.f;
+      if (has_eps_ref) {
+        g_ref_t[el] = g_ref0 / k.ref_sqrt_abar;
+        g_eps_ref[el] = -g_ref0 * (k.ref_sqrt_one_minus_abar / k.ref_sqrt_abar);
+      } else {
+        g_ref_t[el] = g_ref0;
+      }
+    }
+  });
+}
 
 extern "C" __global__ void exchange_update_backward_kernel(
     const float* __restrict__ grad, const float* __restrict__ x_t, const float* __restrict__ eps,
@@ -53,6 +154,12 @@ extern "C" __global__ void exchange_update_backward_kernel(
   float2* D = Fq + KH * KW;   // [KH x KW]: Delta, then g_Delta
 
   const long long base = (long long)blockIdx.x * H * W;
+  if (H <= manipure::kTensorCoreMaxSide && W <= manipure::kTensorCoreMaxSide) {  // as exchange_backward_shared_bytes
+    tensor_core_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, g_x_t, g_eps, g_ref_t, g_eps_ref, cos_h,
+                                         sin_h, cos_w, sin_w, amp_mask, phase_mask, base, H, W, KH, KW, k,
+                                         has_eps_ref, phase_project, reconstruct_real, reinterpret_cast<float*>(smem));
+    return;
+  }
   const float inv_n = 1.0f / (float)(H * W);
 
   // ---- recompute the band spectra and Delta, as the forward -----------------------------------
@@ -100,37 +207,9 @@ extern "C" __global__ void exchange_update_backward_kernel(
   __syncthreads();
 
   // ---- through polar(amplitude, phase) back to F_p and F_q (written over Fp, Fq) ---------------
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const bool in_amp = amp_mask[idx] != 0.f, in_phase = phase_mask[idx] != 0.f;
-    const float2 fp = Fp[idx], fq = Fq[idx];
-    float2 gp = make_float2(0.f, 0.f), gq = make_float2(0.f, 0.f);
-    if (in_amp || in_phase) {
-      const ExchangeMix m = exchange_mix(fp, fq, in_amp, in_phase, phase_project, delta);
-      const float2 g = D[idx];
-      const float g_amp = g.x * m.c + g.y * m.s;
-      const float g_phase = m.amp * (g.y * m.c - g.x * m.s);
-      gp = make_float2(-g.x, -g.y);  // Delta = F_out - F_p
-      // |F|' = F / |F|
-      const float2 amp_src = in_amp ? fq : fp;
-      const float amp_mag = in_amp ? m.amp_q : m.amp_p;
-      if (amp_mag > 0.f) {
-        const float2 add = make_float2(g_amp * amp_src.x / amp_mag, g_amp * amp_src.y / amp_mag);
-        if (in_amp) gq = make_float2(gq.x + add.x, gq.y + add.y);
-        else gp = make_float2(gp.x + add.x, gp.y + add.y);
-      }
-      // angle(F)' = i F / |F|^2
-      const float2 phase_src = m.phase_from_ref ? fq : fp;
-      const float phase_mag = m.phase_from_ref ? m.amp_q : m.amp_p;
-      if (phase_mag > 0.f) {
-        const float scale = g_phase / (phase_mag * phase_mag);
-        const float2 add = make_float2(-scale * phase_src.y, scale * phase_src.x);
-        if (m.phase_from_ref) gq = make_float2(gq.x + add.x, gq.y + add.y);
-        else gp = make_float2(gp.x + add.x, gp.y + add.y);
-      }
-    }
-    Fp[idx] = gp;
-    Fq[idx] = gq;
-  }
+  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x)
+    exchange_mix_gradient(Fp[idx], Fq[idx], D[idx], amp_mask[idx] != 0.f, phase_mask[idx] != 0.f, phase_project,
+                          delta, Fp[idx], Fq[idx]);
   __syncthreads();
 
   // ---- back to pixels: Re(sum_k e^{+i theta n} g_F[k]) for both, then the clamps and x0 maps ----

@@ -232,7 +232,10 @@ def exchange_shared_bytes(h: int, w: int, cut: float) -> int:
 
 
 def exchange_backward_shared_bytes(h: int, w: int, cut: float) -> int:
-    """exchange_update_backward.cu: two [H, KW] and three [KH, KW] float2 arrays."""
+    """exchange_update_backward.cu: the forward's twelve padded tiles up to 32x32, else two [H, KW]
+    and three [KH, KW] float2 arrays."""
+    if max(h, w) <= TENSOR_CORE_SIDE:
+        return 12 * _TILE_BYTES
     kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
     return (2 * h * kw + 3 * kh * kw) * 8
 
