@@ -7,8 +7,7 @@ their neighbours.
 Variants, each one define away from the shipped source (prepended to what the JIT compiles):
 
 - ``MANIPURE_TENSOR_CORE_MAX_SIDE=0``: the FMA loops instead of the 3xTF32 tensor-core path, for
-  ``exchange_update`` forward and backward and ``mani_noise`` forward at CIFAR B=512 (the path's
-  planes);
+  both ops, forward and backward, at CIFAR B=512 (the path's planes);
 - ``MANIPURE_INVERSE_ROWS_PER_THREAD`` 1, 2 and 8 against 4: the pixel rows a thread of the
   exchange's ``band_inverse_rows`` takes, in the FMA loops: forward and backward at ImageNet B=64.
 
@@ -88,9 +87,14 @@ def exchange_groups(label, shape, device) -> list[Group]:
 def mani_groups(label, shape, device) -> list[Group]:
     if max(shape[-2:]) > cuda_ops.TENSOR_CORE_SIDE:
         return []  # nothing compile-time to vary above the tensor-core path's planes
-    x, z = planes(shape, device, 2, seed=1)
-    forward = lambda: cuda_ops.launch_mani_noise(x, z, None, 999, 8, 1.8, 1e-6, "width", "spectral", "rms")[0]  # noqa: E731
-    return [Group("mani_noise", "forward", label, shape, forward, compiled_with, [FMA_LOOPS])]
+    x, z, grad = planes(shape, device, 3, seed=1)
+    options = (999, 8, 1.8, 1e-6, "width", "spectral", "rms")
+    forward = lambda: cuda_ops.launch_mani_noise(x, z, None, *options)[0]  # noqa: E731
+    backward = lambda: cuda_ops.launch_mani_noise_backward(grad, x, z, *options, False, True)  # noqa: E731
+    return [
+        Group("mani_noise", "forward", label, shape, forward, compiled_with, [FMA_LOOPS]),
+        Group("mani_noise", "backward", label, shape, backward, compiled_with, [FMA_LOOPS]),
+    ]
 
 
 def main(argv=None) -> list[dict]:

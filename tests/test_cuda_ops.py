@@ -502,6 +502,8 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
     "shape, options",
     [
         ((1, 3, 31, 33), {}),
+        ((2, 3, 32, 32), {}),  # the tensor-core path's tile, filled
+        ((1, 2, 5, 7), dict(normalize="max")),
         ((7, 1, 28, 28), dict(band_mode="count", weight_map="kernel")),
         ((2, 3, 64, 64), dict(normalize="max")),
         ((2, 2, 16, 20), dict(normalize="none", n_bands=5, gamma=1.2)),
@@ -509,7 +511,17 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
         ((2, 3, 256, 256), {}),  # the large-plane path: recomputed through the reference
         ((1, 1, 67, 65), dict(weight_map="kernel", normalize="max")),
     ],
-    ids=["31x33", "28x28-count-kernel", "64x64-max", "16x20-none", "detached", "256x256", "67x65-kernel-max"],
+    ids=[
+        "31x33",
+        "32x32",
+        "5x7-max",
+        "28x28-count-kernel",
+        "64x64-max",
+        "16x20-none",
+        "detached",
+        "256x256",
+        "67x65-kernel-max",
+    ],
 )
 def test_mani_backward_matches_autograd(shape, options, loader):
     gen = torch.Generator().manual_seed(sum(shape))
@@ -751,6 +763,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("exchange_update", "forward", "cifar-B512", "FMA loops") in variants
     assert ("mani_noise", "forward", "cifar-B512", "FMA loops") in variants
     assert ("exchange_update", "backward", "cifar-B512", "FMA loops") in variants
+    assert ("mani_noise", "backward", "cifar-B512", "FMA loops") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
     fma = [r for r in rows if r["variant"] == "FMA loops"]
     assert all(0 < r["max_diff_vs_shipped"] <= tune_cuda.RED_GATE for r in fma), fma

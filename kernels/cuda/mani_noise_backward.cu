@@ -15,13 +15,82 @@
 // Dynamic shared memory: F, G, Y [H W] float2, 32 floats of reduction scratch and 3 n_bands
 // floats (means, weights, mean gradients) = 24 H W + (32 + 3 n_bands) 4 bytes. Y holds the real
 // map and g_Y in its first H W floats (Ymap), then the complex g_G and g_F.
-#include "mani_stages.cuh"
+//
+// Planes up to 32 x 32 (CIFAR's) take the same stages as matrix products on the tensor cores, in
+// 3xTF32, with the forward's recomputation from mani_tensor_core.cuh: eleven padded tiles, then
+// the same scratch and band arrays.
+#include "mani_tensor_core.cuh"
 
 using manipure::band_weights;
 using manipure::block_reduce;
 using manipure::inverse_columns;
 using manipure::inverse_row_real;
+using manipure::kManiBackwardTiles;
+using manipure::kTensorCoreMaxSide;
+using manipure::kTileFloats;
+using manipure::kTileStride;
+using manipure::mani_tiles;
+using manipure::ManiTiles;
 using manipure::plane_spectrum;
+using manipure::tensor_core_real_inverse;
+using manipure::tensor_core_real_spectrum;
+using manipure::tensor_core_signed_map;
+
+namespace {
+
+// The gradient of the plane's |map| statistic's normalisation, g_S at one pixel (see above), and
+// its sign through |.|: g_Y, before the 1/N of g_G = fft2(g_Y) / N.
+__device__ __forceinline__ float map_gradient(float y, float g_map, int normalize, bool live, float scale,
+                                              float dot, float n_max, float inv_n) {
+  const float s = fabsf(y);
+  float g_s = g_map;
+  if (normalize == 1) g_s = live ? (g_map - s * (dot * inv_n / (scale * scale))) / scale : 0.f;
+  if (normalize == 2) g_s = live ? g_map / scale - (s == scale ? dot / (scale * scale * n_max) : 0.f) : 0.f;
+  return y > 0.f ? g_s : y < 0.f ? -g_s : 0.f;
+}
+
+// g_G and F at one coefficient.
+struct GradientAndSpectrum {
+  float2 g_g, f;
+};
+
+// g_M_b for each band, from g_w[k] = Re(g_G conj F) ("spectral") or Re(g_G) ("kernel") summed over
+// the band; at(idx) gives g_G and F at flat index idx < n. Every thread of the block must call it;
+// it returns synchronised.
+template <typename At>
+__device__ __forceinline__ void band_mean_gradients(At at, const int* band_map, const float* band_counts,
+                                                    const float* means, const float* weights, int n, int n_bands,
+                                                    float gamma, int weight_kernel, float* scratch,
+                                                    float* mean_grads) {
+  for (int b = 0; b < n_bands; ++b) {
+    float partial = 0.f;
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+      if (band_map[idx] != b) continue;
+      const GradientAndSpectrum c = at(idx);
+      partial += weight_kernel ? c.g_g.x : c.g_g.x * c.f.x + c.g_g.y * c.f.y;
+    }
+    const float total = block_reduce(partial, scratch, false);
+    if (threadIdx.x == 0) {
+      const float m = means[b], wb = weights[b];
+      // d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1.
+      const float slope = m > 0.f ? -gamma * powf(m, gamma - 1.0f) * wb * wb : 0.f;
+      mean_grads[b] = slope * total / band_counts[b];
+    }
+  }
+  __syncthreads();
+}
+
+// g_F at one coefficient: w[band] g_G ("spectral") plus g_M_b / count_b F / |F| (folded into
+// mean_grads), zero where F = 0.
+__device__ __forceinline__ float2 spectrum_gradient(float2 f, float2 g_g, float mean_grad, float weight,
+                                                    int weight_kernel) {
+  const float mag = hypotf(f.x, f.y);
+  float2 g = mag > 0.f ? make_float2(mean_grad * f.x / mag, mean_grad * f.y / mag) : make_float2(0.f, 0.f);
+  if (!weight_kernel) g = make_float2(g.x + weight * g_g.x, g.y + weight * g_g.y);
+  return g;
+}
+
+}  // namespace
 
 extern "C" __global__ void mani_noise_backward_kernel(
     const float* __restrict__ grad, const float* __restrict__ x, const float* __restrict__ noise,
@@ -34,29 +103,48 @@ extern "C" __global__ void mani_noise_backward_kernel(
     float signal, float noise_scale, int detach_map, int noise_grad) {
   extern __shared__ float2 smem2[];
   const int n = H * W;
+  const long long base = (long long)blockIdx.x * n;
+  const float inv_n = 1.0f / (float)n;
+  const bool tensor_cores = H <= kTensorCoreMaxSide && W <= kTensorCoreMaxSide;  // as mani_backward_shared_bytes
+  // The FMA loops' arrays; the tensor-core path's tiles in their place.
   float2* F = smem2;
   float2* G = F + n;
   float2* Y = G + n;
-  float* scratch = reinterpret_cast<float*>(Y + n);
+  const ManiTiles tiles = mani_tiles(reinterpret_cast<float*>(smem2), false);
+  float* scratch = tensor_cores ? tiles.X + kManiBackwardTiles * kTileFloats : reinterpret_cast<float*>(Y + n);
   float* means = scratch + 32;
   float* weights = means + n_bands;
   float* mean_grads = weights + n_bands;
-  float* Ymap = reinterpret_cast<float*>(Y);  // the real map Y, then g_Y
-  const long long base = (long long)blockIdx.x * n;
-  const float inv_n = 1.0f / (float)n;
 
-  // ---- recompute the forward: F = DFT(x), the band means and weights, Y (real), S = |Y| --------
-  plane_spectrum(x + base, G, F, cos_h, sin_h, cos_w, sin_w, H, W);
-  band_weights(F, band_map, band_counts, n, n_bands, gamma, eps0, scratch, means, weights);
-  inverse_columns(F, weights, band_map, weight_kernel, G, cos_h, sin_h, H, W);
+  // ---- recompute the forward: F = DFT(x), the band means and weights, Y / N (signed) into `map`,
+  //      and S = |Y| / N's statistics --------------------------------------------------------------
+  float* map;  // the real map Y / N, then g_Y, at row stride map_stride
+  int map_stride;
   float local_sq = 0.f, local_max = 0.f;
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const int h = idx / W, w = idx - h * W;
-    Ymap[idx] = inverse_row_real(G, h, w, cos_w, sin_w, W) * inv_n;
-    const float s = fabsf(Ymap[idx]);
-    local_sq += s * s;
-    local_max = fmaxf(local_max, s);
+  if (tensor_cores) {
+    tensor_core_signed_map(tiles, x, base, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, H, W, n_bands,
+                           gamma, eps0, weight_kernel, scratch, means, weights, local_sq, local_max);
+    map = tiles.X;
+    map_stride = kTileStride;
+  } else {
+    map = reinterpret_cast<float*>(Y);
+    map_stride = W;
+    plane_spectrum(x + base, G, F, cos_h, sin_h, cos_w, sin_w, H, W);
+    band_weights(F, band_map, band_counts, n, n_bands, gamma, eps0, scratch, means, weights);
+    inverse_columns(F, weights, band_map, weight_kernel, G, cos_h, sin_h, H, W);
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+      const int h = idx / W, w = idx - h * W;
+      map[idx] = inverse_row_real(G, h, w, cos_w, sin_w, W) * inv_n;
+      const float s = fabsf(map[idx]);
+      local_sq += s * s;
+      local_max = fmaxf(local_max, s);
+    }
   }
+  __syncthreads();  // the tensor cores' map values come from other warps
+  auto map_at = [&](int idx) -> float& {
+    const int h = idx / W;
+    return map[h * map_stride + (idx - h * W)];
+  };
   // Normalisation: 0 = none, 1 = rms, 2 = max.
   float scale = 1.f;
   if (normalize == 1) scale = sqrtf(block_reduce(local_sq, scratch, false) * inv_n);
@@ -67,9 +155,9 @@ extern "C" __global__ void mani_noise_backward_kernel(
   float local_dot = 0.f, local_at_max = 0.f;
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const long long el = base + idx;
-    const float s = fabsf(Ymap[idx]);
-    const float map = normalize == 0 ? s : (live ? s / scale : 1.0f);
-    if (noise_grad) g_noise[el] = noise_scale * map * grad[el];
+    const float s = fabsf(map_at(idx));
+    const float map_value = normalize == 0 ? s : (live ? s / scale : 1.0f);
+    if (noise_grad) g_noise[el] = noise_scale * map_value * grad[el];
     local_dot += noise_scale * grad[el] * noise[el] * s;
     local_at_max += (normalize == 2 && s == scale) ? 1.f : 0.f;
   }
@@ -80,44 +168,53 @@ extern "C" __global__ void mani_noise_backward_kernel(
   const float dot = block_reduce(local_dot, scratch, false);
   const float n_max = fmaxf(block_reduce(local_at_max, scratch, false), 1.f);
 
-  // ---- g_Y = g_S sign(Y) / N, over Ymap (the 1/N of g_G = fft2(g_Y) / N taken here) ---------------
+  // ---- g_Y = g_S sign(Y) / N, over the map (the 1/N of g_G = fft2(g_Y) / N taken here) -----------
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-    const long long el = base + idx;
-    const float y = Ymap[idx];
-    const float s = fabsf(y);
-    const float g_map = noise_scale * grad[el] * noise[el];
-    float g_s = g_map;
-    if (normalize == 1) g_s = live ? (g_map - s * (dot * inv_n / (scale * scale))) / scale : 0.f;
-    if (normalize == 2) g_s = live ? g_map / scale - (s == scale ? dot / (scale * scale * n_max) : 0.f) : 0.f;
-    Ymap[idx] = (y > 0.f ? g_s : y < 0.f ? -g_s : 0.f) * inv_n;
+    const float g_map = noise_scale * grad[base + idx] * noise[base + idx];
+    map_at(idx) = map_gradient(map_at(idx), g_map, normalize, live, scale, dot, n_max, inv_n) * inv_n;
   }
   __syncthreads();
 
-  // ---- g_G = fft2(g_Y) / N, into Y: a real plane's spectrum. Its second pass overwrites Ymap, which
-  // only its first pass reads. ---------------------------------------------------------------------
-  plane_spectrum(Ymap, G, Y, cos_h, sin_h, cos_w, sin_w, H, W);
-
-  // ---- through the band weights and means ----------------------------------------------------------
-  for (int b = 0; b < n_bands; ++b) {
-    float partial = 0.f;
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
-      if (band_map[idx] == b) partial += weight_kernel ? Y[idx].x : Y[idx].x * F[idx].x + Y[idx].y * F[idx].y;
-    const float total = block_reduce(partial, scratch, false);
-    if (threadIdx.x == 0) {
-      const float m = means[b], wb = weights[b];
-      // d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1.
-      const float slope = m > 0.f ? -gamma * powf(m, gamma - 1.0f) * wb * wb : 0.f;
-      mean_grads[b] = slope * total / band_counts[b];
+  if (tensor_cores) {
+    // ---- g_G = fft2(g_Y) / N into the P pair; through the band weights and means; g_F over it -----
+    tensor_core_real_spectrum(tiles, tiles.X, tiles.Pr, tiles.Pi, H, W);
+    auto tile_index = [&](int idx) {  // of flat spectrum index idx
+      const int kh = idx / W;
+      return kh * kTileStride + (idx - kh * W);
+    };
+    band_mean_gradients(
+        [&](int idx) {
+          const int e = tile_index(idx);
+          return GradientAndSpectrum{make_float2(tiles.Pr[e], tiles.Pi[e]), make_float2(tiles.Fr[e], tiles.Fi[e])};
+        },
+        band_map, band_counts, means, weights, n, n_bands, gamma, weight_kernel, scratch, mean_grads);
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+      const int e = tile_index(idx), b = band_map[idx];
+      const float2 g = spectrum_gradient(make_float2(tiles.Fr[e], tiles.Fi[e]),
+                                         make_float2(tiles.Pr[e], tiles.Pi[e]), mean_grads[b], weights[b],
+                                         weight_kernel);
+      tiles.Pr[e] = g.x;
+      tiles.Pi[e] = g.y;
     }
+    __syncthreads();
+    // ---- g_x = sqrt(abar) grad + Re(sum_k e^{+i theta n} g_F[k]) ---------------------------------
+    tensor_core_real_inverse(tiles, tiles.Pr, tiles.Pi, H, W, [&](int h, int w, float v) {
+      const long long el = base + h * W + w;
+      g_x[el] = signal * grad[el] + v;
+    });
+    return;
   }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {  // g_F, over Y
+
+  // ---- g_G = fft2(g_Y) / N, into Y: a real plane's spectrum. Its second pass overwrites the map,
+  // which only its first pass reads. ---------------------------------------------------------------
+  plane_spectrum(map, G, Y, cos_h, sin_h, cos_w, sin_w, H, W);
+
+  // ---- through the band weights and means; g_F over Y ---------------------------------------------
+  band_mean_gradients([&](int idx) { return GradientAndSpectrum{Y[idx], F[idx]}; }, band_map, band_counts, means,
+                      weights, n, n_bands, gamma, weight_kernel, scratch, mean_grads);
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int b = band_map[idx];
-    const float2 f = F[idx], gg = Y[idx];
-    const float mag = hypotf(f.x, f.y);
-    float2 g = mag > 0.f ? make_float2(mean_grads[b] * f.x / mag, mean_grads[b] * f.y / mag) : make_float2(0.f, 0.f);
-    if (!weight_kernel) g = make_float2(g.x + weights[b] * gg.x, g.y + weights[b] * gg.y);
-    Y[idx] = g;
+    Y[idx] = spectrum_gradient(F[idx], Y[idx], mean_grads[b], weights[b], weight_kernel);
   }
   __syncthreads();
 

@@ -442,7 +442,10 @@ def mani_shared_bytes(h: int, w: int, n_bands: int) -> int:
 
 
 def mani_backward_shared_bytes(h: int, w: int, n_bands: int) -> int:
-    """mani_noise_backward.cu: three [H W] float2 arrays, scratch and three n_bands floats."""
+    """mani_noise_backward.cu: eleven padded tiles up to 32x32, else three [H W] float2 arrays; then
+    scratch and three n_bands floats."""
+    if max(h, w) <= TENSOR_CORE_SIDE:
+        return 11 * _TILE_BYTES + (32 + 3 * n_bands) * 4
     return 3 * h * w * 8 + (32 + 3 * n_bands) * 4
 
 
