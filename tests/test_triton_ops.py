@@ -123,8 +123,8 @@ def test_mani_noise_zero_plane_is_uniform(normalize, side):
 
 @pytest.mark.parametrize("shape", [(1, 2, 40, 48), (1, 2, 66, 72)], ids=["rows", "large"])
 def test_mani_noise_gradients_through_the_op_match_autograd(shape):
-    """The streamed path's fused backward and the large-plane one (autograd through the
-    reference, recomputed), reached through ops.mani_noise, for x and the noise."""
+    """The streamed path's fused backward and the large-plane one, reached through
+    ops.mani_noise, for x and the noise."""
     gen = torch.Generator().manual_seed(3)
     x0 = torch.rand(shape, generator=gen) * 2 - 1
     noise = torch.randn(shape, generator=gen)
@@ -387,7 +387,17 @@ MANI_BACKWARD_CASES = [
     (1, 1, 64, 48, dict(normalize="max", n_bands=5)),
     (1, 1, 40, 40, dict(normalize="none", gamma=1.2)),
     (1, 2, 36, 34, dict(detach_map=True)),
+    # the large-plane path (above 64): odd and even widths, every option
+    (1, 2, 66, 72, {}),
+    (2, 1, 70, 68, dict(band_mode="count", weight_map="kernel")),
+    (1, 1, 67, 65, dict(normalize="max")),
+    (1, 1, 65, 64, dict(normalize="none", n_bands=3, gamma=1.2)),
+    (1, 1, 72, 81, dict(n_bands=16)),
+    (1, 2, 66, 70, dict(detach_map=True)),
 ]
+assert {triton_mani.mani_path(h, w) for _, _, h, w, _ in MANI_BACKWARD_CASES} == set(
+    triton_mani.BACKWARD_LAUNCHERS
+)
 
 
 @pytest.mark.parametrize(
@@ -396,11 +406,10 @@ MANI_BACKWARD_CASES = [
     ids=lambda c: f"B{c[0]}-C{c[1]}-H{c[2]}-W{c[3]}-" + "-".join(map(str, c[4].values())),
 )
 def test_fused_mani_backward_matches_autograd(case):
-    """The fused MANI backwards (whole tile up to 32x32, streamed up to 64x64) against autograd
-    through the reference in fp64, for x (through the intensity map) and the noise, within twice
-    the fp32 reference's own error (STYLE.md)."""
+    """The fused MANI backwards (whole tile up to 32x32, streamed up to 64x64, cuFFT and two
+    kernels above) against autograd through the reference in fp64, for x (through the intensity
+    map) and the noise, within twice the fp32 reference's own error (STYLE.md)."""
     b, c, h, w, options = case
-    assert triton_mani.mani_path(h, w) in ("tile", "rows")
     gen = torch.Generator().manual_seed(h * w + b)
     x0 = torch.rand(b, c, h, w, generator=gen) * 2 - 1
     noise = torch.randn(b, c, h, w, generator=gen)
@@ -424,7 +433,7 @@ def test_fused_mani_backward_matches_autograd(case):
         )
 
 
-@pytest.mark.parametrize("side", [16, 40], ids=["tile", "rows"])
+@pytest.mark.parametrize("side", [16, 40, 70], ids=["tile", "rows", "large"])
 def test_fused_mani_backward_on_a_constant_plane_has_only_the_direct_term(side):
     """A mid-grey plane has an all-zero spectrum: W = 1, and torch's |.| and pow give no map gradient."""
     x = torch.zeros(1, 2, side, side, device=DEVICE, requires_grad=True)

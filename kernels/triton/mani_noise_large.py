@@ -30,6 +30,8 @@ from .noise import _noise, _seed_offset
 @triton.jit
 def mani_band_weights_kernel(
     spectrum_ptr,
+    weighted_ptr,
+    stats_ptr,
     band_ptr,
     share_ptr,
     N_COEFFICIENTS: tl.constexpr,
@@ -38,12 +40,15 @@ def mani_band_weights_kernel(
     N_BANDS: tl.constexpr,
     BANDS_PAD: tl.constexpr,
     SPECTRAL: tl.constexpr,
+    STORE_STATS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """spectrum: float32 view of the complex half spectra, ``[planes, N_COEFFICIENTS, 2]``,
-    overwritten with G. band: int32 band of each half-spectrum coefficient. share: its
-    multiplicity (1 or 2) over its band's size in the full spectrum, so that the band mean is
-    ``sum(share * |F|)``."""
+    """spectrum: float32 view of the complex half spectra F, ``[planes, N_COEFFICIENTS, 2]``.
+    weighted: where G goes, of the same shape (the forward passes the spectrum itself: each
+    element is read before it is written, by the same program). band: int32 band of each
+    half-spectrum coefficient. share: its multiplicity (1 or 2) over its band's size in the full
+    spectrum, so that the band mean is ``sum(share * |F|)``. With STORE_STATS (the backward),
+    ``stats[plane] = [means (BANDS_PAD), weights (BANDS_PAD)]``."""
     plane = tl.program_id(0)
     base = plane.to(tl.int64) * N_COEFFICIENTS * 2
     band_ids = tl.arange(0, BANDS_PAD)
@@ -65,6 +70,9 @@ def mani_band_weights_kernel(
     # M^gamma via exp(gamma log M); an all-zero band has M^gamma = 0, as torch.pow(0, gamma).
     power = tl.where(sums > 0, tl.exp(gamma * tl.log(tl.where(sums > 0, sums, 1.0))), 0.0)
     weights = 1.0 / (power + eps0)
+    if STORE_STATS:
+        tl.store(stats_ptr + plane * 2 * BANDS_PAD + band_ids, sums)
+        tl.store(stats_ptr + plane * 2 * BANDS_PAD + BANDS_PAD + band_ids, weights)
 
     for start in range(0, N_COEFFICIENTS, BLOCK):
         idx = start + tl.arange(0, BLOCK)
@@ -76,11 +84,11 @@ def mani_band_weights_kernel(
         if SPECTRAL:
             re = tl.load(spectrum_ptr + base + 2 * idx, mask=inside, other=0.0)
             im = tl.load(spectrum_ptr + base + 2 * idx + 1, mask=inside, other=0.0)
-            tl.store(spectrum_ptr + base + 2 * idx, re * weight, mask=inside)
-            tl.store(spectrum_ptr + base + 2 * idx + 1, im * weight, mask=inside)
+            tl.store(weighted_ptr + base + 2 * idx, re * weight, mask=inside)
+            tl.store(weighted_ptr + base + 2 * idx + 1, im * weight, mask=inside)
         else:
-            tl.store(spectrum_ptr + base + 2 * idx, weight, mask=inside)
-            tl.store(spectrum_ptr + base + 2 * idx + 1, tl.zeros((BLOCK,), tl.float32), mask=inside)
+            tl.store(weighted_ptr + base + 2 * idx, weight, mask=inside)
+            tl.store(weighted_ptr + base + 2 * idx + 1, tl.zeros((BLOCK,), tl.float32), mask=inside)
 
 
 @triton.jit

@@ -15,19 +15,19 @@ Chain: the kernels in ``kernels/triton/mani_noise*.py`` -> ``ManiNoise`` (here) 
   everything between and after them is two fused kernels (``kernels/triton/mani_noise_large.py``):
   four launches in all.
 
-The ``"large"`` backward recomputes through the reference with autograd (``ops/recompute.py``);
-MANI runs once per round, not per step, so this is a small part of an attack's backward. Every
-backward needs the noise the forward used, which the forward stores only when a gradient is needed.
+The ``"large"`` backward is the same transforms around two more fused kernels
+(``kernels/triton/mani_noise_large_backward.py``): eight launches, which recompute the forward
+from x. Every backward needs the noise the forward used, which the forward stores only when a
+gradient is needed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ..reference.schedule import noise_coefficients
-from . import recompute
 from .dft_tables import band_inverse_counts, full_tables, half_spectrum_bands, next_pow2, padded_band_map
 
 # The whole-tile kernel's limit. Its fp32 DFTs are FMA dots that hold whole tiles in registers:
@@ -141,27 +141,45 @@ def launch_mani_noise_rows(x, noise, rng_state, params: ManiParams, store_noise:
     )
 
 
+def _large_band_weights(spectrum, weighted, stats, width: int, params: ManiParams):
+    """``mani_band_weights_kernel`` over the complex half spectra ``[B, C, H, width//2 + 1]`` of
+    planes ``width`` wide: G into ``weighted`` (which may be ``spectrum``), and each plane's band
+    means and weights into ``stats`` (``[B*C, 2, BANDS_PAD]`` float32) unless it is None."""
+    from ..kernels.triton.mani_noise_large import mani_band_weights_kernel
+
+    b, c, h, half = spectrum.shape
+    bands, share = half_spectrum_bands(h, width, params.n_bands, params.band_mode, spectrum.device)
+    mani_band_weights_kernel[(b * c,)](
+        torch.view_as_real(spectrum),
+        torch.view_as_real(weighted),
+        stats if stats is not None else share,
+        bands,
+        share,
+        h * half,
+        params.gamma,
+        params.eps0,
+        N_BANDS=params.n_bands,
+        BANDS_PAD=_bands_pad(params),
+        SPECTRAL=params.weight_map == "spectral",
+        STORE_STATS=stats is not None,
+        BLOCK=LARGE_BLOCK,
+    )
+
+
+def _bands_pad(params: ManiParams) -> int:
+    """The band arrays' power-of-two length in the kernels: the bands and one past them."""
+    return next_pow2(params.n_bands + 1, minimum=2)
+
+
 def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
     """The large-plane path: rfft2, the band-weights kernel, irfft2, the injection kernel. Same
     contract as ``launch_mani_noise``, for any plane size."""
-    from ..kernels.triton.mani_noise_large import mani_band_weights_kernel, mani_inject_kernel
+    from ..kernels.triton.mani_noise_large import mani_inject_kernel
 
     b, c, h, w = x.shape
     coef = noise_coefficients(params.t)
     spectrum = torch.fft.rfft2(x)
-    bands, share = half_spectrum_bands(h, w, params.n_bands, params.band_mode, x.device)
-    mani_band_weights_kernel[(b * c,)](
-        torch.view_as_real(spectrum),
-        bands,
-        share,
-        h * (w // 2 + 1),
-        params.gamma,
-        params.eps0,
-        N_BANDS=params.n_bands,
-        BANDS_PAD=next_pow2(params.n_bands + 1, minimum=2),
-        SPECTRAL=params.weight_map == "spectral",
-        BLOCK=LARGE_BLOCK,
-    )
+    _large_band_weights(spectrum, spectrum, None, w, params)  # G over F
     shaped = torch.fft.irfft2(spectrum, s=(h, w))
     out = _empty_like(x)
     noise_out = _empty_like(x) if (noise is None and store_noise) else out
@@ -187,10 +205,58 @@ def launch_mani_noise_large(x, noise, rng_state, params: ManiParams, store_noise
     return out, noise
 
 
-def reference_mani_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
-    """The large-plane backward (``ops/recompute.py``), in the fused backwards' call shape.
-    Returns ``(g_x, g_noise or None)``."""
-    return recompute.mani_backward(grad, x, noise, noise_grad, **asdict(params))
+def launch_mani_noise_large_backward(grad, x, noise, params: ManiParams, noise_grad: bool):
+    """The large-plane path's backward (``kernels/triton/mani_noise_large_backward.py``): the
+    forward recomputed (rfft2, the band-weights kernel, irfft2), the map-gradient kernel, rfft2,
+    the spectrum-gradient kernel, irfft2. Same contract as ``launch_mani_noise_backward``, for any
+    plane size."""
+    from ..kernels.triton.mani_noise_large_backward import (
+        mani_map_gradient_kernel,
+        mani_spectrum_gradient_kernel,
+    )
+
+    b, c, h, w = x.shape
+    coef = noise_coefficients(params.t)
+    spectrum = torch.fft.rfft2(x)
+    weighted = torch.empty_like(spectrum)
+    stats = torch.empty(b * c, 2, _bands_pad(params), dtype=torch.float32, device=x.device)
+    _large_band_weights(spectrum, weighted, stats, w, params)
+    shaped = torch.fft.irfft2(weighted, s=(h, w))
+    g_noise = _empty_like(x) if noise_grad else None
+    g_shaped = shaped if params.detach_map else _empty_like(x)  # g_Y / N; unwritten when detached
+    mani_map_gradient_kernel[(b * c,)](
+        grad,
+        noise,
+        shaped,
+        g_shaped,
+        g_noise if noise_grad else shaped,
+        h * w,
+        coef.noise,
+        1.0 / (h * w),
+        NORMALIZE=_NORMALIZE[params.normalize],
+        NOISE_GRAD=noise_grad,
+        DETACH_MAP=params.detach_map,
+        BLOCK=LARGE_BLOCK,
+    )
+    if params.detach_map:
+        return grad * coef.signal, g_noise
+    g_spectrum = torch.fft.rfft2(g_shaped)
+    bands, share = half_spectrum_bands(h, w, params.n_bands, params.band_mode, x.device)
+    mani_spectrum_gradient_kernel[(b * c,)](
+        torch.view_as_real(g_spectrum),
+        torch.view_as_real(spectrum),
+        stats,
+        bands,
+        share,
+        h * (w // 2 + 1),
+        params.gamma,
+        N_BANDS=params.n_bands,
+        BANDS_PAD=_bands_pad(params),
+        SPECTRAL=params.weight_map == "spectral",
+        BLOCK=LARGE_BLOCK,
+    )
+    # g_x = sqrt(abar) grad + the unnormalised inverse of g_F (the 1/N was taken in g_Y / N).
+    return torch.fft.irfft2(g_spectrum, s=(h, w), norm="forward").add_(grad, alpha=coef.signal), g_noise
 
 
 def mani_path(h: int, w: int) -> str:
@@ -282,7 +348,7 @@ def launch_mani_noise_rows_backward(grad, x, noise, params: ManiParams, noise_gr
 BACKWARD_LAUNCHERS = {
     "tile": launch_mani_noise_backward,
     "rows": launch_mani_noise_rows_backward,
-    "large": reference_mani_backward,
+    "large": launch_mani_noise_large_backward,
 }
 
 
