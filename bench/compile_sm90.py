@@ -72,6 +72,7 @@ def _record(launch) -> list:
         "mani_noise",
         "mani_noise_backward",
         "mani_noise_large",
+        "mani_noise_large_backward",
         "mani_noise_rows",
         "mani_noise_rows_backward",
     ):
@@ -112,7 +113,6 @@ def _mani_case(shape, philox=False, backward=False, **options):
     x, z, grad = _planes(shape)[:3]
     path = triton_mani.mani_path(*shape[-2:])
     if backward:
-        # The large path's backward is autograd through the reference: it records no kernel.
         launch_backward = triton_mani.BACKWARD_LAUNCHERS[path]
         return lambda: launch_backward(grad, x, z, params, noise_grad=True)
     launch = triton_mani.FORWARD_LAUNCHERS[path]
@@ -150,6 +150,7 @@ CASES = {
     ),
     "mani imagenet": _mani_case(IMAGENET),
     "mani imagenet philox none": _mani_case(IMAGENET, philox=True, normalize="none"),
+    "mani backward imagenet": _mani_case(IMAGENET, backward=True),
 }
 
 

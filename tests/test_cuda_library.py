@@ -90,11 +90,16 @@ big = torch.empty(1, 2, 96, 80, device="meta")
 m3, drawn3 = cuda_ops.launch_mani_noise(big, None, rng, 300, 8, 1.8, 1e-6, "width", "spectral", "rms")
 m4, none4 = cuda_ops.launch_mani_noise(big, big, None, 300, 3, 1.8, 1e-6, "count", "kernel", "none")
 print(tuple(m3.shape), tuple(drawn3.shape), tuple(m4.shape), tuple(none4.shape))
+# its backward: rfft2, mani_band_weights, irfft2, mani_map_gradient, rfft2, mani_spectrum_gradient, irfft2
+g_x, g_z = cuda_ops.launch_mani_noise_backward(big, big, big, 300, 8, 1.8, 1e-6, "width", "spectral", "max",
+                                               False, True)
+g_x2, none2 = cuda_ops.launch_mani_noise_backward(big, big, big, 300, 3, 1.8, 1e-6, "count", "kernel", "rms",
+                                                  False, False)
+print(tuple(g_x.shape), tuple(g_z.shape), tuple(g_x2.shape), tuple(none2.shape))
 """,
     )
-    assert out.split() == ["(2,", "3,", "31,", "33)"] * 3 + ["(0,)"] + ["(1,", "2,", "96,", "80)"] * 3 + [
-        "(0,)"
-    ]
+    big = ["(1,", "2,", "96,", "80)"]
+    assert out.split() == ["(2,", "3,", "31,", "33)"] * 3 + ["(0,)"] + big * 3 + ["(0,)"] + big * 3 + ["(0,)"]
 
 
 def test_library_refuses_cpu_tensors_with_a_named_error(built_library):

@@ -38,6 +38,7 @@ KERNEL_FILES = (
     "mani_noise.cu",
     "mani_noise_backward.cu",
     "mani_noise_large.cu",
+    "mani_noise_large_backward.cu",
 )
 SOURCES = sorted(cuda_ops.cuda_source_dir().glob("*.cu"))
 
@@ -508,8 +509,12 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
         ((2, 3, 64, 64), dict(normalize="max")),
         ((2, 2, 16, 20), dict(normalize="none", n_bands=5, gamma=1.2)),
         ((1, 2, 12, 16), dict(detach_map=True)),
-        ((2, 3, 256, 256), {}),  # the large-plane path: recomputed through the reference
+        # the large-plane path: cuFFT around mani_noise_large_backward.cu's kernels
+        ((2, 3, 256, 256), {}),
         ((1, 1, 67, 65), dict(weight_map="kernel", normalize="max")),
+        ((2, 1, 70, 68), dict(band_mode="count", normalize="none", n_bands=3, gamma=1.2)),
+        ((1, 1, 72, 81), dict(n_bands=16)),
+        ((1, 2, 66, 70), dict(detach_map=True)),
     ],
     ids=[
         "31x33",
@@ -521,6 +526,9 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
         "detached",
         "256x256",
         "67x65-kernel-max",
+        "70x68-count-none",
+        "72x81-16bands",
+        "66x70-detached",
     ],
 )
 def test_mani_backward_matches_autograd(shape, options, loader):
@@ -695,7 +703,7 @@ def test_aot_library_refuses_planes_wider_than_the_kernels_rows(both_loaders):
 
 
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
-    """The library's six ops through opcheck, and against the JIT's launches of the same kernels,
+    """The library's eight ops through opcheck, and against the JIT's launches of the same kernels,
     with given and in-kernel noise: the C++ glue passes every argument where it belongs. On the
     CPU both are g++ builds of the same source, so they agree bit for bit."""
     from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables, half_spectrum_bands
@@ -728,19 +736,30 @@ def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
         args = (z, x, eps, *mani_tables, 1.8, 1e-6, False, 1, 0.9, 0.4, detach_map, noise_grad,
                 cuda_ops.mani_backward_shared_bytes(20, 24, 8))  # fmt: skip
         cases.append((library.mani_noise_backward, cuda_ops._jit_mani_noise_backward, args))
-    # the large-plane path's two kernels
-    large, large_noise = _on(
-        device, torch.rand(2, 3, 96, 80, generator=gen) * 2 - 1, torch.randn(2, 3, 96, 80)
+    # the large-plane path's kernels, forward and backward
+    large, large_noise, large_grad = _on(
+        device,
+        torch.rand(2, 3, 96, 80, generator=gen) * 2 - 1,
+        torch.randn(2, 3, 96, 80, generator=gen),
+        torch.randn(2, 3, 96, 80, generator=gen),
     )
     band, share = half_spectrum_bands(96, 80, 8, "width", large.device)
     spectrum = torch.view_as_real(torch.fft.rfft2(large)).contiguous()
-    for weight_kernel in (False, True):
-        args = (spectrum, band, share, 8, 1.8, 1e-6, weight_kernel)
+    for weight_kernel, store_stats in ((False, True), (True, False)):
+        args = (spectrum, band, share, 8, 1.8, 1e-6, weight_kernel, store_stats)
         cases.append((library.mani_band_weights, cuda_ops._jit_mani_band_weights, args))
     shaped = torch.fft.irfft2(torch.fft.rfft2(large), s=(96, 80)).contiguous()
     for noise, state, normalize in ((large_noise, None, 0), (None, rng, 1), (None, rng, 2)):
         args = (large, shaped, noise, state, normalize, 0.9, 0.4)
         cases.append((library.mani_inject, cuda_ops._jit_mani_inject, args))
+    for normalize, detach_map, noise_grad in ((1, False, True), (2, False, False), (0, True, True)):
+        args = (large_grad, large_noise, shaped, normalize, 0.4, detach_map, noise_grad)
+        cases.append((library.mani_map_gradient, cuda_ops._jit_mani_map_gradient, args))
+    _, stats = cuda_ops._jit_mani_band_weights(spectrum, band, share, 8, 1.8, 1e-6, False, True)
+    g_spectrum = torch.view_as_real(torch.fft.rfft2(large_grad)).contiguous()
+    for weight_kernel in (False, True):
+        args = (g_spectrum, spectrum, stats, band, share, 1.8, weight_kernel)
+        cases.append((library.mani_spectrum_gradient, cuda_ops._jit_mani_spectrum_gradient, args))
 
     for op, jit, args in cases:
         torch.library.opcheck(op.default, args)

@@ -7,6 +7,7 @@
 #include "mani_noise.cu"
 #include "mani_noise_backward.cu"
 #include "mani_noise_large.cu"
+#include "mani_noise_large_backward.cu"
 
 namespace manipure {
 
@@ -90,11 +91,11 @@ cudaError_t launch_mani_noise_backward(
 
 cudaError_t launch_mani_band_weights(
     int planes, int shared_bytes, cudaStream_t stream,
-    const float* spectrum, float* weighted, const int* band, const float* share,
-    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel) {
+    const float* spectrum, float* weighted, float* stats, const int* band, const float* share,
+    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel, int store_stats) {
   mani_band_weights_kernel<<<planes, kThreads, shared_bytes, stream>>>(
-      reinterpret_cast<const float2*>(spectrum), reinterpret_cast<float2*>(weighted), band, share,
-      n_coefficients, n_bands, gamma, eps0, weight_kernel);
+      reinterpret_cast<const float2*>(spectrum), reinterpret_cast<float2*>(weighted), stats, band, share,
+      n_coefficients, n_bands, gamma, eps0, weight_kernel, store_stats);
   return cudaGetLastError();
 }
 
@@ -106,6 +107,25 @@ cudaError_t launch_mani_inject(
   mani_inject_kernel<<<planes, kThreads, shared_bytes, stream>>>(
       x, shaped, noise, out, noise_out, rng_state, n, normalize, signal, noise_scale, has_noise,
       store_noise);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_map_gradient(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* grad, const float* noise, const float* shaped, float* g_shaped, float* g_noise,
+    int n, int normalize, float noise_scale, int detach_map, int noise_grad) {
+  mani_map_gradient_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      grad, noise, shaped, g_shaped, g_noise, n, normalize, noise_scale, detach_map, noise_grad);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_spectrum_gradient(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* g_spectrum, const float* spectrum, float* g_out, const float* stats, const int* band,
+    const float* share, int n_coefficients, int n_bands, float gamma, int weight_kernel) {
+  mani_spectrum_gradient_kernel<<<planes, kThreads, shared_bytes, stream>>>(
+      reinterpret_cast<const float2*>(g_spectrum), reinterpret_cast<const float2*>(spectrum),
+      reinterpret_cast<float2*>(g_out), stats, band, share, n_coefficients, n_bands, gamma, weight_kernel);
   return cudaGetLastError();
 }
 

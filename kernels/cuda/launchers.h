@@ -51,16 +51,30 @@ cudaError_t launch_mani_noise_backward(
     float signal, float noise_scale, int detach_map, int noise_grad);
 
 // The large-plane MANI kernels (mani_noise_large.cu), between and after cuFFT's transforms.
-// shared_bytes: (32 + n_bands) floats for the band weights, 32 floats for the injection.
+// shared_bytes: (32 + n_bands) floats for the band weights, 32 floats for the injection. stats
+// ([planes, 2, n_bands]) is written only with store_stats.
 cudaError_t launch_mani_band_weights(
     int planes, int shared_bytes, cudaStream_t stream,
-    const float* spectrum, float* weighted, const int* band, const float* share,
-    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel);
+    const float* spectrum, float* weighted, float* stats, const int* band, const float* share,
+    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel, int store_stats);
 
 cudaError_t launch_mani_inject(
     int planes, int shared_bytes, cudaStream_t stream,
     const float* x, const float* shaped, const float* noise, float* out, float* noise_out,
     const long long* rng_state, int n, int normalize, float signal, float noise_scale,
     int has_noise, int store_noise);
+
+// Its backward's two kernels (mani_noise_large_backward.cu). shared_bytes: 32 floats for the map
+// gradient, (32 + 2 n_bands) floats for the spectrum gradient. g_noise is written only with
+// noise_grad, g_shaped only without detach_map.
+cudaError_t launch_mani_map_gradient(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* grad, const float* noise, const float* shaped, float* g_shaped, float* g_noise,
+    int n, int normalize, float noise_scale, int detach_map, int noise_grad);
+
+cudaError_t launch_mani_spectrum_gradient(
+    int planes, int shared_bytes, cudaStream_t stream,
+    const float* g_spectrum, const float* spectrum, float* g_out, const float* stats, const int* band,
+    const float* share, int n_coefficients, int n_bands, float gamma, int weight_kernel);
 
 }  // namespace manipure

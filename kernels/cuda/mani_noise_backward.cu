@@ -21,6 +21,7 @@
 // the same scratch and band arrays.
 #include "mani_tensor_core.cuh"
 
+using manipure::band_weight_slope;
 using manipure::band_weights;
 using manipure::block_reduce;
 using manipure::inverse_columns;
@@ -31,23 +32,14 @@ using manipure::kTileFloats;
 using manipure::kTileStride;
 using manipure::mani_tiles;
 using manipure::ManiTiles;
+using manipure::normalisation_gradient;
 using manipure::plane_spectrum;
+using manipure::spectrum_gradient;
 using manipure::tensor_core_real_inverse;
 using manipure::tensor_core_real_spectrum;
 using manipure::tensor_core_signed_map;
 
 namespace {
-
-// The gradient of the plane's |map| statistic's normalisation, g_S at one pixel (see above), and
-// its sign through |.|: g_Y, before the 1/N of g_G = fft2(g_Y) / N.
-__device__ __forceinline__ float map_gradient(float y, float g_map, int normalize, bool live, float scale,
-                                              float dot, float n_max, float inv_n) {
-  const float s = fabsf(y);
-  float g_s = g_map;
-  if (normalize == 1) g_s = live ? (g_map - s * (dot * inv_n / (scale * scale))) / scale : 0.f;
-  if (normalize == 2) g_s = live ? g_map / scale - (s == scale ? dot / (scale * scale * n_max) : 0.f) : 0.f;
-  return y > 0.f ? g_s : y < 0.f ? -g_s : 0.f;
-}
 
 // g_G and F at one coefficient.
 struct GradientAndSpectrum {
@@ -70,24 +62,9 @@ __device__ __forceinline__ void band_mean_gradients(At at, const int* band_map, 
       partial += weight_kernel ? c.g_g.x : c.g_g.x * c.f.x + c.g_g.y * c.f.y;
     }
     const float total = block_reduce(partial, scratch, false);
-    if (threadIdx.x == 0) {
-      const float m = means[b], wb = weights[b];
-      // d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1.
-      const float slope = m > 0.f ? -gamma * powf(m, gamma - 1.0f) * wb * wb : 0.f;
-      mean_grads[b] = slope * total / band_counts[b];
-    }
+    if (threadIdx.x == 0) mean_grads[b] = band_weight_slope(means[b], weights[b], gamma) * total / band_counts[b];
   }
   __syncthreads();
-}
-
-// g_F at one coefficient: w[band] g_G ("spectral") plus g_M_b / count_b F / |F| (folded into
-// mean_grads), zero where F = 0.
-__device__ __forceinline__ float2 spectrum_gradient(float2 f, float2 g_g, float mean_grad, float weight,
-                                                    int weight_kernel) {
-  const float mag = hypotf(f.x, f.y);
-  float2 g = mag > 0.f ? make_float2(mean_grad * f.x / mag, mean_grad * f.y / mag) : make_float2(0.f, 0.f);
-  if (!weight_kernel) g = make_float2(g.x + weight * g_g.x, g.y + weight * g_g.y);
-  return g;
 }
 
 }  // namespace
@@ -171,7 +148,7 @@ extern "C" __global__ void mani_noise_backward_kernel(
   // ---- g_Y = g_S sign(Y) / N, over the map (the 1/N of g_G = fft2(g_Y) / N taken here) -----------
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const float g_map = noise_scale * grad[base + idx] * noise[base + idx];
-    map_at(idx) = map_gradient(map_at(idx), g_map, normalize, live, scale, dot, n_max, inv_n) * inv_n;
+    map_at(idx) = normalisation_gradient(map_at(idx), g_map, normalize, live, scale, dot, n_max, inv_n) * inv_n;
   }
   __syncthreads();
 

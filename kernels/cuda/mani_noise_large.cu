@@ -13,48 +13,43 @@
 //                                        all-zero map becomes 1), x_t = sqrt(abar) x + sqrt(1-abar) W z
 //
 // Band sums are per-thread partials for up to kBandsPerSweep bands at a time, then one
-// deterministic block reduction per band: the result does not depend on scheduling.
-#include "manipure_common.cuh"
+// deterministic block reduction per band (mani_stages.cuh band_sums): the result does not depend
+// on scheduling. The backward (mani_noise_large_backward.cu) recomputes the forward with these
+// kernels, with the band means and weights stored.
+#include "mani_stages.cuh"
 
+using manipure::band_sums;
 using manipure::block_reduce;
 using manipure::philox_normal;
-
-namespace {
-constexpr int kBandsPerSweep = 8;  // the default band count: one sweep of the spectrum
-}
 
 // Dynamic shared memory: 32 floats of reduction scratch, then n_bands weights.
 extern "C" __global__ void mani_band_weights_kernel(
     const float2* __restrict__ spectrum,  // [planes, n_coefficients], the half spectra
     float2* __restrict__ weighted,        // [planes, n_coefficients], G
+    float* __restrict__ stats,            // [planes, 2, n_bands]: the means and weights (store_stats)
     const int* __restrict__ band,         // [n_coefficients], band of each coefficient
     const float* __restrict__ share,      // [n_coefficients], multiplicity / band size
-    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel) {
+    int n_coefficients, int n_bands, float gamma, float eps0, int weight_kernel, int store_stats) {
   extern __shared__ float smem_f[];
   float* scratch = smem_f;
   float* weights = smem_f + 32;
   const long long base = (long long)blockIdx.x * n_coefficients;
 
-  for (int b0 = 0; b0 < n_bands; b0 += kBandsPerSweep) {
-    float partial[kBandsPerSweep];
-#pragma unroll
-    for (int j = 0; j < kBandsPerSweep; ++j) partial[j] = 0.f;
-    for (int idx = threadIdx.x; idx < n_coefficients; idx += blockDim.x) {
-      const int slot = band[idx] - b0;
-      const float2 f = spectrum[base + idx];
-      const float value = hypotf(f.x, f.y) * share[idx];
-#pragma unroll
-      for (int j = 0; j < kBandsPerSweep; ++j) partial[j] += slot == j ? value : 0.f;
-    }
-#pragma unroll
-    for (int j = 0; j < kBandsPerSweep; ++j) {
-      if (b0 + j >= n_bands) break;  // uniform across the block: every thread reduces the same bands
-      const float mean = block_reduce(partial[j], scratch, false);
-      // powf(0, gamma) = 0 for gamma > 0, as torch.pow: an all-zero band weighs 1 / eps0.
-      if (threadIdx.x == 0) weights[b0 + j] = 1.0f / (powf(mean, gamma) + eps0);
-    }
-  }
-  __syncthreads();
+  band_sums(
+      band, n_coefficients, n_bands, scratch,
+      [&](int idx) {
+        const float2 f = spectrum[base + idx];
+        return hypotf(f.x, f.y) * share[idx];
+      },
+      [&](int b, float mean) {
+        if (threadIdx.x != 0) return;
+        // powf(0, gamma) = 0 for gamma > 0, as torch.pow: an all-zero band weighs 1 / eps0.
+        weights[b] = 1.0f / (powf(mean, gamma) + eps0);
+        if (store_stats) {
+          stats[(long long)blockIdx.x * 2 * n_bands + b] = mean;
+          stats[(long long)blockIdx.x * 2 * n_bands + n_bands + b] = weights[b];
+        }
+      });
 
   for (int idx = threadIdx.x; idx < n_coefficients; idx += blockDim.x) {
     const float wb = weights[band[idx]];

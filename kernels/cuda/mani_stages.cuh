@@ -1,5 +1,6 @@
-// The stages mani_noise.cu and mani_noise_backward.cu share: the plane's spectrum, the band
-// weights, and the (weighted) inverse transforms. One definition, so the backward recomputes
+// The stages the MANI kernels share: the plane's spectrum, the band weights, and the (weighted)
+// inverse transforms of mani_noise.cu and mani_noise_backward.cu; the gradient stages of both
+// backwards; the large-plane kernels' band sums. One definition, so the backward recomputes
 // exactly what the forward computed. Include guards rather than #pragma once, because the JIT
 // loader inlines this file into each kernel source.
 #ifndef MANIPURE_MANI_STAGES_CUH
@@ -103,6 +104,67 @@ __device__ __forceinline__ float inverse_row_real(const float2* G, int h, int w,
     acc += g.x * cos_w[kw * W + w] - g.y * sin_w[kw * W + w];
   }
   return acc;
+}
+
+// ---- the backward's per-pixel and per-coefficient stages (mani_noise_backward.cu and
+//      mani_noise_large_backward.cu) -----------------------------------------------------------
+
+// g_Y at one pixel of the map Y (before any 1/N): the normalisation's gradient g_S, where
+// g_map = dL/dW = sqrt(1-abar) grad z, through |.| (sign(Y), zero at 0). normalize: 0 none,
+// 1 rms (S / s, s = sqrt(<S, S> / N)), 2 max (S / m; torch's amax shares the gradient between
+// the n_max tied maxima); dot = <g_map, S>. A plane whose map is zero everywhere (!live) has
+// W = 1 and no map gradient.
+__device__ __forceinline__ float normalisation_gradient(float y, float g_map, int normalize, bool live, float scale,
+                                                        float dot, float n_max, float inv_n) {
+  const float s = fabsf(y);
+  float g_s = g_map;
+  if (normalize == 1) g_s = live ? (g_map - s * (dot * inv_n / (scale * scale))) / scale : 0.f;
+  if (normalize == 2) g_s = live ? g_map / scale - (s == scale ? dot / (scale * scale * n_max) : 0.f) : 0.f;
+  return y > 0.f ? g_s : y < 0.f ? -g_s : 0.f;
+}
+
+// d w_b / d M_b = -gamma M^(gamma-1) w^2, zero at M = 0 (torch's pow gives 0 there for gamma > 1).
+__device__ __forceinline__ float band_weight_slope(float mean, float weight, float gamma) {
+  return mean > 0.f ? -gamma * powf(mean, gamma - 1.0f) * weight * weight : 0.f;
+}
+
+// g_F at one coefficient: w[band] g_G ("spectral" only) plus mean_grad F / |F|, zero where F = 0;
+// mean_grad is the band mean's gradient over the band's size.
+__device__ __forceinline__ float2 spectrum_gradient(float2 f, float2 g_g, float mean_grad, float weight,
+                                                    int weight_kernel) {
+  const float mag = hypotf(f.x, f.y);
+  float2 g = mag > 0.f ? make_float2(mean_grad * f.x / mag, mean_grad * f.y / mag) : make_float2(0.f, 0.f);
+  if (!weight_kernel) g = make_float2(g.x + weight * g_g.x, g.y + weight * g_g.y);
+  return g;
+}
+
+// ---- band sums over many coefficients (the large-plane kernels) ------------------------------
+
+// For each band b < n_bands, the block's sum of value(idx) over idx < n with band[idx] == b,
+// handed to done(b, total) on every thread. Per-thread partials for kBandsPerSweep bands per
+// sweep, then one deterministic block reduction per band: the result does not depend on
+// scheduling. Every thread of the block must call it; it returns synchronised.
+template <typename Value, typename Done>
+__device__ __forceinline__ void band_sums(const int* band, int n, int n_bands, float* scratch, Value value,
+                                          Done done) {
+  constexpr int kBandsPerSweep = 8;  // the default band count: one sweep of the spectrum
+  for (int b0 = 0; b0 < n_bands; b0 += kBandsPerSweep) {
+    float partial[kBandsPerSweep];
+#pragma unroll
+    for (int j = 0; j < kBandsPerSweep; ++j) partial[j] = 0.f;
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+      const int slot = band[idx] - b0;
+      const float v = value(idx);
+#pragma unroll
+      for (int j = 0; j < kBandsPerSweep; ++j) partial[j] += slot == j ? v : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kBandsPerSweep; ++j) {
+      if (b0 + j >= n_bands) break;  // uniform across the block: every thread reduces the same bands
+      done(b0 + j, block_reduce(partial[j], scratch, false));
+    }
+  }
+  __syncthreads();
 }
 
 }  // namespace manipure

@@ -6,9 +6,13 @@
 //                                                                  (the last empty without eps_ref)
 //   manipure_aot::mani_noise(...)               -> (Tensor, Tensor) x_t, and the noise drawn (or empty)
 //   manipure_aot::mani_noise_backward(...)      -> (Tensor, Tensor) grads for x and the noise (or empty)
-//   manipure_aot::mani_band_weights(...)        -> Tensor          G = w[band] F on rfft2's half spectra
+//   manipure_aot::mani_band_weights(...)        -> (Tensor, Tensor) G = w[band] F on rfft2's half spectra,
+//                                                                  and the band means and weights (or empty)
 //   manipure_aot::mani_inject(...)              -> (Tensor, Tensor) x_t from irfft2(G), and the noise drawn
 //                                                                  (or empty): the large-plane MANI path
+//   manipure_aot::mani_map_gradient(...)        -> (Tensor, Tensor) its backward: g_Y / N (or empty) and the
+//                                                                  noise's gradient (or empty)
+//   manipure_aot::mani_spectrum_gradient(...)   -> Tensor          g_F from g_G = rfft2(g_Y / N)
 //
 // These are the launch layer: they take the cached DFT tables and masks that cuda_ops builds (one
 // Python source for them, shared with the CuPy JIT) and launch the kernels of kernels/cuda on
@@ -243,29 +247,92 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_backward_cuda(
   return {g_x, g_noise};
 }
 
-// The large-plane MANI path's two launches (mani_noise_large.cu); cuda_ops runs cuFFT around them.
-at::Tensor mani_band_weights_cuda(const at::Tensor& spectrum, const at::Tensor& band, const at::Tensor& share,
-                                  int64_t n_bands, double gamma, double eps0, bool weight_kernel) {
-  TORCH_CHECK(spectrum.is_cuda(), "manipure_aot ops run on CUDA tensors, got ", spectrum.device());
-  check_tensor(spectrum, "spectrum", at::kFloat, spectrum);
-  TORCH_CHECK(spectrum.dim() == 5 && spectrum.size(4) == 2,
-              "spectrum must be a real view of [B, C, H, W/2 + 1] complex half spectra, got ", spectrum.sizes());
-  const int64_t planes = spectrum.size(0) * spectrum.size(1), n = spectrum.size(2) * spectrum.size(3);
+// The large-plane MANI path's launches (mani_noise_large.cu, mani_noise_large_backward.cu); cuda_ops
+// runs cuFFT around them.
+
+// A real view of [B, C, H, W/2 + 1] complex half spectra; returns (planes, coefficients per plane).
+std::pair<int64_t, int64_t> check_half_spectra(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(t.is_cuda(), "manipure_aot ops run on CUDA tensors, got ", t.device());
+  check_tensor(t, name, at::kFloat, like);
+  TORCH_CHECK(t.dim() == 5 && t.size(4) == 2, name,
+              " must be a real view of [B, C, H, W/2 + 1] complex half spectra, got ", t.sizes());
+  TORCH_CHECK(t.sizes() == like.sizes(), name, " has shape ", t.sizes(), ", expected ", like.sizes());
+  const int64_t planes = t.size(0) * t.size(1);
   TORCH_CHECK(planes > 0 && planes <= INT32_MAX, "the batch has ", planes, " planes; need 1 to 2^31-1");
-  check_tensor(band, "band", at::kInt, spectrum);
-  check_tensor(share, "share", at::kFloat, spectrum);
+  return {planes, t.size(2) * t.size(3)};
+}
+
+void check_bands(const at::Tensor& band, const at::Tensor& share, int64_t n, int64_t n_bands,
+                 const at::Tensor& like) {
+  check_tensor(band, "band", at::kInt, like);
+  check_tensor(share, "share", at::kFloat, like);
   TORCH_CHECK(band.numel() == n && share.numel() == n, "band and share must hold H*(W/2+1) = ", n,
               " entries, got ", band.numel(), " and ", share.numel());
   TORCH_CHECK(n_bands >= 1 && n_bands <= 1024, "n_bands must be in [1, 1024], got ", n_bands);
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_band_weights_cuda(const at::Tensor& spectrum, const at::Tensor& band,
+                                                          const at::Tensor& share, int64_t n_bands, double gamma,
+                                                          double eps0, bool weight_kernel, bool store_stats) {
+  const auto [planes, n] = check_half_spectra(spectrum, "spectrum", spectrum);
+  check_bands(band, share, n, n_bands, spectrum);
   at::Tensor weighted = at::empty_like(spectrum);
+  at::Tensor stats = store_stats ? at::empty({planes, 2, n_bands}, spectrum.options()) : at::empty({0}, spectrum.options());
   const c10::DeviceGuard guard(spectrum.device());
   check_status(manipure::launch_mani_band_weights(
                    static_cast<int>(planes), static_cast<int>((32 + n_bands) * 4), current_stream(spectrum),
-                   spectrum.data_ptr<float>(), weighted.data_ptr<float>(), band.data_ptr<int>(),
+                   spectrum.data_ptr<float>(), weighted.data_ptr<float>(),
+                   store_stats ? stats.data_ptr<float>() : weighted.data_ptr<float>(), band.data_ptr<int>(),
                    share.data_ptr<float>(), static_cast<int>(n), static_cast<int>(n_bands),
-                   static_cast<float>(gamma), static_cast<float>(eps0), weight_kernel),
+                   static_cast<float>(gamma), static_cast<float>(eps0), weight_kernel, store_stats),
                "mani_band_weights");
-  return weighted;
+  return {weighted, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_map_gradient_cuda(const at::Tensor& grad, const at::Tensor& noise,
+                                                          const at::Tensor& shaped, int64_t normalize,
+                                                          double noise_scale, bool detach_map, bool noise_grad) {
+  const int64_t planes = shaped.dim() == 4 ? shaped.size(0) * shaped.size(1) : 0;
+  check_launch(planes, 32 * 4, shaped);
+  check_image(grad, "grad", shaped);
+  check_image(noise, "noise", shaped);
+  check_image(shaped, "shaped", shaped);
+  TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
+  at::Tensor g_shaped = detach_map ? at::empty({0}, shaped.options()) : at::empty_like(shaped);
+  at::Tensor g_noise = noise_grad ? at::empty_like(shaped) : at::empty({0}, shaped.options());
+  if (detach_map && !noise_grad) return {g_shaped, g_noise};  // nothing to compute
+  // An output not asked for is passed as the other one, which the kernel does write.
+  float* g_shaped_ptr = detach_map ? g_noise.data_ptr<float>() : g_shaped.data_ptr<float>();
+  float* g_noise_ptr = noise_grad ? g_noise.data_ptr<float>() : g_shaped.data_ptr<float>();
+  const c10::DeviceGuard guard(shaped.device());
+  check_status(manipure::launch_mani_map_gradient(
+                   static_cast<int>(planes), 32 * 4, current_stream(shaped), grad.data_ptr<float>(),
+                   noise.data_ptr<float>(), shaped.data_ptr<float>(), g_shaped_ptr, g_noise_ptr,
+                   static_cast<int>(shaped.size(2) * shaped.size(3)), static_cast<int>(normalize),
+                   static_cast<float>(noise_scale), detach_map, noise_grad),
+               "mani_map_gradient");
+  return {g_shaped, g_noise};
+}
+
+at::Tensor mani_spectrum_gradient_cuda(const at::Tensor& g_spectrum, const at::Tensor& spectrum,
+                                       const at::Tensor& stats, const at::Tensor& band, const at::Tensor& share,
+                                       double gamma, bool weight_kernel) {
+  const auto [planes, n] = check_half_spectra(spectrum, "spectrum", spectrum);
+  check_half_spectra(g_spectrum, "g_spectrum", spectrum);
+  check_tensor(stats, "stats", at::kFloat, spectrum);
+  TORCH_CHECK(stats.dim() == 3 && stats.size(0) == planes && stats.size(1) == 2,
+              "stats must be [planes, 2, n_bands] (mani_band_weights' means and weights), got ", stats.sizes());
+  const int64_t n_bands = stats.size(2);
+  check_bands(band, share, n, n_bands, spectrum);
+  at::Tensor g_out = at::empty_like(spectrum);
+  const c10::DeviceGuard guard(spectrum.device());
+  check_status(manipure::launch_mani_spectrum_gradient(
+                   static_cast<int>(planes), static_cast<int>((32 + 2 * n_bands) * 4), current_stream(spectrum),
+                   g_spectrum.data_ptr<float>(), spectrum.data_ptr<float>(), g_out.data_ptr<float>(),
+                   stats.data_ptr<float>(), band.data_ptr<int>(), share.data_ptr<float>(), static_cast<int>(n),
+                   static_cast<int>(n_bands), static_cast<float>(gamma), weight_kernel),
+               "mani_spectrum_gradient");
+  return g_out;
 }
 
 std::tuple<at::Tensor, at::Tensor> mani_inject_cuda(const at::Tensor& x, const at::Tensor& shaped,
@@ -325,8 +392,23 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_backward_meta(
   return {at::empty_like(x), noise_grad ? at::empty_like(x) : at::empty({0}, x.options())};
 }
 
-at::Tensor mani_band_weights_meta(const at::Tensor& spectrum, const at::Tensor&, const at::Tensor&, int64_t, double,
-                                  double, bool) {
+std::tuple<at::Tensor, at::Tensor> mani_band_weights_meta(const at::Tensor& spectrum, const at::Tensor&,
+                                                          const at::Tensor&, int64_t n_bands, double, double, bool,
+                                                          bool store_stats) {
+  const int64_t planes = spectrum.dim() == 5 ? spectrum.size(0) * spectrum.size(1) : 0;
+  return {at::empty_like(spectrum), store_stats ? at::empty({planes, 2, n_bands}, spectrum.options())
+                                                : at::empty({0}, spectrum.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor> mani_map_gradient_meta(const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor& shaped, int64_t, double, bool detach_map,
+                                                          bool noise_grad) {
+  return {detach_map ? at::empty({0}, shaped.options()) : at::empty_like(shaped),
+          noise_grad ? at::empty_like(shaped) : at::empty({0}, shaped.options())};
+}
+
+at::Tensor mani_spectrum_gradient_meta(const at::Tensor&, const at::Tensor& spectrum, const at::Tensor&,
+                                       const at::Tensor&, const at::Tensor&, double, bool) {
   return at::empty_like(spectrum);
 }
 
@@ -361,10 +443,16 @@ TORCH_LIBRARY(manipure_aot, m) {
       "bool noise_grad, int shared_bytes) -> (Tensor, Tensor)");
   m.def(
       "mani_band_weights(Tensor spectrum, Tensor band, Tensor share, int n_bands, float gamma, float eps0, "
-      "bool weight_kernel) -> Tensor");
+      "bool weight_kernel, bool store_stats) -> (Tensor, Tensor)");
   m.def(
       "mani_inject(Tensor x, Tensor shaped, Tensor? noise, Tensor? rng_state, int normalize, float signal, "
       "float noise_scale) -> (Tensor, Tensor)");
+  m.def(
+      "mani_map_gradient(Tensor grad, Tensor noise, Tensor shaped, int normalize, float noise_scale, "
+      "bool detach_map, bool noise_grad) -> (Tensor, Tensor)");
+  m.def(
+      "mani_spectrum_gradient(Tensor g_spectrum, Tensor spectrum, Tensor stats, Tensor band, Tensor share, "
+      "float gamma, bool weight_kernel) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
@@ -374,6 +462,8 @@ TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
   m.impl("mani_noise_backward", &mani_noise_backward_cuda);
   m.impl("mani_band_weights", &mani_band_weights_cuda);
   m.impl("mani_inject", &mani_inject_cuda);
+  m.impl("mani_map_gradient", &mani_map_gradient_cuda);
+  m.impl("mani_spectrum_gradient", &mani_spectrum_gradient_cuda);
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
@@ -383,6 +473,8 @@ TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
   m.impl("mani_noise_backward", &mani_noise_backward_meta);
   m.impl("mani_band_weights", &mani_band_weights_meta);
   m.impl("mani_inject", &mani_inject_meta);
+  m.impl("mani_map_gradient", &mani_map_gradient_meta);
+  m.impl("mani_spectrum_gradient", &mani_spectrum_gradient_meta);
 }
 
 // The ops register when the library is loaded; the module object itself is empty. Building it as

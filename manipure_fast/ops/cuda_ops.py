@@ -18,8 +18,8 @@ custom op ``manipure::exchange_update_backward_cuda``, and mani_noise's is
 ``mani_noise_backward.cu`` as ``manipure::mani_noise_backward_cuda``) -> ``ops``.
 
 MANI planes above 64x64 take four launches: cuFFT's ``rfft2``, ``mani_noise_large.cu``'s band-weights
-kernel, ``irfft2`` and its injection kernel; their backward recomputes through the reference
-(``ops/recompute.py``) in the autograd formula.
+kernel, ``irfft2`` and its injection kernel. Their backward is eight: the forward recomputed, then
+``mani_noise_large_backward.cu``'s two kernels around ``rfft2`` and ``irfft2``.
 
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
@@ -39,7 +39,6 @@ import torch
 
 from ..reference.grid import band_one_hot
 from ..reference.schedule import noise_coefficients
-from . import recompute
 from .dft_tables import (
     band_frequencies,
     band_masks,
@@ -480,18 +479,51 @@ def _is_large(x: torch.Tensor) -> bool:
     return max(x.shape[-2:]) > MANI_MAX_SIDE
 
 
-def _jit_mani_band_weights(spectrum, band, share, n_bands, gamma, eps0, weight_kernel):
+def _jit_mani_band_weights(spectrum, band, share, n_bands, gamma, eps0, weight_kernel, store_stats):
     """The JIT loader's launch, in the call shape of ``manipure_aot::mani_band_weights``."""
     b, c, h, half, _ = spectrum.shape
     weighted = torch.empty_like(spectrum)
+    stats = spectrum.new_empty(b * c, 2, n_bands) if store_stats else spectrum.new_empty(0)
     args = (
-        spectrum, weighted, band, share, _i32(h * half), _i32(n_bands), _f32(gamma), _f32(eps0),
-        _i32(weight_kernel),
+        spectrum, weighted, stats if store_stats else weighted, band, share, _i32(h * half), _i32(n_bands),
+        _f32(gamma), _f32(eps0), _i32(weight_kernel), _i32(store_stats),
     )  # fmt: skip
     _launch(
         "mani_noise_large.cu", "mani_band_weights_kernel", spectrum.device, b * c, args, (32 + n_bands) * 4
     )
-    return weighted
+    return weighted, stats
+
+
+def _jit_mani_map_gradient(grad, noise, shaped, normalize, noise_scale, detach_map, noise_grad):
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_map_gradient``."""
+    b, c, h, w = shaped.shape
+    g_shaped = shaped.new_empty(0) if detach_map else torch.empty_like(shaped)
+    g_noise = torch.empty_like(shaped) if noise_grad else shaped.new_empty(0)
+    if detach_map and not noise_grad:
+        return g_shaped, g_noise  # nothing to compute
+    # An output not asked for is passed as the other one, which the kernel does write.
+    args = (
+        grad, noise, shaped, g_noise if detach_map else g_shaped, g_noise if noise_grad else g_shaped,
+        _i32(h * w), _i32(normalize), _f32(noise_scale), _i32(detach_map), _i32(noise_grad),
+    )  # fmt: skip
+    _launch("mani_noise_large_backward.cu", "mani_map_gradient_kernel", shaped.device, b * c, args, 32 * 4)
+    return g_shaped, g_noise
+
+
+def _jit_mani_spectrum_gradient(g_spectrum, spectrum, stats, band, share, gamma, weight_kernel):
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_spectrum_gradient``."""
+    b, c, h, half, _ = spectrum.shape
+    n_bands = stats.shape[-1]
+    g_out = torch.empty_like(spectrum)
+    args = (
+        g_spectrum, spectrum, g_out, stats, band, share, _i32(h * half), _i32(n_bands), _f32(gamma),
+        _i32(weight_kernel),
+    )  # fmt: skip
+    _launch(
+        "mani_noise_large_backward.cu", "mani_spectrum_gradient_kernel", spectrum.device, b * c, args,
+        (32 + 2 * n_bands) * 4,
+    )  # fmt: skip
+    return g_out
 
 
 def _jit_mani_inject(x, shaped, noise, rng_state, normalize, signal, noise_scale):
@@ -519,11 +551,44 @@ def launch_mani_noise_large(x, noise, rng_state, t, n_bands, gamma, eps0, band_m
     inject = torch.ops.manipure_aot.mani_inject if aot else _jit_mani_inject
     band, share = half_spectrum_bands(h, w, n_bands, band_mode, x.device)
     spectrum = torch.view_as_real(torch.fft.rfft2(x))
-    weighted = band_weights(spectrum, band, share, n_bands, float(gamma), float(eps0), weight_map == "kernel")
+    weighted, _ = band_weights(
+        spectrum, band, share, n_bands, float(gamma), float(eps0), weight_map == "kernel", False
+    )
     shaped = torch.fft.irfft2(torch.view_as_complex(weighted), s=(h, w))
     return inject(
         x, shaped, noise, rng_state, NORMALIZE_CODES[normalize], float(coef.signal), float(coef.noise)
     )
+
+
+def launch_mani_noise_large_backward(grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map,
+                                     normalize, detach_map, noise_grad):  # fmt: skip
+    """The large-plane path's backward, any plane size: the forward recomputed (``rfft2``, the
+    band-weights kernel with its statistics stored, ``irfft2``), the map-gradient kernel, ``rfft2``,
+    the spectrum-gradient kernel and ``irfft2``. Same contract as ``launch_mani_noise_backward``."""
+    _, _, h, w = x.shape
+    coef = noise_coefficients(t)
+    aot = active_loader() == "aot"
+    library = torch.ops.manipure_aot if aot else None
+    band_weights = library.mani_band_weights if aot else _jit_mani_band_weights
+    map_gradient = library.mani_map_gradient if aot else _jit_mani_map_gradient
+    spectrum_gradient = library.mani_spectrum_gradient if aot else _jit_mani_spectrum_gradient
+    band, share = half_spectrum_bands(h, w, n_bands, band_mode, x.device)
+    spectrum = torch.view_as_real(torch.fft.rfft2(x))
+    kernel_map = weight_map == "kernel"
+    weighted, stats = band_weights(
+        spectrum, band, share, n_bands, float(gamma), float(eps0), kernel_map, True
+    )
+    shaped = torch.fft.irfft2(torch.view_as_complex(weighted), s=(h, w))
+    g_shaped, g_noise = map_gradient(
+        grad, noise, shaped, NORMALIZE_CODES[normalize], float(coef.noise), bool(detach_map), bool(noise_grad)
+    )
+    if detach_map:
+        return grad * float(coef.signal), g_noise
+    g_spectrum = torch.view_as_real(torch.fft.rfft2(g_shaped))
+    g_f = spectrum_gradient(g_spectrum, spectrum, stats, band, share, float(gamma), kernel_map)
+    # g_x = sqrt(abar) grad + the unnormalised inverse of g_F (the 1/N was taken in g_Y / N).
+    g_x = torch.fft.irfft2(torch.view_as_complex(g_f), s=(h, w), norm="forward")
+    return g_x.add_(grad, alpha=float(coef.signal)), g_noise
 
 
 def launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
@@ -562,8 +627,12 @@ def _jit_mani_noise_backward(grad, x, noise, cos_h, sin_h, cos_w, sin_w, band_ma
 
 def launch_mani_noise_backward(grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize,
                                detach_map, noise_grad):  # fmt: skip
-    """The gradients for x and (when ``noise_grad``) the noise, one launch over planes up to 64x64;
-    returns (g_x, g_noise or an empty tensor)."""
+    """The gradients for x and (when ``noise_grad``) the noise, one launch over planes up to 64x64,
+    the large-plane path's backward above; returns (g_x, g_noise or an empty tensor)."""
+    if _is_large(x):
+        return launch_mani_noise_large_backward(
+            grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize, detach_map, noise_grad
+        )
     _, _, h, w = x.shape
     coef = noise_coefficients(t)
     aot = active_loader() == "aot"
@@ -639,9 +708,6 @@ def _mani_backward(ctx, grad, _grad_drawn):
     x, noise = ctx.saved_tensors
     o = ctx.options
     noise_grad = ctx.has_noise and ctx.needs_input_grad[1]
-    if _is_large(x):
-        g_x, g_noise = recompute.mani_backward(grad.contiguous(), x, noise, noise_grad, **o)
-        return g_x, g_noise, None, None, None, None, None, None, None, None, None
     g_x, g_noise = mani_noise_backward_cuda(
         grad.contiguous(), x, noise, o["t"], o["n_bands"], o["gamma"], o["eps0"], o["band_mode"],
         o["weight_map"], o["normalize"], o["detach_map"], noise_grad,
