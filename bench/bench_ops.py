@@ -2,6 +2,7 @@
 
     python bench/bench_ops.py                      # on a GPU: CIFAR B=512 and ImageNet B=64, JSON rows
     python bench/bench_ops.py --sweep              # also the shapes of the auto-dispatch table
+    python bench/bench_ops.py --backward           # also forward + backward, what an adaptive attack runs
     python bench/bench_ops.py --smoke              # anywhere: tiny shapes, checks the path, writes nothing
 
 Ops and providers:
@@ -17,7 +18,15 @@ Method (STYLE.md): every fast provider is first checked against the reference on
 shape (a red gate prints and skips the row); then ``triton.testing.do_bench`` (L2 flushed; median,
 p20, p80) after warm-up. GB/s counts each tensor the op must read or write once:
 exchange_update reads x_t, eps, ref_t, eps_ref, noise and writes x_next (6 planes, the roofline
-of the fused step); mani_noise reads x, noise and writes x_t (3 planes). Rows carry the GPU, SM
+of the fused step); mani_noise reads x, noise and writes x_t (3 planes).
+
+``--backward`` adds rows with ``direction="forward+backward"``: the op and the gradients of a
+weighted sum of its output for every differentiable input, through ``torch.autograd.grad``. That
+is autograd through the reference for ``torch-eager`` and the fused backward kernels for
+``triton`` and ``cuda``; each is gated against the reference's gradients (relative to their
+largest magnitude). Their GB/s count the forward's planes and the backward's: exchange_update's
+backward reads grad, x_t, eps, ref_t, eps_ref and writes four gradients (15 planes in all);
+mani_noise's reads grad, x, noise and writes two (8). Rows carry the GPU, SM
 count, versions, commit and date; they go to ``bench/results/ops-<gpu>-<date>.json``.
 ``bench/dispatch_table.py`` turns them into the auto-dispatch table (``--sweep`` measures more plane
 sizes and batches for it; the per-plane reference-structure loop is timed on the target shapes only).
@@ -162,28 +171,68 @@ def bench_mani(label, shape, device, smoke):
     return _run("mani_noise", label, shape, device, smoke, providers, planes=3)
 
 
-def _run(op, label, shape, device, smoke, providers, planes):
+def bench_exchange_backward(label, shape, device, smoke):
+    step = step_coefficients(49, 39, eta=1.0)
+    *leaves, z = (t.requires_grad_(i < 4) for i, t in enumerate(exchange_inputs(shape, device)))
+    weight = torch.randn(shape, device=device, generator=torch.Generator(device=device).manual_seed(2))
+
+    def gradients(backend):
+        out = ops.exchange_update(*leaves, z, step=step, backend=backend)
+        return torch.autograd.grad(out, leaves, weight)
+
+    providers = {provider: lambda b=backend: gradients(b) for provider, backend in _BACKWARD_PROVIDERS}
+    return _run("exchange_update", label, shape, device, smoke, providers, planes=15, backward=True)
+
+
+def bench_mani_backward(label, shape, device, smoke):
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = (torch.rand(shape, device=device, generator=gen) * 2 - 1).requires_grad_()
+    z = torch.randn(shape, device=device, generator=gen).requires_grad_()
+    weight = torch.randn(shape, device=device, generator=gen)
+
+    def gradients(backend):
+        return torch.autograd.grad(ops.mani_noise(x, 999, z, backend=backend), (x, z), weight)
+
+    providers = {provider: lambda b=backend: gradients(b) for provider, backend in _BACKWARD_PROVIDERS}
+    return _run("mani_noise", label, shape, device, smoke, providers, planes=8, backward=True)
+
+
+_BACKWARD_PROVIDERS = (("torch-eager", "reference"), ("triton", "triton"), ("cuda", "cuda"))
+
+
+def _max_error(result, expected, backward: bool) -> float:
+    """The largest absolute difference; for gradients, over all of them and relative to the
+    reference's largest gradient (at least 1)."""
+    if not backward:
+        return (result - expected).abs().max().item()
+    scale = max(1.0, max(g.abs().max().item() for g in expected))
+    return max((r - e).abs().max().item() for r, e in zip(result, expected)) / scale
+
+
+def _run(op, label, shape, device, smoke, providers, planes, backward=False):
     rows = []
-    with torch.no_grad():
+    direction = "forward+backward" if backward else "forward"
+    name = f"{op}+backward" if backward else op
+    with torch.set_grad_enabled(backward):
         expected = providers["torch-eager"]()
+        sample = expected[0] if backward else expected
         nbytes = planes * torch.Size(shape).numel() * 4
         for provider, fn in providers.items():
-            reason = (
-                ops.unsupported_reason(provider, op, expected) if provider in ("triton", "cuda") else None
-            )
+            reason = ops.unsupported_reason(provider, op, sample) if provider in ("triton", "cuda") else None
             if reason is not None:
-                print(f"{op:16s} {label:14s} {provider:20s} skipped: {reason}")
+                print(f"{name:24s} {label:14s} {provider:20s} skipped: {reason}")
                 continue
             if provider == "reference-structure" and (label not in SHAPES or smoke) and shape[0] > 8:
                 continue
-            err = (fn() - expected).abs().max().item()
+            err = _max_error(fn(), expected, backward)
             if err > 1e-4:
-                print(f"RED GATE {op} {label} {provider}: max err {err:.3g} vs reference; not timed")
+                print(f"RED GATE {name} {label} {provider}: max err {err:.3g} vs reference; not timed")
                 continue
             p50, p20, p80 = time_ms(fn, device, smoke)
             gbps = nbytes / (p50 * 1e-3) / 1e9
             row = dict(
                 op=op,
+                direction=direction,
                 provider=provider,
                 shape=list(shape),
                 label=label,
@@ -206,7 +255,7 @@ def _run(op, label, shape, device, smoke, providers, planes):
                     row["roofline_fraction"] = gbps / peak
                     row["roofline_ms"] = nbytes / (peak * 1e9) * 1e3
             rows.append(row)
-            print(f"{op:16s} {label:14s} {provider:20s} p50 {p50:9.3f} ms  {gbps:8.1f} GB/s  err {err:.1e}")
+            print(f"{name:24s} {label:14s} {provider:20s} p50 {p50:9.3f} ms  {gbps:8.1f} GB/s  err {err:.1e}")
     base = {r["provider"]: r["p50_ms"] for r in rows}
     for r in rows:
         for other in ("reference-structure", "torch-eager"):
@@ -221,6 +270,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on any device; writes nothing")
     parser.add_argument("--sweep", action="store_true", help="also the auto-dispatch table's shapes")
+    parser.add_argument(
+        "--backward", action="store_true", help="also forward + backward of each op (module docstring)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -235,6 +287,9 @@ def main(argv=None) -> None:
     for label, shape in shapes.items():
         rows += bench_exchange(label, shape, device, args.smoke)
         rows += bench_mani(label, shape, device, args.smoke)
+        if args.backward:
+            rows += bench_exchange_backward(label, shape, device, args.smoke)
+            rows += bench_mani_backward(label, shape, device, args.smoke)
         if path is not None:
             write_rows(path, rows, meta)
     if args.smoke:

@@ -26,8 +26,8 @@ def build_table(rows: list[dict]) -> dict:
     groups: dict[tuple, dict[str, float]] = {}
     for row in rows:
         backend = PROVIDER_BACKENDS.get(row["provider"])
-        if backend is None:
-            continue  # the reference-structure baseline is not a backend
+        if backend is None or row.get("direction", "forward") != "forward":
+            continue  # the reference-structure baseline is not a backend; dispatch ranks forwards
         key = (row["op"], *row["shape"])
         timings = groups.setdefault(key, {})
         timings[backend] = min(row["p50_ms"], timings.get(backend, float("inf")))

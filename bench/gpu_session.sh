@@ -68,7 +68,7 @@ case "${1:?stage}" in
       done
     done ;;
   ops)
-    "$PY" bench/bench_ops.py --sweep 2>&1 | tee "$OUT_DIR/bench-ops.log"
+    "$PY" bench/bench_ops.py --sweep --backward 2>&1 | tee "$OUT_DIR/bench-ops.log"
     "$PY" bench/dispatch_table.py "$(ls -t bench/results/ops-*.json | head -1)" 2>&1 | tee -a "$OUT_DIR/bench-ops.log"
     cp manipure_fast/ops/dispatch_table.json "$OUT_DIR/" ;;
   tune)

@@ -59,6 +59,19 @@ def test_op_benchmark_keeps_the_rows_of_a_run_cut_short(tmp_path, monkeypatch):
     ]
 
 
+def test_op_benchmark_smoke_gates_and_times_forward_and_backward(capsys):
+    """bench_ops.py --smoke --backward on the triton backend under the interpreter: both ops,
+    forward and forward + backward, on each MANI path's plane, each within its red gate."""
+    bench_ops.main(["--smoke", "--backward"])
+    out = capsys.readouterr().out
+    assert "RED GATE" not in out
+    timed = {tuple(line.split()[:3]) for line in out.splitlines() if line.split()[3:4] == ["p50"]}
+    for label in bench_ops.SMOKE_SHAPES:
+        for op in ("exchange_update", "mani_noise", "exchange_update+backward", "mani_noise+backward"):
+            for provider in ("torch-eager", "triton"):
+                assert (op, label, provider) in timed, out
+
+
 def test_roofline_bandwidth_tells_h200_from_h100():
     assert bench_ops.hbm_peak_gbps("NVIDIA H100 80GB HBM3", 132) == 3350.0
     assert bench_ops.hbm_peak_gbps("NVIDIA H100 PCIe", 114) == 2000.0

@@ -594,13 +594,14 @@ def test_sanitizer_workload_runs_on_the_cuda_backend(loader, capsys):
 
 
 def test_op_benchmark_checks_and_times_the_cuda_provider(loader, capsys):
-    """bench/bench_ops.py --smoke: the cuda provider is checked against the reference and timed on
-    every smoke shape (one-block, streamed-size and large planes), as the device session will."""
-    bench_ops.main(["--smoke"])
+    """bench/bench_ops.py --smoke --backward: the cuda provider is checked against the reference
+    and timed on every smoke shape (one-block, streamed-size and large planes), forward and
+    forward + backward, as the device session will."""
+    bench_ops.main(["--smoke", "--backward"])
     out = capsys.readouterr().out
     assert "RED GATE" not in out
     timed = [line for line in out.splitlines() if line.split()[2:4] == ["cuda", "p50"]]
-    assert len(timed) == 2 * len(bench_ops.SMOKE_SHAPES), out
+    assert len(timed) == 4 * len(bench_ops.SMOKE_SHAPES), out
 
 
 def _every_kernel():

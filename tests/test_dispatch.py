@@ -92,6 +92,9 @@ def test_bench_script_ranks_gated_providers_and_round_trips(tmp_path):
         _row("exchange_update", "triton", [512, 3, 32, 32], 0.2),
         _row("exchange_update", "cuda", [512, 3, 32, 32], 0.1),
         _row("mani_noise", "torch-eager", [64, 3, 256, 256], 5.0),
+        # bench_ops.py --backward rows time the gradients too: dispatch ranks forwards only
+        {**_row("exchange_update", "triton", [512, 3, 32, 32], 0.05), "direction": "forward+backward"},
+        {**_row("mani_noise", "cuda", [64, 3, 256, 256], 0.1), "direction": "forward+backward"},
     ]
     results = tmp_path / "ops.json"
     results.write_text(json.dumps(rows))
