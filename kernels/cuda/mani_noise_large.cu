@@ -19,7 +19,7 @@
 #include "mani_stages.cuh"
 
 using manipure::band_sums;
-using manipure::block_reduce;
+using manipure::map_scale;
 using manipure::philox_normal;
 
 // Dynamic shared memory: 32 floats of reduction scratch, then n_bands weights.
@@ -66,17 +66,7 @@ extern "C" __global__ void mani_inject_kernel(
     float signal, float noise_scale, int has_noise, int store_noise) {
   extern __shared__ float smem_f[];
   const long long base = (long long)blockIdx.x * n;
-  float local_sq = 0.f, local_max = 0.f;
-  if (normalize != 0) {
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-      const float m = fabsf(shaped[base + idx]);
-      local_sq += m * m;
-      local_max = fmaxf(local_max, m);
-    }
-  }
-  float scale = 1.f;
-  if (normalize == 1) scale = sqrtf(block_reduce(local_sq, smem_f, false) / (float)n);
-  if (normalize == 2) scale = block_reduce(local_max, smem_f, true);
+  const float scale = map_scale(shaped + base, n, normalize, smem_f);
 
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const long long el = base + idx;

@@ -19,6 +19,7 @@
 using manipure::band_sums;
 using manipure::band_weight_slope;
 using manipure::block_reduce;
+using manipure::map_scale;
 using manipure::normalisation_gradient;
 using manipure::spectrum_gradient;
 
@@ -33,17 +34,7 @@ extern "C" __global__ void mani_map_gradient_kernel(
   extern __shared__ float smem_f[];
   const long long base = (long long)blockIdx.x * n;
   const float inv_n = 1.0f / (float)n;
-  float local_sq = 0.f, local_max = 0.f;
-  if (normalize != 0) {
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-      const float s = fabsf(shaped[base + idx]);
-      local_sq += s * s;
-      local_max = fmaxf(local_max, s);
-    }
-  }
-  float scale = 1.f;
-  if (normalize == 1) scale = sqrtf(block_reduce(local_sq, smem_f, false) * inv_n);
-  if (normalize == 2) scale = block_reduce(local_max, smem_f, true);
+  const float scale = map_scale(shaped + base, n, normalize, smem_f);
   const bool live = scale > 0.f;
 
   float local_dot = 0.f, local_at_max = 0.f;

@@ -138,7 +138,26 @@ __device__ __forceinline__ float2 spectrum_gradient(float2 f, float2 g_g, float 
   return g;
 }
 
-// ---- band sums over many coefficients (the large-plane kernels) ------------------------------
+// ---- the large-plane kernels' plane-wide sums ---------------------------------------------------
+
+// The normalisation statistic of the map |Y| of one plane (map: its n values): sqrt(mean |Y|^2)
+// for normalize 1 (rms), max |Y| for 2 (max), 1 for 0 (none), on every thread. The injection and
+// its backward share it, so the backward's scale is the forward's bit for bit (max's tie test
+// compares against it). Every thread of the block must call it.
+__device__ __forceinline__ float map_scale(const float* map, int n, int normalize, float* scratch) {
+  float local_sq = 0.f, local_max = 0.f;
+  if (normalize != 0) {
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+      const float m = fabsf(map[idx]);
+      local_sq += m * m;
+      local_max = fmaxf(local_max, m);
+    }
+  }
+  float scale = 1.f;
+  if (normalize == 1) scale = sqrtf(block_reduce(local_sq, scratch, false) / (float)n);
+  if (normalize == 2) scale = block_reduce(local_max, scratch, true);
+  return scale;
+}
 
 // For each band b < n_bands, the block's sum of value(idx) over idx < n with band[idx] == b,
 // handed to done(b, total) on every thread. Per-thread partials for kBandsPerSweep bands per

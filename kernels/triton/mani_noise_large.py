@@ -92,6 +92,29 @@ def mani_band_weights_kernel(
 
 
 @triton.jit
+def _map_scale(shaped_ptr, base, N_PIXELS: tl.constexpr, inv_n, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """The normalisation statistic of the map |Y| of the plane at ``base``: its RMS (NORMALIZE 0),
+    its max (1), or 1 (2, none). The injection and its backward share it, so the backward's scale
+    is the forward's bit for bit (``max``'s tie test compares against it)."""
+    scale = 1.0
+    if NORMALIZE == 0:
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for start in range(0, N_PIXELS, BLOCK):
+            idx = start + tl.arange(0, BLOCK)
+            y = tl.load(shaped_ptr + base + idx, mask=idx < N_PIXELS, other=0.0)
+            acc += y * y
+        scale = tl.sqrt(tl.sum(acc, axis=0) * inv_n)
+    elif NORMALIZE == 1:
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for start in range(0, N_PIXELS, BLOCK):
+            idx = start + tl.arange(0, BLOCK)
+            y = tl.load(shaped_ptr + base + idx, mask=idx < N_PIXELS, other=0.0)
+            acc = tl.maximum(acc, tl.abs(y))
+        scale = tl.max(acc, axis=0)
+    return scale
+
+
+@triton.jit
 def mani_inject_kernel(
     x_ptr,
     shaped_ptr,
@@ -113,21 +136,7 @@ def mani_inject_kernel(
     plane = tl.program_id(0)
     base = plane.to(tl.int64) * N_PIXELS
 
-    scale = 1.0
-    if NORMALIZE == 0:
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(0, N_PIXELS, BLOCK):
-            idx = start + tl.arange(0, BLOCK)
-            y = tl.load(shaped_ptr + base + idx, mask=idx < N_PIXELS, other=0.0)
-            acc += y * y
-        scale = tl.sqrt(tl.sum(acc, axis=0) * inv_n)
-    elif NORMALIZE == 1:
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(0, N_PIXELS, BLOCK):
-            idx = start + tl.arange(0, BLOCK)
-            y = tl.load(shaped_ptr + base + idx, mask=idx < N_PIXELS, other=0.0)
-            acc = tl.maximum(acc, tl.abs(y))
-        scale = tl.max(acc, axis=0)
+    scale = _map_scale(shaped_ptr, base, N_PIXELS, inv_n, NORMALIZE, BLOCK)
 
     seed, offset = _seed_offset(rng_ptr, NOISE_GIVEN)
     for start in range(0, N_PIXELS, BLOCK):

@@ -25,6 +25,8 @@ transforms where the reference's are full complex ones.
 import triton
 import triton.language as tl
 
+from .mani_noise_large import _map_scale
+
 
 @triton.jit
 def mani_map_gradient_kernel(
@@ -48,21 +50,7 @@ def mani_map_gradient_kernel(
     plane = tl.program_id(0)
     base = plane.to(tl.int64) * N_PIXELS
 
-    scale = 1.0
-    if NORMALIZE == 0:
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(0, N_PIXELS, BLOCK):
-            idx = start + tl.arange(0, BLOCK)
-            y = tl.load(shaped_ptr + base + idx, mask=idx < N_PIXELS, other=0.0)
-            acc += y * y
-        scale = tl.sqrt(tl.sum(acc, axis=0) * inv_n)
-    elif NORMALIZE == 1:
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(0, N_PIXELS, BLOCK):
-            idx = start + tl.arange(0, BLOCK)
-            y = tl.load(shaped_ptr + base + idx, mask=idx < N_PIXELS, other=0.0)
-            acc = tl.maximum(acc, tl.abs(y))
-        scale = tl.max(acc, axis=0)
+    scale = _map_scale(shaped_ptr, base, N_PIXELS, inv_n, NORMALIZE, BLOCK)
     live = scale > 0
     safe_scale = tl.where(live, scale, 1.0)
 
