@@ -18,8 +18,9 @@ kernels (``mani_noise_backward.py``), over half spectra:
    ``+ mean_grad_b F / |F|``, written over g_G. g_F is Hermitian too.
 5. ``g_x = sqrt(abar) grad + N irfft2(g_F)`` (``norm="forward"``: the unnormalised sum).
 
-Eight launches, against about 60 for autograd through the reference, and half-spectrum
-transforms where the reference's are full complex ones.
+Eight launches, where autograd through the reference ran 86 top-level torch ops (profiled on
+the CPU at 2x3x256^2, forward and backward; two of them ``.item()`` host syncs), and
+half-spectrum transforms where the reference's are full complex ones.
 """
 
 import triton
