@@ -28,7 +28,7 @@ from bench import bench_ops, sanitize_ops, tune_cuda
 from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
 from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops, registry
-from manipure_fast.reference.schedule import step_coefficients
+from manipure_fast.reference.schedule import noise_coefficients, step_coefficients
 from manipure_fast.sampler import purify_diffusion
 
 # what the JIT compiles
@@ -545,6 +545,16 @@ def test_mani_backward_matches_autograd(shape, options, loader):
         return torch.autograd.grad((out * weight.to(dtype)).sum(), (x, z))
 
     _assert_gradients_close(gradients)
+
+
+@pytest.mark.parametrize("side", [20, 70], ids=["one-block", "large"])
+def test_detached_map_without_a_noise_gradient_gives_the_direct_term(side, loader):
+    """mani_detach with noise that needs no gradient (the purifier's case): g_x = sqrt(abar) grad."""
+    x, z, weight = _on(loader.device, torch.rand(1, 2, side, side) * 2 - 1, *torch.randn(2, 1, 2, side, side))
+    x.requires_grad_()
+    out = ops.mani_noise(x, 300, z, backend="cuda", detach_map=True)
+    (g,) = torch.autograd.grad(out, x, weight)
+    torch.testing.assert_close(g, noise_coefficients(300).signal * weight, rtol=0, atol=1e-6)
 
 
 # ---- the sampler, graphs, the sanitizer's workload ----------------------------------------------------

@@ -434,6 +434,18 @@ def test_fused_mani_backward_matches_autograd(case):
 
 
 @pytest.mark.parametrize("side", [16, 40, 70], ids=["tile", "rows", "large"])
+def test_detached_map_without_a_noise_gradient_gives_the_direct_term(side):
+    """mani_detach with noise that needs no gradient (the purifier's case): g_x = sqrt(abar) grad,
+    as autograd through the reference gives."""
+    x = (torch.rand(1, 2, side, side) * 2 - 1).to(DEVICE).requires_grad_()
+    z = torch.randn(1, 2, side, side, device=DEVICE)
+    weight = torch.randn(1, 2, side, side, device=DEVICE)
+    out = ops.mani_noise(x, 300, z, backend="triton", detach_map=True)
+    (g,) = torch.autograd.grad(out, x, weight)
+    torch.testing.assert_close(g, noise_coefficients(300).signal * weight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [16, 40, 70], ids=["tile", "rows", "large"])
 def test_fused_mani_backward_on_a_constant_plane_has_only_the_direct_term(side):
     """A mid-grey plane has an all-zero spectrum: W = 1, and torch's |.| and pow give no map gradient."""
     x = torch.zeros(1, 2, side, side, device=DEVICE, requires_grad=True)

@@ -567,6 +567,8 @@ def launch_mani_noise_large_backward(grad, x, noise, t, n_bands, gamma, eps0, ba
     the spectrum-gradient kernel and ``irfft2``. Same contract as ``launch_mani_noise_backward``."""
     _, _, h, w = x.shape
     coef = noise_coefficients(t)
+    if detach_map and not noise_grad:  # the map's value is not needed: nothing to recompute
+        return grad * float(coef.signal), grad.new_empty(0)
     aot = active_loader() == "aot"
     library = torch.ops.manipure_aot if aot else None
     band_weights = library.mani_band_weights if aot else _jit_mani_band_weights

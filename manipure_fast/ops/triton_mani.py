@@ -217,6 +217,8 @@ def launch_mani_noise_large_backward(grad, x, noise, params: ManiParams, noise_g
 
     b, c, h, w = x.shape
     coef = noise_coefficients(params.t)
+    if params.detach_map and not noise_grad:
+        return grad * coef.signal, None  # the map's value is not needed: nothing to recompute
     spectrum = torch.fft.rfft2(x)
     weighted = torch.empty_like(spectrum)
     stats = torch.empty(b * c, 2, _bands_pad(params), dtype=torch.float32, device=x.device)
