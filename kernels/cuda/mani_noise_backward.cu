@@ -21,6 +21,7 @@
 // the same scratch and band arrays.
 #include "mani_tensor_core.cuh"
 
+using manipure::band_sums;
 using manipure::band_weight_slope;
 using manipure::band_weights;
 using manipure::block_reduce;
@@ -54,17 +55,15 @@ __device__ __forceinline__ void band_mean_gradients(At at, const int* band_map, 
                                                     const float* means, const float* weights, int n, int n_bands,
                                                     float gamma, int weight_kernel, float* scratch,
                                                     float* mean_grads) {
-  for (int b = 0; b < n_bands; ++b) {
-    float partial = 0.f;
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-      if (band_map[idx] != b) continue;
-      const GradientAndSpectrum c = at(idx);
-      partial += weight_kernel ? c.g_g.x : c.g_g.x * c.f.x + c.g_g.y * c.f.y;
-    }
-    const float total = block_reduce(partial, scratch, false);
-    if (threadIdx.x == 0) mean_grads[b] = band_weight_slope(means[b], weights[b], gamma) * total / band_counts[b];
-  }
-  __syncthreads();
+  band_sums(
+      band_map, n, n_bands, scratch,
+      [&](int idx) {
+        const GradientAndSpectrum c = at(idx);
+        return weight_kernel ? c.g_g.x : c.g_g.x * c.f.x + c.g_g.y * c.f.y;
+      },
+      [&](int b, float total) {
+        if (threadIdx.x == 0) mean_grads[b] = band_weight_slope(means[b], weights[b], gamma) * total / band_counts[b];
+      });
 }
 
 }  // namespace

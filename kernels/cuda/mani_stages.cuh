@@ -1,7 +1,7 @@
 // The stages the MANI kernels share: the plane's spectrum, the band weights, and the (weighted)
 // inverse transforms of mani_noise.cu and mani_noise_backward.cu; the gradient stages of both
-// backwards; the large-plane kernels' band sums. One definition, so the backward recomputes
-// exactly what the forward computed. Include guards rather than #pragma once, because the JIT
+// backwards; plane-wide sums (band sums, the map's statistic). One definition, so the backward
+// recomputes exactly what the forward computed. Include guards rather than #pragma once, because the JIT
 // loader inlines this file into each kernel source.
 #ifndef MANIPURE_MANI_STAGES_CUH
 #define MANIPURE_MANI_STAGES_CUH
@@ -138,7 +138,7 @@ __device__ __forceinline__ float2 spectrum_gradient(float2 f, float2 g_g, float 
   return g;
 }
 
-// ---- the large-plane kernels' plane-wide sums ---------------------------------------------------
+// ---- plane-wide sums: the map's statistic, and band sums over many coefficients ---------------
 
 // The normalisation statistic of the map |Y| of one plane (map: its n values): sqrt(mean |Y|^2)
 // for normalize 1 (rms), max |Y| for 2 (max), 1 for 0 (none), on every thread. The injection and
