@@ -100,6 +100,27 @@ extern "C" __global__ void to_tf32(const float* x, float* out) {
 extern "C" __global__ void typed(const long long* a, const int* b, float* out, int n, float scale) {
   if (threadIdx.x == 0) out[0] = scale * (float)(a[0] - (1LL << 33) + b[0] + n);
 }
+
+// Thread-block clusters of 4 (manipure_common.cuh declares them with this macro). Each block
+// writes its rank into its shared memory; after the cluster barrier (when `sync`), thread i reads
+// the value of block (rank + 1) % 4 through distributed shared memory, at element `at`. `wait`:
+// the blocks meet again before returning, so that none returns while another reads its memory.
+#define MANIPURE_CLUSTER_DIMS(blocks) __cluster_dims__(blocks, 1, 1)
+extern "C" __global__ void MANIPURE_CLUSTER_DIMS(4) cluster_neighbour(float* out, int sync, int wait, int at) {
+  extern __shared__ float values[];
+  const unsigned int rank = manipure::cluster_block_rank();
+  values[threadIdx.x] = (float)(100 * manipure::cluster_block_count() + 10 * blockIdx.x + rank);
+  if (sync) manipure::cluster_sync();
+  const float* peer = manipure::cluster_shared(values + at, (rank + 1) % 4);
+  out[blockIdx.x * blockDim.x + threadIdx.x] = peer[threadIdx.x];
+  if (wait) manipure::cluster_sync();
+}
+
+// The cluster barrier, reached by the blocks of rank >= `skipping` only.
+extern "C" __global__ void MANIPURE_CLUSTER_DIMS(2) cluster_partial_barrier(float* out, int skipping) {
+  if (manipure::cluster_block_rank() >= (unsigned int)skipping) manipure::cluster_sync();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = 1.f;
+}
 """
 
 
@@ -125,8 +146,11 @@ def test_reads_the_kernel_signatures(module):
         "mma_16x8x8",
         "to_tf32",
         "typed",
+        "cluster_neighbour",
+        "cluster_partial_barrier",
     ]
     assert module.names == names
+    assert module.clusters["cluster_neighbour"] == 4 and module.clusters["typed"] == 1
     assert module.kernel("typed").parameters == ["const int64*", "const int*", "float*", "int", "float"]
 
 
@@ -295,3 +319,39 @@ def test_tf32_rounding_is_nearest_ties_away_from_zero(module):
     out = torch.empty_like(x)
     module.kernel("to_tf32")(1, 32, (x, out), 0)
     assert out[:4].tolist() == [1 + ulp, -(1 + ulp), 1.0, 1 + 2 * ulp]
+
+
+def test_cluster_blocks_run_together_and_read_each_others_shared_memory(module):
+    """8 blocks in two clusters of 4: each reads its neighbour's shared memory after the cluster
+    barrier, in either order; without the barrier, what it reads depends on the order (or is the
+    poison of memory not written yet)."""
+
+    def run(sync, order):
+        out = torch.empty(8 * 32)
+        with cuda_on_cpu.schedule(order):
+            module.kernel("cluster_neighbour")(8, 32, (out, i32(sync), i32(1), i32(0)), 32 * 4)
+        return out.view(8, 32)
+
+    block = torch.arange(8)
+    neighbour = (block // 4) * 4 + (block % 4 + 1) % 4
+    expected = (400 + 10 * neighbour + neighbour % 4).float()[:, None].expand(8, 32)
+    for order in ("forward", "reverse"):
+        assert torch.equal(run(sync=True, order=order), expected)
+    forward, reverse = run(sync=False, order="forward"), run(sync=False, order="reverse")
+    assert not torch.equal(forward.nan_to_num(-1), reverse.nan_to_num(-1))
+
+
+def test_cluster_misuse_is_reported(module):
+    out = torch.empty(8 * 32)
+    kernel = module.kernel("cluster_neighbour")
+    with pytest.raises(RuntimeError, match="block 3 of the cluster has returned"):
+        with cuda_on_cpu.schedule("reverse"):  # block 3 runs first and returns; block 2 reads it
+            kernel(4, 32, (out[:128], i32(1), i32(0), i32(0)), 32 * 4)
+    with pytest.raises(RuntimeError, match="not in the block's dynamic shared memory"):
+        kernel(4, 32, (out[:128], i32(1), i32(1), i32(32)), 32 * 4)
+    with pytest.raises(RuntimeError, match="clusters of 4"):
+        kernel(6, 32, (out[:192], i32(1), i32(1), i32(0)), 32 * 4)
+    partial = module.kernel("cluster_partial_barrier")
+    partial(4, 32, (out[:128], i32(0)), 0)
+    with pytest.raises(RuntimeError, match="the cluster barrier reached by 32 of 64 threads"):
+        partial(4, 32, (out[:128], i32(1)), 0)

@@ -79,6 +79,47 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const unsigned i
 }
 #endif
 
+// ---- thread-block clusters (sm_90 and later) ---------------------------------------------------
+// The CPU runtime of the tests defines MANIPURE_EMULATED_CLUSTER and its own versions of these.
+// A kernel that uses them declares its cluster with MANIPURE_CLUSTER_DIMS(blocks): the attribute
+// exists on sm_90 and later only, so an architecture below gets the kernel without it (its body
+// must not run there: check __CUDA_ARCH__).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define MANIPURE_CLUSTER_DIMS(blocks)
+#else
+#define MANIPURE_CLUSTER_DIMS(blocks) __cluster_dims__(blocks, 1, 1)
+#endif
+
+#if !defined(MANIPURE_EMULATED_CLUSTER) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900)
+// This block's rank in its cluster, and the cluster's block count.
+__device__ __forceinline__ unsigned int cluster_block_rank() {
+  unsigned int rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  return rank;
+}
+
+__device__ __forceinline__ unsigned int cluster_block_count() {
+  unsigned int count;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(count));
+  return count;
+}
+
+// Every thread of every block of the cluster arrives, and waits for the others; the shared-memory
+// writes before it (in any block) are seen by all after it. All threads of each warp together.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// Where `p`, in this block's shared memory, lies in the shared memory of block `rank` of the
+// cluster: a generic address that ordinary loads read (distributed shared memory).
+template <class T>
+__device__ __forceinline__ T* cluster_shared(T* p, unsigned int rank) {
+  unsigned long long mapped;
+  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(mapped) : "l"(p), "r"(rank));
+  return reinterpret_cast<T*>(mapped);
+}
+#endif
+
 // ---- block reductions (blockDim.x a multiple of 32, at most 1024) ------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

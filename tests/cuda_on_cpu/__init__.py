@@ -15,7 +15,9 @@ Each launch checks what compute-sanitizer would catch on the device, as far as a
   each block, and the blocks of the launch, in the opposite order; a result that changes with it
   has a race (between barriers, or between blocks writing the same memory).
 
-Not modelled: concurrent blocks (they run one after another), warp-synchronous code without
+The blocks of a thread-block cluster run together, each with its own shared memory, which the
+others reach through ``cluster_shared`` (``runtime.h``). Not modelled: other concurrent blocks
+(they run one after another), warp-synchronous code without
 shuffles, and the device's math functions, which differ from the host's by a few ulp.
 """
 
@@ -36,7 +38,8 @@ import torch
 
 RUNTIME = Path(__file__).resolve().parent / "runtime.h"
 MARGIN = 64  # poisoned elements either side of every tensor
-_KERNEL = re.compile(r'extern "C" __global__ void (\w+)\(')
+# A kernel, with its cluster's block count where it declares one (manipure_common.cuh's macro).
+_KERNEL = re.compile(r'extern "C" __global__ void (?:MANIPURE_CLUSTER_DIMS\((\d+)\) )?(\w+)\(')
 _DYNAMIC_SHARED = re.compile(r"extern __shared__ (\w+) (\w+)\[\];")
 _POINTER_DTYPES = {
     "float*": torch.float32,
@@ -53,6 +56,11 @@ _UNWRITTEN_BITS = {torch.float32: 0x7FB4B4B4, torch.int32: -(2**31) + 1, torch.i
 _order = "forward"
 # The kernels compile warning-free for the CPU, as they do under nvcc.
 COMPILE_FLAGS = ("-std=c++17", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas")
+
+
+def cluster_blocks(source: str) -> dict[str, int]:
+    """Each kernel of ``source`` with the block count of its thread-block cluster (1 without one)."""
+    return {name: int(blocks or 1) for blocks, name in _KERNEL.findall(source)}
 
 
 def compiler_unavailable_reason() -> str | None:
@@ -79,14 +87,15 @@ class Module:
         source = _DYNAMIC_SHARED.sub(r"\1* \2 = static_cast<\1*>(cuda_on_cpu::dynamic_shared());", source)
         if "__shared__" in source:
             raise NotImplementedError("static __shared__ arrays are not emulated; use dynamic shared memory")
-        self.names = _KERNEL.findall(source)
+        self.clusters = cluster_blocks(source)
+        self.names = list(self.clusters)
         wrappers = "".join(
             f'extern "C" const char* cuda_on_cpu_launch_{n}(void** a, unsigned g, unsigned t, '
             f"unsigned long s, int r) {{ static std::string e; "
-            f"e = cuda_on_cpu::launch({n}, a, g, t, s, r != 0); return e.c_str(); }}\n"
+            f"e = cuda_on_cpu::launch({n}, a, g, t, s, r != 0, {blocks}); return e.c_str(); }}\n"
             f'extern "C" const char* cuda_on_cpu_signature_{n}() {{ static std::string s = '
             f"cuda_on_cpu::signature({n}); return s.c_str(); }}\n"
-            for n in self.names
+            for n, blocks in self.clusters.items()
         )
         text = source + "\n" + wrappers
         digest = hashlib.sha256((RUNTIME.read_text() + text).encode()).hexdigest()[:16]

@@ -8,7 +8,8 @@ each checked to apply:
   the same process) and its CUDA implementations register for the CPU;
 - the ops' device check asks for CPU tensors, and the current stream is a null handle;
 - ``kernel<<<...>>>(...)`` launches go through ``chevron.h`` to the CPU runtime (``runtime.h``),
-  with a stand-in ``cuda_runtime.h`` (``include/``).
+  with a stand-in ``cuda_runtime.h`` (``include/``), and with the block count of the kernel's
+  cluster, which its source declares.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import _BUILD_DIR, _DYNAMIC_SHARED, COMPILE_FLAGS, RUNTIME
+from . import _BUILD_DIR, _DYNAMIC_SHARED, COMPILE_FLAGS, RUNTIME, cluster_blocks
 
 NAMESPACE = "manipure_aot_on_cpu"
 HERE = Path(__file__).resolve().parent
@@ -51,7 +52,10 @@ def sources() -> tuple[str, str]:
     )
     # launchers.h, inlined into both files, guards itself with #pragma once: moot in one file.
     launchers = launchers.replace("#pragma once", "")
-    launchers, launches = _CHEVRON.subn(r"cuda_on_cpu::chevron(\1, \2)(", launchers)
+    clusters = cluster_blocks(launchers)
+    launchers, launches = _CHEVRON.subn(
+        lambda m: f"cuda_on_cpu::chevron({m[1]}, {clusters[m[1]]}, {m[2]})(", launchers
+    )
     if launches == 0:
         raise RuntimeError("cannot build the AOT library for the CPU: launchers.cu launches no kernel")
     ops = cuda_ops.kernel_source("torch_library.cpp").replace("#pragma once", "")

@@ -1,6 +1,7 @@
 // The launch syntax `kernel<<<grid, threads, shared_bytes, stream>>>(args...)` of
 // kernels/cuda/launchers.cu, which tests/cuda_on_cpu/aot.py rewrites to
-// `cuda_on_cpu::chevron(kernel, grid, threads, shared_bytes, stream)(args...)`: the arguments are
+// `cuda_on_cpu::chevron(kernel, cluster, grid, threads, shared_bytes, stream)(args...)`, cluster
+// being the block count of the kernel's thread-block cluster (1 without one): the arguments are
 // converted to the kernel's parameter types, as a CUDA launch converts them, and run by runtime.h.
 // A failed launch sets what cudaGetLastError returns.
 #ifndef CUDA_ON_CPU_CHEVRON_H
@@ -15,7 +16,7 @@ namespace cuda_on_cpu {
 template <class... Params>
 struct Chevron {
   void (*kernel)(Params...);
-  unsigned int grid, threads;
+  unsigned int cluster, grid, threads;
   std::size_t shared_bytes;
 
   template <class... Args>
@@ -27,7 +28,7 @@ struct Chevron {
       int i = 0;
       ((pointers[i++] = static_cast<void*>(&value)), ...);
     }, values);
-    const std::string error = launch(kernel, pointers, grid, threads, shared_bytes, false);
+    const std::string error = launch(kernel, pointers, grid, threads, shared_bytes, false, cluster);
     if (!error.empty()) {
       last_error() = cudaErrorLaunchFailure;
       last_error_message() = error;
@@ -36,9 +37,9 @@ struct Chevron {
 };
 
 template <class... Params>
-Chevron<Params...> chevron(void (*kernel)(Params...), unsigned int grid, unsigned int threads,
-                           std::size_t shared_bytes, cudaStream_t) {
-  return Chevron<Params...>{kernel, grid, threads, shared_bytes};
+Chevron<Params...> chevron(void (*kernel)(Params...), unsigned int cluster, unsigned int grid,
+                           unsigned int threads, std::size_t shared_bytes, cudaStream_t) {
+  return Chevron<Params...>{kernel, cluster, grid, threads, shared_bytes};
 }
 
 }  // namespace cuda_on_cpu

@@ -2,20 +2,27 @@
 // source rather than a Python imitation of it. Force-included (g++ -include) ahead of a kernel file
 // as the JIT loader inlines it (cuda_ops.kernel_source); see tests/cuda_on_cpu/__init__.py.
 //
-// Model: the blocks of a launch run one after another, in the chosen order. Within a block every CUDA thread is a fiber
-// (ucontext) with its own stack, run cooperatively: a fiber runs until it reaches a barrier
-// (__syncthreads, or one of the two warp barriers of a shuffle), and the scheduler releases a
+// Model: the blocks of a launch run one after another, in the chosen order; the blocks of a
+// thread-block cluster run together. Within them every CUDA thread is a fiber (ucontext) with its
+// own stack, run cooperatively: a fiber runs until it reaches a barrier (__syncthreads, the
+// cluster barrier, or one of the two warp barriers of a shuffle), and the scheduler releases a
 // barrier once every thread it concerns has arrived. So
-//   - between two block barriers, one warp at a time runs as far as it can (through its own
-//     shuffles), in warp and lane order forward or reverse: a result that changes with the order
-//     is a race that a missing __syncthreads would cause on the device, between warps or lanes;
-//   - a barrier that not every thread of its block (or warp) reaches is reported, not hung on;
+//   - between two barriers, one warp at a time runs as far as it can (through its own shuffles),
+//     in block, warp and lane order forward or reverse: a result that changes with the order is a
+//     race that a missing barrier would cause on the device, between warps, lanes or the blocks
+//     of a cluster;
+//   - a barrier that not every thread of its block, cluster (or warp) reaches is reported, not
+//     hung on;
 //   - dynamic shared memory starts as NaN bytes (a read before a write poisons the result) and
-//     is followed by a guard that must be intact after each block (a write past its end).
+//     is followed by a guard that must be intact after each block (a write past its end);
+//   - a block reads another's shared memory (distributed shared memory) only inside their
+//     cluster, inside the launch's bytes, and not after the other block has returned.
 // Only what kernels/cuda uses is provided: full-warp __shfl_xor_sync, __syncthreads, __umulhi,
 // __float_as_uint/__uint_as_float, float2, dynamic shared memory, the single-precision math of
-// <cmath> plus cospif/sincosf, and the two PTX instructions manipure_common.cuh wraps for the
-// tensor cores (MANIPURE_EMULATED_MMA replaces its inline assembly):
+// <cmath> plus cospif/sincosf, the cluster operations manipure_common.cuh wraps
+// (MANIPURE_EMULATED_CLUSTER: the block's rank and count, the cluster barrier, and mapa, a pointer
+// into another block's shared memory), and the two PTX instructions it wraps for the tensor cores
+// (MANIPURE_EMULATED_MMA replaces its inline assembly):
 //   - cvt.rna.tf32.f32: to the nearest TF32 value, ties away from zero;
 //   - mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, warp-collective: each lane's fragment
 //     registers are placed in the A, B and C tiles by the PTX ISA's documented layout (not by the
@@ -70,7 +77,7 @@ inline float cospif(float x) { return (float)std::cos(M_PI * (double)x); }
 
 namespace cuda_on_cpu {
 
-enum class Wait { kRunning, kBlockBarrier, kWarpBarrier, kDone, kFailed };
+enum class Wait { kRunning, kBlockBarrier, kClusterBarrier, kWarpBarrier, kDone, kFailed };
 
 struct Fiber {
   ucontext_t context;
@@ -83,9 +90,12 @@ constexpr unsigned char kSharedPoison = 0xFF;  // every float read from it is a 
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned int kMmaRegisters = 6;  // m16n8k8 TF32: A 4, B 2 (C is the lane's own)
 
+// The blocks that run together: one, or the blocks of a cluster. Fiber f is thread f % threads of
+// the cluster's block f / threads (its rank).
 struct Block {
   std::vector<Fiber> fibers;
-  char* stacks = nullptr;  // threads x kStackBytes, reused across launches
+  unsigned int threads = 0, blocks = 1, first_block = 0;
+  char* stacks = nullptr;  // fibers x kStackBytes, reused across launches
   ucontext_t scheduler;
   unsigned int current = 0;
   void (*body)(void*) = nullptr;
@@ -96,9 +106,11 @@ struct Block {
 };
 
 inline Block* g_block = nullptr;
-inline std::vector<unsigned char> g_shared;  // dynamic shared memory, then the guard
+inline std::size_t g_shared_bytes = 0;
+inline std::vector<std::vector<unsigned char>> g_shared;  // per block rank: dynamic shared memory, then the guard
 
-inline void* dynamic_shared() { return g_shared.data(); }
+inline unsigned int block_rank() { return g_block->current / g_block->threads; }
+inline void* dynamic_shared() { return g_shared[block_rank()].data(); }
 
 // Back to the scheduler, waiting at `wait`.
 inline void park(Wait wait) {
@@ -119,11 +131,19 @@ inline void fiber_entry() {
   g_block->fibers[g_block->current].wait = Wait::kDone;  // uc_link returns to the scheduler
 }
 
-// Runs one block to completion; false (with g_block->error set) on a failure or a barrier that
-// cannot complete.
-inline bool run_block(Block& block, unsigned int threads, bool reverse) {
+inline void run_fiber(Block& block, unsigned int f) {
+  block.current = f;
+  threadIdx = uint3{f % block.threads, 0, 0};
+  blockIdx = uint3{block.first_block + f / block.threads, 0, 0};
+  swapcontext(&block.scheduler, &block.fibers[f].context);
+}
+
+// Runs one block, or one cluster's blocks, to completion; false (with g_block->error set) on a
+// failure or a barrier that cannot complete.
+inline bool run_block(Block& block, bool reverse) {
   g_block = &block;
-  for (unsigned int t = 0; t < threads; ++t) {
+  const unsigned int threads = block.threads, fibers = threads * block.blocks;
+  for (unsigned int t = 0; t < fibers; ++t) {
     Fiber& fiber = block.fibers[t];
     getcontext(&fiber.context);
     fiber.context.uc_stack.ss_sp = block.stacks + t * kStackBytes;
@@ -132,19 +152,17 @@ inline bool run_block(Block& block, unsigned int threads, bool reverse) {
     makecontext(&fiber.context, fiber_entry, 0);
     fiber.wait = Wait::kRunning;
   }
-  const unsigned int warps = threads / 32;
+  const unsigned int warps = fibers / 32;  // the cluster's, block by block
   for (;;) {
-    // One warp at a time, as far as it can go: through its shuffles, up to the block barrier (or
-    // its end). A warp runs ahead of the others, as warps may on the device.
+    // One warp at a time, as far as it can go: through its shuffles, up to a block or cluster
+    // barrier (or its end). A warp runs ahead of the others, as warps may on the device.
     for (unsigned int i = 0; i < warps; ++i) {
       const unsigned int w = reverse ? warps - 1 - i : i;
       for (;;) {
         for (unsigned int j = 0; j < 32; ++j) {
           const unsigned int t = w * 32 + (reverse ? 31 - j : j);
           if (block.fibers[t].wait != Wait::kRunning) continue;
-          block.current = t;
-          threadIdx = uint3{t, 0, 0};
-          swapcontext(&block.scheduler, &block.fibers[t].context);
+          run_fiber(block, t);
           if (block.fibers[t].wait == Wait::kFailed) return false;
         }
         unsigned int at_warp = 0;
@@ -158,52 +176,84 @@ inline bool run_block(Block& block, unsigned int threads, bool reverse) {
         for (unsigned int l = 0; l < 32; ++l) block.fibers[w * 32 + l].wait = Wait::kRunning;
       }
     }
-    // Every thread now waits at the block barrier or has returned.
-    unsigned int at_block = 0, done = 0;
-    for (const Fiber& fiber : block.fibers) {
-      at_block += fiber.wait == Wait::kBlockBarrier;
-      done += fiber.wait == Wait::kDone;
+    // Every thread now waits at a block or cluster barrier, or has returned. A block whose
+    // threads all wait at its barrier goes on; once every thread of the cluster waits at the
+    // cluster barrier, they all go on.
+    bool released = false;
+    unsigned int at_cluster = 0, done = 0;
+    for (unsigned int b = 0; b < block.blocks; ++b) {
+      unsigned int at_block = 0, returned = 0;
+      for (unsigned int t = b * threads; t < (b + 1) * threads; ++t) {
+        at_block += block.fibers[t].wait == Wait::kBlockBarrier;
+        at_cluster += block.fibers[t].wait == Wait::kClusterBarrier;
+        returned += block.fibers[t].wait == Wait::kDone;
+      }
+      done += returned;
+      if (at_block == threads) {
+        for (unsigned int t = b * threads; t < (b + 1) * threads; ++t) block.fibers[t].wait = Wait::kRunning;
+        released = true;
+      } else if (at_block != 0) {
+        block.error = "__syncthreads reached by " + std::to_string(at_block) + " of " + std::to_string(threads) +
+                      " threads" + (block.blocks > 1 ? " of cluster block " + std::to_string(b) : "") +
+                      "; the other " + std::to_string(returned) + " had returned" +
+                      (returned + at_block < threads ? " or wait at the cluster barrier" : "");
+        return false;
+      }
     }
-    if (done == threads) return true;
-    if (at_block == threads) {
+    if (released) continue;
+    if (done == fibers) return true;
+    if (at_cluster == fibers) {
       for (Fiber& fiber : block.fibers) fiber.wait = Wait::kRunning;
       continue;
     }
-    block.error = "__syncthreads reached by " + std::to_string(at_block) + " of " + std::to_string(threads) +
-                  " threads; the other " + std::to_string(done) + " had returned";
+    block.error = "the cluster barrier reached by " + std::to_string(at_cluster) + " of " +
+                  std::to_string(fibers) + " threads; the other " + std::to_string(done) + " had returned";
     return false;
   }
 }
 
-// A launch of `grid` blocks of `threads` threads with `shared_bytes` of dynamic shared memory;
-// an empty string, or what went wrong.
+// A launch of `grid` blocks of `threads` threads with `shared_bytes` of dynamic shared memory, in
+// clusters of `cluster` blocks (a kernel's __cluster_dims__; 1 without); an empty string, or what
+// went wrong.
 inline std::string run_grid(void (*body)(void*), void* argument, unsigned int grid, unsigned int threads,
-                            std::size_t shared_bytes, bool reverse) {
+                            std::size_t shared_bytes, bool reverse, unsigned int cluster = 1) {
   if (threads == 0 || threads % 32 != 0 || threads > 1024)
     return "block size " + std::to_string(threads) + " is not a multiple of 32 in [32, 1024]";
+  if (cluster == 0 || cluster > 8 || grid % cluster != 0)
+    return "a grid of " + std::to_string(grid) + " blocks in clusters of " + std::to_string(cluster) +
+           " (a cluster has 1 to 8 blocks, and the grid whole clusters)";
+  const unsigned int fibers = threads * cluster;
   // The fiber stacks outlive the launch: zero-filling 32 MB per launch would dominate small ones.
   // (Launches are not reentrant anyway: the runtime's state is global.)
   static std::vector<char> stacks;
-  if (stacks.size() < threads * kStackBytes) stacks.resize(threads * kStackBytes);
+  if (stacks.size() < fibers * kStackBytes) stacks.resize(fibers * kStackBytes);
   Block block;
-  block.fibers.resize(threads);
+  block.fibers.resize(fibers);
+  block.threads = threads;
+  block.blocks = cluster;
   block.stacks = stacks.data();
-  block.warp_slots.resize(threads);
-  block.mma_slots.resize(threads * kMmaRegisters);
+  block.warp_slots.resize(fibers);
+  block.mma_slots.resize(fibers * kMmaRegisters);
   block.body = body;
   block.body_argument = argument;
   gridDim = dim3{grid, 1, 1};
   blockDim = dim3{threads, 1, 1};
-  g_shared.assign(shared_bytes + kSharedGuardBytes, kGuardByte);
-  for (unsigned int i = 0; i < grid; ++i) {
-    const unsigned int b = reverse ? grid - 1 - i : i;  // blocks that write the same memory show too
-    std::memset(g_shared.data(), kSharedPoison, shared_bytes);
-    blockIdx = uint3{b, 0, 0};
-    if (!run_block(block, threads, reverse)) return "block " + std::to_string(b) + ": " + block.error;
-    for (std::size_t i = shared_bytes; i < g_shared.size(); ++i)
-      if (g_shared[i] != kGuardByte)
-        return "block " + std::to_string(b) + " wrote shared memory byte " + std::to_string(i) +
-               ", past the " + std::to_string(shared_bytes) + " bytes of the launch";
+  g_shared_bytes = shared_bytes;
+  g_shared.assign(cluster, std::vector<unsigned char>(shared_bytes + kSharedGuardBytes, kGuardByte));
+  const unsigned int clusters = grid / cluster;
+  for (unsigned int i = 0; i < clusters; ++i) {
+    // In reverse, clusters (and blocks within them) run last to first: blocks that write the same
+    // global memory show too.
+    const unsigned int c = reverse ? clusters - 1 - i : i;
+    for (std::vector<unsigned char>& shared : g_shared) std::memset(shared.data(), kSharedPoison, shared_bytes);
+    block.first_block = c * cluster;
+    const std::string where = cluster == 1 ? "block " + std::to_string(c) : "cluster " + std::to_string(c);
+    if (!run_block(block, reverse)) return where + ": " + block.error;
+    for (unsigned int b = 0; b < cluster; ++b)
+      for (std::size_t i = shared_bytes; i < g_shared[b].size(); ++i)
+        if (g_shared[b][i] != kGuardByte)
+          return "block " + std::to_string(c * cluster + b) + " wrote shared memory byte " + std::to_string(i) +
+                 ", past the " + std::to_string(shared_bytes) + " bytes of the launch";
   }
   return "";
 }
@@ -227,9 +277,9 @@ void call_body(void* call) {
 
 template <class... Params>
 std::string launch(void (*kernel)(Params...), void** arguments, unsigned int grid, unsigned int threads,
-                   std::size_t shared_bytes, bool reverse) {
+                   std::size_t shared_bytes, bool reverse, unsigned int cluster = 1) {
   Call<Params...> call{kernel, arguments};
-  return run_grid(call_body<Params...>, &call, grid, threads, shared_bytes, reverse);
+  return run_grid(call_body<Params...>, &call, grid, threads, shared_bytes, reverse, cluster);
 }
 
 // What the harness checks each argument against: "float*", "float2*", "int*", "int64*" (each
@@ -266,14 +316,46 @@ T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
   using cuda_on_cpu::g_block;
   if (mask != 0xffffffffu || width != 32 || lane_mask < 0 || lane_mask > 31)
     cuda_on_cpu::fail("only full-warp __shfl_xor_sync with width 32 is emulated");
-  const unsigned int lane = threadIdx.x & 31, first = threadIdx.x & ~31u;
-  std::memcpy(&g_block->warp_slots[threadIdx.x], &value, sizeof(T));
+  const unsigned int lane = threadIdx.x & 31, first = g_block->current & ~31u;  // fiber index of lane 0
+  std::memcpy(&g_block->warp_slots[g_block->current], &value, sizeof(T));
   cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);
   T partner;
   std::memcpy(&partner, &g_block->warp_slots[first + (lane ^ (unsigned int)lane_mask)], sizeof(T));
   cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);
   return partner;
 }
+
+// ---- the cluster operations of manipure_common.cuh ---------------------------------------------
+#define MANIPURE_EMULATED_CLUSTER 1
+#define __cluster_dims__(x, y, z)  // the harness reads the block count from the source
+
+namespace manipure {
+
+inline unsigned int cluster_block_rank() { return cuda_on_cpu::block_rank(); }
+inline unsigned int cluster_block_count() { return cuda_on_cpu::g_block->blocks; }
+// barrier.cluster.arrive.release + barrier.cluster.wait.acquire: every thread of every block of
+// the cluster, and the shared-memory writes before it seen by all of them after it.
+inline void cluster_sync() { cuda_on_cpu::park(cuda_on_cpu::Wait::kClusterBarrier); }
+
+// mapa: where `p`, in this block's shared memory, lies in the shared memory of block `rank` of the
+// cluster.
+template <class T>
+T* cluster_shared(T* p, unsigned int rank) {
+  using namespace cuda_on_cpu;
+  const std::ptrdiff_t offset = reinterpret_cast<const unsigned char*>(p) - g_shared[block_rank()].data();
+  if (offset < 0 || static_cast<std::size_t>(offset) >= g_shared_bytes)
+    fail("cluster_shared: the pointer is not in the block's dynamic shared memory");
+  if (rank >= g_block->blocks)
+    fail("cluster_shared: block " + std::to_string(rank) + " of a cluster of " + std::to_string(g_block->blocks));
+  unsigned int returned = 0;
+  for (unsigned int t = rank * g_block->threads; t < (rank + 1) * g_block->threads; ++t)
+    returned += g_block->fibers[t].wait == Wait::kDone;
+  if (returned == g_block->threads)
+    fail("cluster_shared: block " + std::to_string(rank) + " of the cluster has returned; its shared memory is gone");
+  return reinterpret_cast<T*>(g_shared[rank].data() + offset);
+}
+
+}  // namespace manipure
 
 // ---- the tensor-core instructions of manipure_common.cuh ---------------------------------------
 #define MANIPURE_EMULATED_MMA 1
@@ -295,9 +377,9 @@ inline unsigned int tf32_round_bits(float v) {  // cvt.rna.tf32.f32
 inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
   using cuda_on_cpu::g_block;
   using cuda_on_cpu::kMmaRegisters;
-  const unsigned int lane = threadIdx.x & 31, first = threadIdx.x & ~31u;
+  const unsigned int lane = threadIdx.x & 31, first = g_block->current & ~31u;  // fiber index of lane 0
   unsigned int* slots = g_block->mma_slots.data();
-  unsigned int* mine = slots + threadIdx.x * kMmaRegisters;
+  unsigned int* mine = slots + g_block->current * kMmaRegisters;
   for (int i = 0; i < 4; ++i) mine[i] = a[i];
   for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
   cuda_on_cpu::park(cuda_on_cpu::Wait::kWarpBarrier);  // every lane's fragments are in place
