@@ -106,7 +106,7 @@ extern "C" __global__ void typed(const long long* a, const int* b, float* out, i
 // the value of block (rank + 1) % 4 through distributed shared memory, at element `at`. `wait`:
 // the blocks meet again before returning, so that none returns while another reads its memory.
 #define MANIPURE_CLUSTER_DIMS(blocks) __cluster_dims__(blocks, 1, 1)
-extern "C" __global__ void MANIPURE_CLUSTER_DIMS(4) cluster_neighbour(float* out, int sync, int wait, int at) {
+extern "C" __global__ void MANIPURE_CLUSTER_DIMS(4) neighbour_block(float* out, int sync, int wait, int at) {
   extern __shared__ float values[];
   const unsigned int rank = manipure::cluster_block_rank();
   values[threadIdx.x] = (float)(100 * manipure::cluster_block_count() + 10 * blockIdx.x + rank);
@@ -146,11 +146,11 @@ def test_reads_the_kernel_signatures(module):
         "mma_16x8x8",
         "to_tf32",
         "typed",
-        "cluster_neighbour",
+        "neighbour_block",
         "cluster_partial_barrier",
     ]
     assert module.names == names
-    assert module.clusters["cluster_neighbour"] == 4 and module.clusters["typed"] == 1
+    assert module.clusters["neighbour_block"] == 4 and module.clusters["typed"] == 1
     assert module.kernel("typed").parameters == ["const int64*", "const int*", "float*", "int", "float"]
 
 
@@ -329,7 +329,7 @@ def test_cluster_blocks_run_together_and_read_each_others_shared_memory(module):
     def run(sync, order):
         out = torch.empty(8 * 32)
         with cuda_on_cpu.schedule(order):
-            module.kernel("cluster_neighbour")(8, 32, (out, i32(sync), i32(1), i32(0)), 32 * 4)
+            module.kernel("neighbour_block")(8, 32, (out, i32(sync), i32(1), i32(0)), 32 * 4)
         return out.view(8, 32)
 
     block = torch.arange(8)
@@ -343,7 +343,7 @@ def test_cluster_blocks_run_together_and_read_each_others_shared_memory(module):
 
 def test_cluster_misuse_is_reported(module):
     out = torch.empty(8 * 32)
-    kernel = module.kernel("cluster_neighbour")
+    kernel = module.kernel("neighbour_block")
     with pytest.raises(RuntimeError, match="block 3 of the cluster has returned"):
         with cuda_on_cpu.schedule("reverse"):  # block 3 runs first and returns; block 2 reads it
             kernel(4, 32, (out[:128], i32(1), i32(0), i32(0)), 32 * 4)
