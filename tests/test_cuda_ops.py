@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import cuda_on_cpu
 import numpy
@@ -37,6 +38,7 @@ KERNEL_FILES = (
     "exchange_update_backward.cu",
     "mani_noise.cu",
     "mani_noise_backward.cu",
+    "mani_noise_cluster.cu",
     "mani_noise_large.cu",
     "mani_noise_large_backward.cu",
 )
@@ -90,7 +92,7 @@ def test_sources_compile_with_nvrtc_as_the_jit_passes_them(file):
     options = (*cuda_ops.NVRTC_OPTIONS, "-ftz=true")
     virtual = nvrtc.compile_source(library, source, file, (*options, "-arch=compute_90"))
     assert virtual.ok and "warning" not in virtual.log, virtual.log
-    kernels = re.findall(r"__global__ void (\w+)\(", source)
+    kernels = list(cuda_on_cpu.cluster_blocks(source))  # the kernels' names
     assert kernels and all(re.search(rf"\.entry {k}\(", virtual.ptx) for k in kernels), kernels
     real = nvrtc.compile_source(library, source, file, (*options, "-arch=sm_90", "-Xptxas=-v"))
     assert real.ok and "warning" not in real.log, real.log
@@ -112,6 +114,7 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.exchange_backward_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_backward_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.mani_cluster_shared_bytes(16) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.MANI_MAX_SIDE == 64  # larger MANI planes take cuFFT and mani_noise_large.cu
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
 
@@ -229,7 +232,7 @@ def _on(device, *tensors):
 # Planes up to 32x32 take the kernels' tensor-core path: 32x32 fills its tiles, smaller ones pad them.
 MANI_SHAPES = [
     (1, 1, 31, 33), (2, 3, 16, 20), (2, 3, 32, 32), (1, 1, 64, 64),
-    (2, 1, 3, 64), (1, 1, 64, 1), (1, 2, 67, 65),
+    (2, 1, 3, 64), (1, 1, 64, 1), (1, 2, 67, 65), (1, 2, 256, 256),
 ]  # fmt: skip
 EXCHANGE_SHAPES = [
     (1, 3, 31, 33),
@@ -282,12 +285,52 @@ def test_mani_noise_matches_reference(shape, dtype, loader):
     ],
     ids=["count", "kernel", "max", "none-3-bands"],
 )
-@pytest.mark.parametrize("shape", [(2, 3, 20, 24), (1, 2, 72, 81)], ids=["one-block", "large"])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 20, 24), (1, 2, 72, 81), (1, 2, 256, 256)], ids=["one-block", "large", "cluster"]
+)
 def test_mani_noise_options(options, shape, loader):
     (x,) = _on(loader.device, torch.rand(shape, generator=torch.Generator().manual_seed(3)) * 2 - 1)
     z = torch.randn_like(x)
     out = ops.mani_noise(x, 700, z, backend="cuda", **options)
     _bound(out, ref.mani_noise(x.double(), 700, z.double(), **options), ref.mani_noise(x, 700, z, **options))
+
+
+@pytest.mark.parametrize("normalize", ["rms", "max"])
+def test_256_planes_take_one_cluster_launch_and_agree_with_the_large_plane_path(
+    normalize, loader, monkeypatch
+):
+    """At 256x256 the forward is mani_noise_cluster.cu's one launch; the four-launch path
+    (MANI_CLUSTER off) computes the same map, both against fp64."""
+    launched = []
+    if loader.name == "jit":
+        launch = cuda_ops._launch
+        monkeypatch.setattr(
+            cuda_ops, "_launch", lambda file, name, *a: launched.append(name) or launch(file, name, *a)
+        )
+    gen = torch.Generator().manual_seed(5)
+    x, z = _on(loader.device, torch.rand(1, 3, 256, 256, generator=gen) * 2 - 1, torch.randn(1, 3, 256, 256))
+    assert cuda_ops.takes_cluster_path(x)
+    cluster = ops.mani_noise(x, 600, z, backend="cuda", normalize=normalize)
+    monkeypatch.setattr(cuda_ops, "MANI_CLUSTER", False)
+    assert not cuda_ops.takes_cluster_path(x)
+    large = ops.mani_noise(x, 600, z, backend="cuda", normalize=normalize)
+    if loader.name == "jit":
+        assert launched == ["mani_noise_cluster_kernel", "mani_band_weights_kernel", "mani_inject_kernel"]
+    exact = ref.mani_noise(x.double(), 600, z.double(), normalize=normalize)
+    eager = ref.mani_noise(x, 600, z, normalize=normalize)
+    _bound(cluster, exact, eager)
+    _bound(large, exact, eager)
+    assert not torch.equal(cluster, large)  # two computations, which differ by rounding
+
+
+def test_cluster_path_needs_a_gpu_with_clusters(monkeypatch):
+    assert not cuda_ops.takes_cluster_path(torch.zeros(1, 1, 256, 255))
+    assert not cuda_ops.takes_cluster_path(torch.zeros(1, 1, 128, 128))
+    assert cuda_ops.takes_cluster_path(torch.zeros(2, 3, 256, 256))
+    x = SimpleNamespace(shape=(1, 1, 256, 256), device=torch.device("cuda"))  # what it reads
+    for capability, expected in (((8, 0), False), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert cuda_ops.takes_cluster_path(x) is expected
 
 
 MODES = [("replace", "abs"), ("project", "real")]
@@ -401,9 +444,9 @@ def expected_normals(seed: int, offset: int, count: int) -> numpy.ndarray:
     "seed, offset", [(1234, 0), (2**40 + 7, 3 * 2**33 + 5)], ids=["small", "64-bit-words"]
 )
 def test_in_kernel_noise_is_philox_box_muller(seed, offset, loader):
-    """The MANI kernels' stored draws (one-block and large-plane) and the exchange kernel's noise
+    """The MANI kernels' stored draws (one-block, large-plane, cluster) and the exchange kernel's noise
     (x_t = eps = 0 leaves x_next = c1 z) against Philox4x32-10 computed here."""
-    for shape in ((2, 3, 12, 16), (1, 2, 72, 66)):
+    for shape in ((2, 3, 12, 16), (1, 2, 72, 66), (1, 2, 256, 256)):
         x, rng = _on(loader.device, torch.rand(shape) * 2 - 1, torch.tensor([seed, offset]))
         _, drawn = cuda_ops.launch_mani_noise(x, None, rng, 500, 8, 1.8, 1e-6, "width", "spectral", "rms")
         expected = expected_normals(seed, offset, x.numel()).reshape(shape)
@@ -615,10 +658,11 @@ def test_op_benchmark_checks_and_times_the_cuda_provider(loader, capsys):
 
 
 def _every_kernel():
-    """One call of each kernel, forward and backward, over both MANI paths; returns every output."""
+    """One call of each kernel, forward and backward, over the three MANI paths; returns every
+    output."""
     gen = torch.Generator().manual_seed(21)
     outputs = []
-    for shape in ((2, 3, 31, 33), (1, 2, 72, 66)):
+    for shape in ((2, 3, 31, 33), (1, 2, 72, 66), (1, 2, 256, 256)):
         x = (torch.rand(shape, generator=gen) * 2 - 1).requires_grad_()
         z = torch.randn(shape, generator=gen).requires_grad_()
         out = ops.mani_noise(x, 500, z, backend="cuda", normalize="max")
@@ -665,8 +709,12 @@ def test_opcheck(loader):
     )
     options = (300, 8, 1.8, 1e-6, "width", "spectral", "rms", False)
     torch.library.opcheck(cuda_ops.mani_noise_cuda, (x_t, z, None, *options))
-    (large,) = _on(loader.device, torch.rand(2, 3, 72, 80, generator=gen) * 2 - 1)
-    for plane in (x_t, large):
+    large, cluster = _on(
+        loader.device,
+        torch.rand(2, 3, 72, 80, generator=gen) * 2 - 1,
+        torch.rand(1, 1, 256, 256, generator=gen),
+    )
+    for plane in (x_t, large, cluster):
         for noise in (torch.randn_like(plane), None):
             rng = torch.tensor([5, 0], device=plane.device) if noise is None else None
             torch.library.opcheck(cuda_ops.mani_noise_cuda, (plane, noise, rng, *options[:6], "max", False))
@@ -714,7 +762,7 @@ def test_aot_library_refuses_planes_wider_than_the_kernels_rows(both_loaders):
 
 
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
-    """The library's eight ops through opcheck, and against the JIT's launches of the same kernels,
+    """The library's nine ops through opcheck, and against the JIT's launches of the same kernels,
     with given and in-kernel noise: the C++ glue passes every argument where it belongs. On the
     CPU both are g++ builds of the same source, so they agree bit for bit."""
     from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables, half_spectrum_bands
@@ -771,6 +819,18 @@ def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
     for weight_kernel in (False, True):
         args = (g_spectrum, spectrum, stats, band, share, 1.8, weight_kernel)
         cases.append((library.mani_spectrum_gradient, cuda_ops._jit_mani_spectrum_gradient, args))
+
+    # the 256x256 planes' cluster kernel
+    from manipure_fast.ops.dft_tables import fft_steps
+
+    cluster, cluster_noise = _on(
+        device, torch.rand(1, 2, 256, 256, generator=gen), torch.randn(1, 2, 256, 256)
+    )
+    band, share = half_spectrum_bands(256, 256, 8, "width", cluster.device)
+    steps = fft_steps(16, cluster.device)
+    for noise, state, weight_kernel, normalize in ((cluster_noise, None, False, 1), (None, rng, True, 2)):
+        args = (cluster, noise, state, steps, band, share, 8, 1.8, 1e-6, weight_kernel, normalize, 0.9, 0.4)
+        cases.append((library.mani_noise_cluster, cuda_ops._jit_mani_noise_cluster, args))
 
     for op, jit, args in cases:
         torch.library.opcheck(op.default, args)

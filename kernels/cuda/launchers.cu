@@ -6,12 +6,15 @@
 #include "exchange_update_backward.cu"
 #include "mani_noise.cu"
 #include "mani_noise_backward.cu"
+#include "mani_noise_cluster.cu"
 #include "mani_noise_large.cu"
 #include "mani_noise_large_backward.cu"
 
 namespace manipure {
 
 static_assert(kExchangeMaxWidth == kMaxRowWidth, "launchers.h and exchange_stages.cuh disagree on the row width");
+static_assert(kManiClusterSide == kClusterSide && kManiClusterBlocks == kClusterBlocks,
+              "launchers.h and mani_noise_cluster.cu disagree on the cluster's plane");
 
 namespace {
 constexpr int kThreads = 256;  // the block size the kernels are written for (cuda_ops.THREADS)
@@ -107,6 +110,21 @@ cudaError_t launch_mani_inject(
   mani_inject_kernel<<<planes, kThreads, shared_bytes, stream>>>(
       x, shaped, noise, out, noise_out, rng_state, n, normalize, signal, noise_scale, has_noise,
       store_noise);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_noise_cluster(
+    int planes, cudaStream_t stream,
+    const float* x, const float* noise, float* out, float* noise_out, const long long* rng_state,
+    const float* steps, const int* band, const float* share, int n_bands, float gamma, float eps0,
+    int weight_kernel, int normalize, float signal, float noise_scale, int has_noise, int store_noise) {
+  const int shared_bytes = mani_cluster_shared_bytes(n_bands);
+  cudaError_t status = allow_shared(mani_noise_cluster_kernel, shared_bytes);
+  if (status != cudaSuccess) return status;
+  // The cluster's shape is the kernel's (__cluster_dims__): a plain launch of whole clusters.
+  mani_noise_cluster_kernel<<<planes * kClusterBlocks, kThreads, shared_bytes, stream>>>(
+      x, noise, out, noise_out, rng_state, reinterpret_cast<const float2*>(steps), band, share, n_bands,
+      gamma, eps0, weight_kernel, normalize, signal, noise_scale, has_noise, store_noise);
   return cudaGetLastError();
 }
 

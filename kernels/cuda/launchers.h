@@ -64,6 +64,18 @@ cudaError_t launch_mani_inject(
     const long long* rng_state, int n, int normalize, float signal, float noise_scale,
     int has_noise, int store_noise);
 
+// 256x256 planes in one launch (mani_noise_cluster.cu): a thread-block cluster of
+// kManiClusterBlocks blocks per plane, on sm_90 and later only. steps: [256] float2 FFT twiddles
+// (dft_tables.fft_steps); band and share as for launch_mani_band_weights, over 256 x 129.
+constexpr int kManiClusterSide = 256;
+constexpr int kManiClusterBlocks = 8;
+
+cudaError_t launch_mani_noise_cluster(
+    int planes, cudaStream_t stream,
+    const float* x, const float* noise, float* out, float* noise_out, const long long* rng_state,
+    const float* steps, const int* band, const float* share, int n_bands, float gamma, float eps0,
+    int weight_kernel, int normalize, float signal, float noise_scale, int has_noise, int store_noise);
+
 // Its backward's two kernels (mani_noise_large_backward.cu). shared_bytes: 32 floats for the map
 // gradient, (32 + 2 n_bands) floats for the spectrum gradient. g_noise is written only with
 // noise_grad, g_shaped only without detach_map.

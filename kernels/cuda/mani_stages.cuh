@@ -159,20 +159,20 @@ __device__ __forceinline__ float map_scale(const float* map, int n, int normaliz
   return scale;
 }
 
-// For each band b < n_bands, the block's sum of value(idx) over idx < n with band[idx] == b,
+// For each band b < n_bands, the block's sum of value(idx) over idx < n with band_of(idx) == b,
 // handed to done(b, total) on every thread. Per-thread partials for kBandsPerSweep bands per
 // sweep, then one deterministic block reduction per band: the result does not depend on
 // scheduling. Every thread of the block must call it; it returns synchronised.
-template <typename Value, typename Done>
-__device__ __forceinline__ void band_sums(const int* band, int n, int n_bands, float* scratch, Value value,
-                                          Done done) {
+template <typename BandOf, typename Value, typename Done>
+__device__ __forceinline__ void band_sums_of(BandOf band_of, int n, int n_bands, float* scratch, Value value,
+                                             Done done) {
   constexpr int kBandsPerSweep = 8;  // the default band count: one sweep of the spectrum
   for (int b0 = 0; b0 < n_bands; b0 += kBandsPerSweep) {
     float partial[kBandsPerSweep];
 #pragma unroll
     for (int j = 0; j < kBandsPerSweep; ++j) partial[j] = 0.f;
     for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-      const int slot = band[idx] - b0;
+      const int slot = band_of(idx) - b0;
       const float v = value(idx);
 #pragma unroll
       for (int j = 0; j < kBandsPerSweep; ++j) partial[j] += slot == j ? v : 0.f;
@@ -184,6 +184,13 @@ __device__ __forceinline__ void band_sums(const int* band, int n, int n_bands, f
     }
   }
   __syncthreads();
+}
+
+// band_sums_of with the bands of an array: band[idx].
+template <typename Value, typename Done>
+__device__ __forceinline__ void band_sums(const int* band, int n, int n_bands, float* scratch, Value value,
+                                          Done done) {
+  band_sums_of([&](int idx) { return band[idx]; }, n, n_bands, scratch, value, done);
 }
 
 }  // namespace manipure

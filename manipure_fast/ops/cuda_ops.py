@@ -43,6 +43,7 @@ from .dft_tables import (
     band_frequencies,
     band_masks,
     band_tables,
+    fft_steps,
     full_tables,
     half_spectrum_bands,
     padded_band_map,
@@ -541,6 +542,50 @@ def _jit_mani_inject(x, shaped, noise, rng_state, normalize, signal, noise_scale
     return out, drawn
 
 
+# 256x256 planes (ImageNet's) take one launch on GPUs with thread-block clusters (sm_90 and
+# later): mani_noise_cluster.cu, a cluster of eight blocks per plane holding its spectrum in
+# shared memory. Set MANI_CLUSTER False to send them down the large-plane path instead
+# (bench/tune_cuda.py times the two against each other).
+MANI_CLUSTER = True
+CLUSTER_SIDE = 256
+CLUSTER_BLOCKS = 8  # mani_noise_cluster.cu kClusterBlocks
+CLUSTER_CAPABILITY = (9, 0)
+
+
+def mani_cluster_shared_bytes(n_bands: int) -> int:
+    """mani_noise_cluster.cu (its mani_cluster_shared_bytes): 16 FFT buffers of 16 x 17 + 1 float2,
+    32 rows of 129 float2 and 256 float2 of FFT steps; then scratch, n_bands + 1 partial sums and
+    n_bands weights."""
+    return (16 * 273 + 32 * 129 + 256) * 8 + (32 + 2 * n_bands + 1) * 4
+
+
+def takes_cluster_path(x: torch.Tensor) -> bool:
+    """Whether mani_noise runs ``x`` as one cluster launch: 256x256 planes, on a device with
+    clusters (CPU tensors only reach the kernels under the tests' CPU runtime, which has them)."""
+    if not MANI_CLUSTER or tuple(x.shape[-2:]) != (CLUSTER_SIDE, CLUSTER_SIDE):
+        return False
+    return x.device.type != "cuda" or torch.cuda.get_device_capability(x.device) >= CLUSTER_CAPABILITY
+
+
+def _jit_mani_noise_cluster(x, noise, rng_state, steps, band, share, n_bands, gamma, eps0, weight_kernel,
+                            normalize, signal, noise_scale):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_noise_cluster``."""
+    b, c, _, _ = x.shape
+    out = torch.empty_like(x)
+    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+    args = (
+        x, noise if noise is not None else x, out, drawn if noise is None else out,
+        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x.device),
+        steps, band, share, _i32(n_bands), _f32(gamma), _f32(eps0), _i32(weight_kernel), _i32(normalize),
+        _f32(signal), _f32(noise_scale), _i32(noise is not None), _i32(noise is None),
+    )  # fmt: skip
+    _launch(
+        "mani_noise_cluster.cu", "mani_noise_cluster_kernel", x.device, b * c * CLUSTER_BLOCKS, args,
+        mani_cluster_shared_bytes(n_bands),
+    )  # fmt: skip
+    return out, drawn
+
+
 def launch_mani_noise_large(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
     """The large-plane path, any plane size: ``rfft2``, the band-weights kernel, ``irfft2``, the
     injection kernel. Same contract as ``launch_mani_noise``."""
@@ -593,9 +638,28 @@ def launch_mani_noise_large_backward(grad, x, noise, t, n_bands, gamma, eps0, ba
     return g_x.add_(grad, alpha=float(coef.signal)), g_noise
 
 
+def launch_mani_noise_cluster(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map,
+                              normalize):  # fmt: skip
+    """256x256 planes in one launch of clusters (``takes_cluster_path``). Same contract as
+    ``launch_mani_noise``."""
+    coef = noise_coefficients(t)
+    launch = (
+        torch.ops.manipure_aot.mani_noise_cluster if active_loader() == "aot" else _jit_mani_noise_cluster
+    )
+    band, share = half_spectrum_bands(CLUSTER_SIDE, CLUSTER_SIDE, n_bands, band_mode, x.device)
+    return launch(
+        x, noise, rng_state, fft_steps(16, x.device), band, share, n_bands, float(gamma), float(eps0),
+        weight_map == "kernel", NORMALIZE_CODES[normalize], float(coef.signal), float(coef.noise),
+    )  # fmt: skip
+
+
 def launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
-    """One launch over all B*C planes up to 64x64, the large-plane path above; returns (x_t, the
-    noise drawn or an empty tensor)."""
+    """One launch over all B*C planes up to 64x64 and (with clusters) at 256x256, the large-plane
+    path otherwise; returns (x_t, the noise drawn or an empty tensor)."""
+    if takes_cluster_path(x):
+        return launch_mani_noise_cluster(
+            x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize
+        )
     if _is_large(x):
         return launch_mani_noise_large(
             x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize

@@ -55,6 +55,17 @@ def full_tables(n: int, pad: int, device: torch.device):
     return cos.to(device), sin.to(device)
 
 
+@functools.lru_cache(maxsize=8)
+def fft_steps(radix: int, device: torch.device) -> torch.Tensor:
+    """float32 ``[radix * radix, 2]``: ``e^{-2 pi i n1 k1 / radix^2}`` at ``[k1 * radix + n1]``, the
+    twiddles between the two passes of a ``radix^2``-point FFT (mani_noise_cluster.cu's 16 x 16)."""
+    n1 = torch.arange(radix, dtype=torch.int64).view(1, -1)
+    k1 = torch.arange(radix, dtype=torch.int64).view(-1, 1)
+    phase = (n1 * k1).to(torch.float64) * (2 * math.pi / radix**2)
+    steps = torch.stack([torch.cos(phase), -torch.sin(phase)], dim=-1).reshape(radix * radix, 2)
+    return steps.to(torch.float32).to(device)
+
+
 @functools.lru_cache(maxsize=128)
 def band_masks(
     h: int, w: int, amplitude_cut: float, phase_cut: float, rows_pad: int, cols_pad: int, device: torch.device
