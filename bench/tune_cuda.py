@@ -11,6 +11,10 @@ Variants, each one define away from the shipped source (prepended to what the JI
 - ``MANIPURE_INVERSE_ROWS_PER_THREAD`` 1, 2 and 8 against 4: the pixel rows a thread of the
   exchange's ``band_inverse_rows`` takes, in the FMA loops: forward and backward at ImageNet B=64.
 
+and one choice made in ``cuda_ops``: MANI's 256x256 planes in one launch on thread-block clusters
+(``mani_noise_cluster.cu``) against the four launches around cuFFT (``MANI_CLUSTER`` off), forward
+at ImageNet B=64.
+
 Every variant's output is first compared with the shipped kernels' on the same inputs (a
 difference over 1e-4 is a red gate, reported and not timed), then timed with
 ``triton.testing.do_bench`` (L2 flushed; median, p20, p80). A variant that does not compile or
@@ -41,6 +45,8 @@ SHAPES = {"cifar-B512": (512, 3, 32, 32), "imagenet-B64": (64, 3, 256, 256)}
 SMOKE_SHAPES = {"cifar-B512": (1, 2, 20, 24), "imagenet-B64": (1, 1, 36, 40)}
 FMA_LOOPS = ("FMA loops", {"MANIPURE_TENSOR_CORE_MAX_SIDE": 0})
 INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THREAD": n}) for n in (1, 2, 8)]
+FOUR_LAUNCHES = ("4 launches around cuFFT", {"MANI_CLUSTER": False})
+SMOKE_CLUSTER_SHAPE = (1, 1, 256, 256)  # the cluster kernel's plane, one of it
 
 
 @contextlib.contextmanager
@@ -63,6 +69,17 @@ def compiled_with(defines: dict):
         else:
             os.environ["MANIPURE_CUDA_LOADER"] = saved_loader
         cuda_ops._kernel.cache_clear()
+
+
+@contextlib.contextmanager
+def mani_path(settings: dict):
+    """``cuda_ops.MANI_CLUSTER`` as ``settings`` give it, for the duration."""
+    original = cuda_ops.MANI_CLUSTER
+    cuda_ops.MANI_CLUSTER = settings.get("MANI_CLUSTER", original)
+    try:
+        yield
+    finally:
+        cuda_ops.MANI_CLUSTER = original
 
 
 def exchange_groups(label, shape, device) -> list[Group]:
@@ -97,6 +114,15 @@ def mani_groups(label, shape, device) -> list[Group]:
     ]
 
 
+def mani_cluster_group(label, shape, device) -> Group:
+    """MANI's forward on 256x256 planes: the cluster launch against the large-plane path."""
+    (x, z) = planes(shape, device, 2, seed=2)
+    x = x.clamp(-1, 1)
+    options = (999, 8, 1.8, 1e-6, "width", "spectral", "rms")
+    forward = lambda: cuda_ops.launch_mani_noise(x, z, None, *options)[0]  # noqa: E731
+    return Group("mani_noise", "forward", label, shape, forward, mani_path, [FOUR_LAUNCHES])
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,8 +144,13 @@ def main(argv=None) -> list[dict]:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"tune-cuda-{meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
     rows = []
-    for label, shape in (SMOKE_SHAPES if args.smoke else SHAPES).items():
-        for group in exchange_groups(label, shape, device) + mani_groups(label, shape, device):
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    cluster_shape = SMOKE_CLUSTER_SHAPE if args.smoke else SHAPES["imagenet-B64"]
+    for label, shape in shapes.items():
+        groups = exchange_groups(label, shape, device) + mani_groups(label, shape, device)
+        if label == "imagenet-B64":
+            groups.append(mani_cluster_group(label, cluster_shape, device))
+        for group in groups:
             rows += group.time(device, args.smoke)
             if path is not None:
                 write_rows(path, rows, meta)
