@@ -19,7 +19,10 @@ custom op ``manipure::exchange_update_backward_cuda``, and mani_noise's is
 
 MANI planes above 64x64 take four launches: cuFFT's ``rfft2``, ``mani_noise_large.cu``'s band-weights
 kernel, ``irfft2`` and its injection kernel. Their backward is eight: the forward recomputed, then
-``mani_noise_large_backward.cu``'s two kernels around ``rfft2`` and ``irfft2``.
+``mani_noise_large_backward.cu``'s two kernels around ``rfft2`` and ``irfft2``. On GPUs with
+thread-block clusters (sm_90 and later), 256x256 planes take one launch of
+``mani_noise_cluster.cu`` forward instead (``takes_cluster_path``); their backward is the
+large-plane path's.
 
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
