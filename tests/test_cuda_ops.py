@@ -39,6 +39,7 @@ KERNEL_FILES = (
     "mani_noise.cu",
     "mani_noise_backward.cu",
     "mani_noise_cluster.cu",
+    "mani_noise_cluster_backward.cu",
     "mani_noise_large.cu",
     "mani_noise_large_backward.cu",
 )
@@ -115,6 +116,7 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_backward_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_cluster_shared_bytes(16) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.mani_cluster_backward_shared_bytes(16) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.MANI_MAX_SIDE == 64  # larger MANI planes take cuFFT and mani_noise_large.cu
     assert cuda_ops.exchange_shared_bytes(256, 256, 200) > cuda_ops.MAX_SHARED_BYTES  # refused at launch
 
@@ -299,8 +301,9 @@ def test_mani_noise_options(options, shape, loader):
 def test_256_planes_take_one_cluster_launch_and_agree_with_the_large_plane_path(
     normalize, loader, monkeypatch
 ):
-    """At 256x256 the forward is mani_noise_cluster.cu's one launch; the four-launch path
-    (MANI_CLUSTER off) computes the same map, both against fp64."""
+    """At 256x256 the forward is mani_noise_cluster.cu's one launch, and the backward
+    mani_noise_cluster_backward.cu's; the large-plane path (MANI_CLUSTER off: four launches, and
+    eight for the backward) computes the same, both against fp64."""
     launched = []
     if loader.name == "jit":
         launch = cuda_ops._launch
@@ -308,19 +311,30 @@ def test_256_planes_take_one_cluster_launch_and_agree_with_the_large_plane_path(
             cuda_ops, "_launch", lambda file, name, *a: launched.append(name) or launch(file, name, *a)
         )
     gen = torch.Generator().manual_seed(5)
-    x, z = _on(loader.device, torch.rand(1, 3, 256, 256, generator=gen) * 2 - 1, torch.randn(1, 3, 256, 256))
+    x, z, weight = _on(
+        loader.device, torch.rand(1, 3, 256, 256, generator=gen) * 2 - 1, *torch.randn(2, 1, 3, 256, 256)
+    )
+    x.requires_grad_()
+
+    def run():
+        out = ops.mani_noise(x, 600, z, backend="cuda", normalize=normalize)
+        return out.detach(), torch.autograd.grad((out * weight).sum(), x)[0]
+
     assert cuda_ops.takes_cluster_path(x)
-    cluster = ops.mani_noise(x, 600, z, backend="cuda", normalize=normalize)
+    cluster, cluster_grad = run()
+    if loader.name == "jit":
+        assert launched == ["mani_noise_cluster_kernel", "mani_noise_cluster_backward_kernel"]
     monkeypatch.setattr(cuda_ops, "MANI_CLUSTER", False)
     assert not cuda_ops.takes_cluster_path(x)
-    large = ops.mani_noise(x, 600, z, backend="cuda", normalize=normalize)
-    if loader.name == "jit":
-        assert launched == ["mani_noise_cluster_kernel", "mani_band_weights_kernel", "mani_inject_kernel"]
-    exact = ref.mani_noise(x.double(), 600, z.double(), normalize=normalize)
-    eager = ref.mani_noise(x, 600, z, normalize=normalize)
+    large, large_grad = run()
+    exact = ref.mani_noise(x.detach().double(), 600, z.double(), normalize=normalize)
+    eager = ref.mani_noise(x.detach(), 600, z, normalize=normalize)
     _bound(cluster, exact, eager)
     _bound(large, exact, eager)
     assert not torch.equal(cluster, large)  # two computations, which differ by rounding
+    # Each path's gradient is checked against fp64 in test_mani_backward_matches_autograd; here,
+    # that the two agree.
+    torch.testing.assert_close(cluster_grad, large_grad, rtol=1e-5, atol=1e-4)
 
 
 def test_cluster_path_needs_a_gpu_with_clusters(monkeypatch):
@@ -552,8 +566,12 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
         ((2, 3, 64, 64), dict(normalize="max")),
         ((2, 2, 16, 20), dict(normalize="none", n_bands=5, gamma=1.2)),
         ((1, 2, 12, 16), dict(detach_map=True)),
-        # the large-plane path: cuFFT around mani_noise_large_backward.cu's kernels
+        # 256x256: the cluster kernel (mani_noise_cluster_backward.cu)
         ((2, 3, 256, 256), {}),
+        ((1, 2, 256, 256), dict(weight_map="kernel", normalize="max")),
+        ((1, 1, 256, 256), dict(band_mode="count", normalize="none", n_bands=3, gamma=1.2)),
+        ((1, 2, 256, 256), dict(detach_map=True, n_bands=16)),
+        # the large-plane path: cuFFT around mani_noise_large_backward.cu's kernels
         ((1, 1, 67, 65), dict(weight_map="kernel", normalize="max")),
         ((2, 1, 70, 68), dict(band_mode="count", normalize="none", n_bands=3, gamma=1.2)),
         ((1, 1, 72, 81), dict(n_bands=16)),
@@ -568,6 +586,9 @@ def test_fused_exchange_backward_matches_autograd(shape, cuts, with_eps_ref, mod
         "16x20-none",
         "detached",
         "256x256",
+        "256x256-kernel-max",
+        "256x256-count-none",
+        "256x256-detached-16bands",
         "67x65-kernel-max",
         "70x68-count-none",
         "72x81-16bands",
@@ -590,7 +611,7 @@ def test_mani_backward_matches_autograd(shape, options, loader):
     _assert_gradients_close(gradients)
 
 
-@pytest.mark.parametrize("side", [20, 70], ids=["one-block", "large"])
+@pytest.mark.parametrize("side", [20, 70, 256], ids=["one-block", "large", "cluster"])
 def test_detached_map_without_a_noise_gradient_gives_the_direct_term(side, loader):
     """mani_detach with noise that needs no gradient (the purifier's case): g_x = sqrt(abar) grad."""
     x, z, weight = _on(loader.device, torch.rand(1, 2, side, side) * 2 - 1, *torch.randn(2, 1, 2, side, side))
@@ -719,8 +740,10 @@ def test_opcheck(loader):
             rng = torch.tensor([5, 0], device=plane.device) if noise is None else None
             torch.library.opcheck(cuda_ops.mani_noise_cuda, (plane, noise, rng, *options[:6], "max", False))
     grad = torch.randn_like(x_t)
-    for noise_grad in (True, False):
-        torch.library.opcheck(cuda_ops.mani_noise_backward_cuda, (grad, x_t, z, *options, noise_grad))
+    for plane in (x_t, cluster):
+        g, noise = torch.randn_like(plane), torch.randn_like(plane)
+        for noise_grad in (True, False):
+            torch.library.opcheck(cuda_ops.mani_noise_backward_cuda, (g, plane, noise, *options, noise_grad))
     for with_eps_ref in (eps_ref, None):
         torch.library.opcheck(
             cuda_ops.exchange_update_backward_cuda,
@@ -762,7 +785,7 @@ def test_aot_library_refuses_planes_wider_than_the_kernels_rows(both_loaders):
 
 
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
-    """The library's nine ops through opcheck, and against the JIT's launches of the same kernels,
+    """The library's ten ops through opcheck, and against the JIT's launches of the same kernels,
     with given and in-kernel noise: the C++ glue passes every argument where it belongs. On the
     CPU both are g++ builds of the same source, so they agree bit for bit."""
     from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables, half_spectrum_bands
@@ -831,6 +854,10 @@ def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
     for noise, state, weight_kernel, normalize in ((cluster_noise, None, False, 1), (None, rng, True, 2)):
         args = (cluster, noise, state, steps, band, share, 8, 1.8, 1e-6, weight_kernel, normalize, 0.9, 0.4)
         cases.append((library.mani_noise_cluster, cuda_ops._jit_mani_noise_cluster, args))
+    for normalize, detach_map, noise_grad in ((1, False, True), (2, False, False), (0, True, True)):
+        args = (cluster_noise, cluster, cluster_noise, steps, band, share, 8, 1.8, 1e-6, normalize == 0,
+                normalize, 0.9, 0.4, detach_map, noise_grad)  # fmt: skip
+        cases.append((library.mani_noise_cluster_backward, cuda_ops._jit_mani_noise_cluster_backward, args))
 
     for op, jit, args in cases:
         torch.library.opcheck(op.default, args)

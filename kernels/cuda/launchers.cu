@@ -7,6 +7,7 @@
 #include "mani_noise.cu"
 #include "mani_noise_backward.cu"
 #include "mani_noise_cluster.cu"
+#include "mani_noise_cluster_backward.cu"
 #include "mani_noise_large.cu"
 #include "mani_noise_large_backward.cu"
 
@@ -125,6 +126,20 @@ cudaError_t launch_mani_noise_cluster(
   mani_noise_cluster_kernel<<<planes * kClusterBlocks, kThreads, shared_bytes, stream>>>(
       x, noise, out, noise_out, rng_state, reinterpret_cast<const float2*>(steps), band, share, n_bands,
       gamma, eps0, weight_kernel, normalize, signal, noise_scale, has_noise, store_noise);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_mani_noise_cluster_backward(
+    int planes, cudaStream_t stream,
+    const float* grad, const float* x, const float* noise, float* g_x, float* g_noise,
+    const float* steps, const int* band, const float* share, int n_bands, float gamma, float eps0,
+    int weight_kernel, int normalize, float signal, float noise_scale, int detach_map, int noise_grad) {
+  const int shared_bytes = mani_cluster_backward_shared_bytes(n_bands);
+  cudaError_t status = allow_shared(mani_noise_cluster_backward_kernel, shared_bytes);
+  if (status != cudaSuccess) return status;
+  mani_noise_cluster_backward_kernel<<<planes * kClusterBlocks, kThreads, shared_bytes, stream>>>(
+      grad, x, noise, g_x, g_noise, reinterpret_cast<const float2*>(steps), band, share, n_bands, gamma, eps0,
+      weight_kernel, normalize, signal, noise_scale, detach_map, noise_grad);
   return cudaGetLastError();
 }
 

@@ -76,7 +76,15 @@ cudaError_t launch_mani_noise_cluster(
     const float* steps, const int* band, const float* share, int n_bands, float gamma, float eps0,
     int weight_kernel, int normalize, float signal, float noise_scale, int has_noise, int store_noise);
 
-// Its backward's two kernels (mani_noise_large_backward.cu). shared_bytes: 32 floats for the map
+// Its backward in one launch (mani_noise_cluster_backward.cu). g_noise is written only with
+// noise_grad.
+cudaError_t launch_mani_noise_cluster_backward(
+    int planes, cudaStream_t stream,
+    const float* grad, const float* x, const float* noise, float* g_x, float* g_noise,
+    const float* steps, const int* band, const float* share, int n_bands, float gamma, float eps0,
+    int weight_kernel, int normalize, float signal, float noise_scale, int detach_map, int noise_grad);
+
+// The large-plane backward's two kernels (mani_noise_large_backward.cu). shared_bytes: 32 floats for the map
 // gradient, (32 + 2 n_bands) floats for the spectrum gradient. g_noise is written only with
 // noise_grad, g_shaped only without detach_map.
 cudaError_t launch_mani_map_gradient(

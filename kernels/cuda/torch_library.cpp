@@ -12,6 +12,8 @@
 //                                                                  (or empty): the large-plane MANI path
 //   manipure_aot::mani_noise_cluster(...)       -> (Tensor, Tensor) x_t and the noise drawn (or empty) for
 //                                                                  256x256 planes, one cluster launch (sm_90)
+//   manipure_aot::mani_noise_cluster_backward(...) -> (Tensor, Tensor) its backward: grads for x and the
+//                                                                  noise (or empty), one cluster launch
 //   manipure_aot::mani_map_gradient(...)        -> (Tensor, Tensor) its backward: g_Y / N (or empty) and the
 //                                                                  noise's gradient (or empty)
 //   manipure_aot::mani_spectrum_gradient(...)   -> Tensor          g_F from g_G = rfft2(g_Y / N)
@@ -398,6 +400,37 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_cuda(const at::Tensor& x, 
   return {out, drawn};
 }
 
+std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& noise, const at::Tensor& steps,
+    const at::Tensor& band, const at::Tensor& share, int64_t n_bands, double gamma, double eps0, bool weight_kernel,
+    int64_t normalize, double signal, double noise_scale, bool detach_map, bool noise_grad) {
+  const int64_t planes = x.dim() == 4 ? x.size(0) * x.size(1) : 0;
+  TORCH_CHECK(planes <= INT32_MAX / manipure::kManiClusterBlocks, "the batch has ", planes, " planes; need up to ",
+              INT32_MAX / manipure::kManiClusterBlocks);
+  check_launch(planes, 32 * 4, x);
+  constexpr int64_t side = manipure::kManiClusterSide;
+  TORCH_CHECK(x.size(2) == side && x.size(3) == side, "mani_noise_cluster_backward takes ", side, "x", side,
+              " planes, got ", x.size(2), "x", x.size(3));
+  check_image(grad, "grad", x);
+  check_image(x, "x", x);
+  check_image(noise, "noise", x);
+  check_table(steps, "steps", side, 2, x);
+  check_bands(band, share, side * (side / 2 + 1), n_bands, x);
+  TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
+  at::Tensor g_x = at::empty_like(x);
+  at::Tensor g_noise = noise_grad ? at::empty_like(x) : at::empty({0}, x.options());
+  const c10::DeviceGuard guard(x.device());
+  check_status(
+      manipure::launch_mani_noise_cluster_backward(
+          static_cast<int>(planes), current_stream(x), grad.data_ptr<float>(), x.data_ptr<float>(),
+          noise.data_ptr<float>(), g_x.data_ptr<float>(), noise_grad ? g_noise.data_ptr<float>() : g_x.data_ptr<float>(),
+          steps.data_ptr<float>(), band.data_ptr<int>(), share.data_ptr<float>(), static_cast<int>(n_bands),
+          static_cast<float>(gamma), static_cast<float>(eps0), weight_kernel, static_cast<int>(normalize),
+          static_cast<float>(signal), static_cast<float>(noise_scale), detach_map, noise_grad),
+      "mani_noise_cluster_backward");
+  return {g_x, g_noise};
+}
+
 // Meta: shapes only, for fake tensors (torch.compile, opcheck).
 at::Tensor exchange_update_meta(
     const at::Tensor& x_t, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
@@ -462,6 +495,12 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_meta(const at::Tensor& x, 
   return {at::empty_like(x), noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x)};
 }
 
+std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_backward_meta(
+    const at::Tensor&, const at::Tensor& x, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, int64_t, double, double, bool, int64_t, double, double, bool, bool noise_grad) {
+  return {at::empty_like(x), noise_grad ? at::empty_like(x) : at::empty({0}, x.options())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(manipure_aot, m) {
@@ -496,6 +535,10 @@ TORCH_LIBRARY(manipure_aot, m) {
       "int n_bands, float gamma, float eps0, bool weight_kernel, int normalize, float signal, float noise_scale) "
       "-> (Tensor, Tensor)");
   m.def(
+      "mani_noise_cluster_backward(Tensor grad, Tensor x, Tensor noise, Tensor steps, Tensor band, Tensor share, "
+      "int n_bands, float gamma, float eps0, bool weight_kernel, int normalize, float signal, float noise_scale, "
+      "bool detach_map, bool noise_grad) -> (Tensor, Tensor)");
+  m.def(
       "mani_map_gradient(Tensor grad, Tensor noise, Tensor shaped, int normalize, float noise_scale, "
       "bool detach_map, bool noise_grad) -> (Tensor, Tensor)");
   m.def(
@@ -511,6 +554,7 @@ TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
   m.impl("mani_band_weights", &mani_band_weights_cuda);
   m.impl("mani_inject", &mani_inject_cuda);
   m.impl("mani_noise_cluster", &mani_noise_cluster_cuda);
+  m.impl("mani_noise_cluster_backward", &mani_noise_cluster_backward_cuda);
   m.impl("mani_map_gradient", &mani_map_gradient_cuda);
   m.impl("mani_spectrum_gradient", &mani_spectrum_gradient_cuda);
 }
@@ -523,6 +567,7 @@ TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
   m.impl("mani_band_weights", &mani_band_weights_meta);
   m.impl("mani_inject", &mani_inject_meta);
   m.impl("mani_noise_cluster", &mani_noise_cluster_meta);
+  m.impl("mani_noise_cluster_backward", &mani_noise_cluster_backward_meta);
   m.impl("mani_map_gradient", &mani_map_gradient_meta);
   m.impl("mani_spectrum_gradient", &mani_spectrum_gradient_meta);
 }

@@ -21,8 +21,8 @@ MANI planes above 64x64 take four launches: cuFFT's ``rfft2``, ``mani_noise_larg
 kernel, ``irfft2`` and its injection kernel. Their backward is eight: the forward recomputed, then
 ``mani_noise_large_backward.cu``'s two kernels around ``rfft2`` and ``irfft2``. On GPUs with
 thread-block clusters (sm_90 and later), 256x256 planes take one launch of
-``mani_noise_cluster.cu`` forward instead (``takes_cluster_path``); their backward is the
-large-plane path's.
+``mani_noise_cluster.cu`` instead (``takes_cluster_path``), and their backward one launch of
+``mani_noise_cluster_backward.cu``.
 
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
@@ -546,20 +546,31 @@ def _jit_mani_inject(x, shaped, noise, rng_state, normalize, signal, noise_scale
 
 
 # 256x256 planes (ImageNet's) take one launch on GPUs with thread-block clusters (sm_90 and
-# later): mani_noise_cluster.cu, a cluster of eight blocks per plane holding its spectrum in
-# shared memory. Set MANI_CLUSTER False to send them down the large-plane path instead
-# (bench/tune_cuda.py times the two against each other).
+# later), forward and backward: mani_noise_cluster.cu and mani_noise_cluster_backward.cu, a cluster
+# of eight blocks per plane holding its spectra in shared memory. Set MANI_CLUSTER False to send
+# them down the large-plane path instead (bench/tune_cuda.py times the two against each other).
 MANI_CLUSTER = True
 CLUSTER_SIDE = 256
 CLUSTER_BLOCKS = 8  # mani_noise_cluster.cu kClusterBlocks
 CLUSTER_CAPABILITY = (9, 0)
 
 
+def _cluster_shared_bytes(slabs: int, floats: int) -> int:
+    """mani_cluster_stages.cuh's cluster_shared_bytes: ``slabs`` sets of 16 FFT buffers of
+    16 x 17 + 1 float2, 32 rows of 129 float2 and 256 float2 of FFT steps; then 32 floats of
+    scratch and ``floats`` more."""
+    return (slabs * 16 * 273 + 32 * 129 + 256) * 8 + (32 + floats) * 4
+
+
 def mani_cluster_shared_bytes(n_bands: int) -> int:
-    """mani_noise_cluster.cu (its mani_cluster_shared_bytes): 16 FFT buffers of 16 x 17 + 1 float2,
-    32 rows of 129 float2 and 256 float2 of FFT steps; then scratch, n_bands + 1 partial sums and
-    n_bands weights."""
-    return (16 * 273 + 32 * 129 + 256) * 8 + (32 + 2 * n_bands + 1) * 4
+    """mani_noise_cluster.cu: one slab; band sums, the statistic's slot and weights."""
+    return _cluster_shared_bytes(1, 2 * n_bands + 1)
+
+
+def mani_cluster_backward_shared_bytes(n_bands: int) -> int:
+    """mani_noise_cluster_backward.cu: two slabs (F kept); two sets of band sums, three statistic
+    slots, the means, weights and mean gradients."""
+    return _cluster_shared_bytes(2, 5 * n_bands + 3)
 
 
 def takes_cluster_path(x: torch.Tensor) -> bool:
@@ -587,6 +598,24 @@ def _jit_mani_noise_cluster(x, noise, rng_state, steps, band, share, n_bands, ga
         mani_cluster_shared_bytes(n_bands),
     )  # fmt: skip
     return out, drawn
+
+
+def _jit_mani_noise_cluster_backward(grad, x, noise, steps, band, share, n_bands, gamma, eps0, weight_kernel,
+                                     normalize, signal, noise_scale, detach_map, noise_grad):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::mani_noise_cluster_backward``."""
+    b, c, _, _ = x.shape
+    g_x = torch.empty_like(x)
+    g_noise = torch.empty_like(x) if noise_grad else x.new_empty(0)
+    args = (
+        grad, x, noise, g_x, g_noise if noise_grad else g_x, steps, band, share, _i32(n_bands), _f32(gamma),
+        _f32(eps0), _i32(weight_kernel), _i32(normalize), _f32(signal), _f32(noise_scale), _i32(detach_map),
+        _i32(noise_grad),
+    )  # fmt: skip
+    _launch(
+        "mani_noise_cluster_backward.cu", "mani_noise_cluster_backward_kernel", x.device,
+        b * c * CLUSTER_BLOCKS, args, mani_cluster_backward_shared_bytes(n_bands),
+    )  # fmt: skip
+    return g_x, g_noise
 
 
 def launch_mani_noise_large(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, weight_map, normalize):
@@ -677,6 +706,23 @@ def launch_mani_noise(x, noise, rng_state, t, n_bands, gamma, eps0, band_mode, w
     )  # fmt: skip
 
 
+def launch_mani_noise_cluster_backward(grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map,
+                                       normalize, detach_map, noise_grad):  # fmt: skip
+    """The cluster path's backward, one launch (``takes_cluster_path``). Same contract as
+    ``launch_mani_noise_backward``."""
+    coef = noise_coefficients(t)
+    if detach_map and not noise_grad:  # the map's value is not needed: nothing to recompute
+        return grad * float(coef.signal), grad.new_empty(0)
+    aot = active_loader() == "aot"
+    launch = torch.ops.manipure_aot.mani_noise_cluster_backward if aot else _jit_mani_noise_cluster_backward
+    band, share = half_spectrum_bands(CLUSTER_SIDE, CLUSTER_SIDE, n_bands, band_mode, x.device)
+    return launch(
+        grad, x, noise, fft_steps(16, x.device), band, share, n_bands, float(gamma), float(eps0),
+        weight_map == "kernel", NORMALIZE_CODES[normalize], float(coef.signal), float(coef.noise),
+        bool(detach_map), bool(noise_grad),
+    )  # fmt: skip
+
+
 def _jit_mani_noise_backward(grad, x, noise, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, gamma, eps0,
                              weight_kernel, normalize, signal, noise_scale, detach_map, noise_grad,
                              shared_bytes):  # fmt: skip
@@ -697,7 +743,12 @@ def _jit_mani_noise_backward(grad, x, noise, cos_h, sin_h, cos_w, sin_w, band_ma
 def launch_mani_noise_backward(grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize,
                                detach_map, noise_grad):  # fmt: skip
     """The gradients for x and (when ``noise_grad``) the noise, one launch over planes up to 64x64,
-    the large-plane path's backward above; returns (g_x, g_noise or an empty tensor)."""
+    the cluster path's or the large-plane path's backward above; returns (g_x, g_noise or an empty
+    tensor)."""
+    if takes_cluster_path(x):
+        return launch_mani_noise_cluster_backward(
+            grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize, detach_map, noise_grad
+        )
     if _is_large(x):
         return launch_mani_noise_large_backward(
             grad, x, noise, t, n_bands, gamma, eps0, band_mode, weight_map, normalize, detach_map, noise_grad
