@@ -12,8 +12,8 @@ Variants, each one define away from the shipped source (prepended to what the JI
   exchange's ``band_inverse_rows`` takes, in the FMA loops: forward and backward at ImageNet B=64.
 
 and one choice made in ``cuda_ops``: MANI's 256x256 planes in one launch on thread-block clusters
-(``mani_noise_cluster.cu``) against the four launches around cuFFT (``MANI_CLUSTER`` off), forward
-at ImageNet B=64.
+(``mani_noise_cluster.cu``, and its backward) against the four launches around cuFFT (eight for
+the backward; ``MANI_CLUSTER`` off), both directions at ImageNet B=64.
 
 Every variant's output is first compared with the shipped kernels' on the same inputs (a
 difference over 1e-4 is a red gate, reported and not timed), then timed with
@@ -46,6 +46,7 @@ SMOKE_SHAPES = {"cifar-B512": (1, 2, 20, 24), "imagenet-B64": (1, 1, 36, 40)}
 FMA_LOOPS = ("FMA loops", {"MANIPURE_TENSOR_CORE_MAX_SIDE": 0})
 INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THREAD": n}) for n in (1, 2, 8)]
 FOUR_LAUNCHES = ("4 launches around cuFFT", {"MANI_CLUSTER": False})
+EIGHT_LAUNCHES = ("8 launches around cuFFT", {"MANI_CLUSTER": False})
 SMOKE_CLUSTER_SHAPE = (1, 1, 256, 256)  # the cluster kernel's plane, one of it
 
 
@@ -114,13 +115,17 @@ def mani_groups(label, shape, device) -> list[Group]:
     ]
 
 
-def mani_cluster_group(label, shape, device) -> Group:
-    """MANI's forward on 256x256 planes: the cluster launch against the large-plane path."""
-    (x, z) = planes(shape, device, 2, seed=2)
+def mani_cluster_groups(label, shape, device) -> list[Group]:
+    """MANI on 256x256 planes, both directions: the cluster launch against the large-plane path."""
+    x, z, grad = planes(shape, device, 3, seed=2)
     x = x.clamp(-1, 1)
     options = (999, 8, 1.8, 1e-6, "width", "spectral", "rms")
     forward = lambda: cuda_ops.launch_mani_noise(x, z, None, *options)[0]  # noqa: E731
-    return Group("mani_noise", "forward", label, shape, forward, mani_path, [FOUR_LAUNCHES])
+    backward = lambda: cuda_ops.launch_mani_noise_backward(grad, x, z, *options, False, True)  # noqa: E731
+    return [
+        Group("mani_noise", "forward", label, shape, forward, mani_path, [FOUR_LAUNCHES]),
+        Group("mani_noise", "backward", label, shape, backward, mani_path, [EIGHT_LAUNCHES]),
+    ]
 
 
 def main(argv=None) -> list[dict]:
@@ -149,7 +154,7 @@ def main(argv=None) -> list[dict]:
     for label, shape in shapes.items():
         groups = exchange_groups(label, shape, device) + mani_groups(label, shape, device)
         if label == "imagenet-B64":
-            groups.append(mani_cluster_group(label, cluster_shape, device))
+            groups += mani_cluster_groups(label, cluster_shape, device)
         for group in groups:
             rows += group.time(device, args.smoke)
             if path is not None:
