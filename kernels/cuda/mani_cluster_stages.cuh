@@ -142,10 +142,32 @@ __device__ __forceinline__ float cluster_total(float* slot, bool is_max) {
 struct ClusterPlane {
   float2* work;         // kFftsAtOnce FFT buffers of kFftStride float2
   float2* rows;         // [kSlabRows][kHalfColumns]
-  const float2* steps;  // [256]: steps[k1 * 16 + n1] = e^{-2 pi i n1 k1 / 256}
+  float2* steps;        // [256]: steps[k1 * 16 + n1] = e^{-2 pi i n1 k1 / 256}
   int rank;             // in the cluster
   int first_row;        // rank * kSlabRows
+  long long base;       // the plane's first pixel in the [planes, 256, 256] tensors
+
+  // Where pixel (first_row + lr, col) of the plane is.
+  __device__ __forceinline__ long long pixel_index(int lr, int col) const {
+    return base + (long long)(first_row + lr) * kClusterSide + col;
+  }
+  // The floats after the buffers: the caller's.
+  __device__ __forceinline__ float* floats() const { return reinterpret_cast<float*>(steps + kClusterSide); }
 };
+
+// The block's view over dynamic shared memory laid out as cluster_shared_bytes counts it: `slabs`
+// slabs (the first is `work`), the rows, and the FFT steps, loaded here from `steps`. One cluster
+// of kClusterBlocks blocks per plane. Every thread of the block must call it; it returns
+// synchronised.
+__device__ __forceinline__ ClusterPlane cluster_plane(float2* smem, int slabs, const float2* steps) {
+  float2* rows = smem + slabs * kFftsAtOnce * kFftStride;
+  float2* fft_steps = rows + kSlabRows * kHalfColumns;
+  for (int i = threadIdx.x; i < kClusterSide; i += blockDim.x) fft_steps[i] = steps[i];
+  __syncthreads();
+  const int rank = (int)cluster_block_rank();
+  const long long base = (long long)(blockIdx.x / kClusterBlocks) * kClusterSide * kClusterSide;
+  return ClusterPlane{smem, rows, fft_steps, rank, rank * kSlabRows, base};
+}
 
 // The real 2-D FFT of a plane, from pixel(lr, col), the value at row first_row + lr: rows, then
 // columns. Leaves the slab of the half spectrum in `work` (block 0's packed column included).
@@ -305,6 +327,31 @@ __device__ __forceinline__ float cluster_map_scale(Map map, int normalize, float
   cluster_sync();
   const float total = cluster_total(slot, normalize == 2);
   return normalize == 1 ? sqrtf(total / (float)(kClusterSide * kClusterSide)) : total;
+}
+
+// MANI's map before its normalisation, from the plane x: F = rfft2(x); the band means (into
+// `means`, when given) and weights; G = w[band] F ("spectral") or w[band] (weight_kernel); and
+// N Y = irfft2(G) in `work` (cluster_pixel). With `spectrum`, F is kept there (a second slab).
+// Uses sums[0, n_bands). Every thread of every block of the cluster must call it; it returns
+// synchronised.
+__device__ __forceinline__ void cluster_unnormalised_map(const ClusterPlane& p, const float* x, const int* band,
+                                                         const float* share, int n_bands, float gamma, float eps0,
+                                                         int weight_kernel, float* scratch, float* sums,
+                                                         float* means, float* weights, float2* spectrum) {
+  cluster_rfft2(p, [&](int lr, int col) { return x[p.pixel_index(lr, col)]; });
+  cluster_band_weights(p, band, share, n_bands, gamma, eps0, scratch, sums, means, weights);
+  if (spectrum != nullptr) {
+    for (int e = threadIdx.x; e < kFftsAtOnce * kClusterSide; e += blockDim.x) {
+      const int at = (e >> 8) * kFftStride + fft_slot(e & 255);
+      spectrum[at] = p.work[at];
+    }
+    __syncthreads();  // F is copied before G replaces it
+  }
+  slab_map(p.work, nullptr, p.rank, [&](int kh, int column, float2 f, float2) {
+    const float wb = weights[band[kh * kHalfColumns + column]];
+    return weight_kernel ? make_float2(wb, 0.f) : make_float2(f.x * wb, f.y * wb);
+  });
+  cluster_irfft2(p);
 }
 
 // The kernels' dynamic shared memory: `slabs` FFT-buffer sets (the forward 1, the backward 2), the

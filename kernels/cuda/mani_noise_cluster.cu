@@ -37,34 +37,20 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) mani_noise_cluster_kernel(
   __trap();  // clusters need sm_90; cuda_ops launches this kernel on such devices only
 #else
   extern __shared__ float2 smem_f2[];
-  float2* rows = smem_f2 + kFftsAtOnce * kFftStride;
-  float2* fft_steps = rows + kSlabRows * kHalfColumns;
-  float* scratch = reinterpret_cast<float*>(fft_steps + kClusterSide);
+  const ClusterPlane p = cluster_plane(smem_f2, 1, steps);
+  float* scratch = p.floats();
   float* sums = scratch + 32;            // [n_bands + 1]: the band sums, the statistic
   float* weights = sums + n_bands + 1;  // [n_bands]
-  const int rank = (int)cluster_block_rank();
-  const ClusterPlane p{smem_f2, rows, fft_steps, rank, rank * kSlabRows};
-  constexpr int n = kClusterSide * kClusterSide;
-  const long long base = (long long)(blockIdx.x / kClusterBlocks) * n;
-  auto at = [&](int lr, int col) { return base + (long long)(p.first_row + lr) * kClusterSide + col; };
-  for (int i = threadIdx.x; i < kClusterSide; i += blockDim.x) fft_steps[i] = steps[i];
-  __syncthreads();
-
-  cluster_rfft2(p, [&](int lr, int col) { return x[at(lr, col)]; });
-  cluster_band_weights(p, band, share, n_bands, gamma, eps0, scratch, sums, nullptr, weights);
-  slab_map(p.work, nullptr, rank, [&](int kh, int column, float2 f, float2) {
-    const float wb = weights[band[kh * kHalfColumns + column]];
-    return weight_kernel ? make_float2(wb, 0.f) : make_float2(f.x * wb, f.y * wb);
-  });
-  cluster_irfft2(p);
+  cluster_unnormalised_map(p, x, band, share, n_bands, gamma, eps0, weight_kernel, scratch, sums, nullptr, weights,
+                           nullptr);
 
   // Y is 1/n times the inverse, as irfft2 normalises.
-  const float inv_n = 1.0f / (float)n;
+  const float inv_n = 1.0f / (float)(kClusterSide * kClusterSide);
   auto map_at = [&](int lr, int col) { return fabsf(cluster_pixel(p, lr, col) * inv_n); };
   const float scale = cluster_map_scale(map_at, normalize, scratch, sums + n_bands);
   for (int e = threadIdx.x; e < kSlabRows * kClusterSide; e += blockDim.x) {
     const int lr = e >> 8, col = e & 255;
-    const long long el = at(lr, col);
+    const long long el = p.pixel_index(lr, col);
     const float m = map_at(lr, col);
     const float map = normalize == 0 ? m : (scale > 0.f ? m / scale : 1.0f);
     const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);

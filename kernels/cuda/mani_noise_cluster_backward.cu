@@ -37,40 +37,24 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) mani_noise_cluster_backward_
   __trap();  // clusters need sm_90; cuda_ops launches this kernel on such devices only
 #else
   extern __shared__ float2 smem_f2[];
-  float2* spectrum = smem_f2 + kFftsAtOnce * kFftStride;  // F's slab
-  float2* rows = spectrum + kFftsAtOnce * kFftStride;
-  float2* fft_steps = rows + kSlabRows * kHalfColumns;
-  float* scratch = reinterpret_cast<float*>(fft_steps + kClusterSide);
+  const ClusterPlane p = cluster_plane(smem_f2, 2, steps);
+  float2* spectrum = smem_f2 + kFftsAtOnce * kFftStride;  // the second slab: F's
+  float* scratch = p.floats();
   float* sums = scratch + 32;                // [n_bands]
   float* grad_sums = sums + n_bands;         // [n_bands]
   float* slots = grad_sums + n_bands;        // [3]: the statistic, the dot product, the tied maxima
   float* means = slots + 3;                  // [n_bands]
   float* weights = means + n_bands;          // [n_bands]
   float* mean_grads = weights + n_bands;     // [n_bands]
-  const int rank = (int)cluster_block_rank();
-  const ClusterPlane p{smem_f2, rows, fft_steps, rank, rank * kSlabRows};
-  constexpr int n = kClusterSide * kClusterSide;
-  const long long base = (long long)(blockIdx.x / kClusterBlocks) * n;
-  auto at = [&](int lr, int col) { return base + (long long)(p.first_row + lr) * kClusterSide + col; };
-  for (int i = threadIdx.x; i < kClusterSide; i += blockDim.x) fft_steps[i] = steps[i];
-  __syncthreads();
+  const int rank = p.rank;
+  auto at = [&](int lr, int col) { return p.pixel_index(lr, col); };
 
   // 1. The forward, F kept in `spectrum`.
-  cluster_rfft2(p, [&](int lr, int col) { return x[at(lr, col)]; });
-  cluster_band_weights(p, band, share, n_bands, gamma, eps0, scratch, sums, means, weights);
-  for (int e = threadIdx.x; e < kFftsAtOnce * kClusterSide; e += blockDim.x) {
-    const int at_slot = (e >> 8) * kFftStride + fft_slot(e & 255);
-    spectrum[at_slot] = p.work[at_slot];
-  }
-  __syncthreads();  // F is copied before G replaces it
-  slab_map(p.work, nullptr, rank, [&](int kh, int column, float2 f, float2) {
-    const float wb = weights[band[kh * kHalfColumns + column]];
-    return weight_kernel ? make_float2(wb, 0.f) : make_float2(f.x * wb, f.y * wb);
-  });
-  cluster_irfft2(p);
+  cluster_unnormalised_map(p, x, band, share, n_bands, gamma, eps0, weight_kernel, scratch, sums, means, weights,
+                           spectrum);
 
   // 2. The map's statistic, the noise's gradient, and the normalisation's plane-wide terms.
-  const float inv_n = 1.0f / (float)n;
+  const float inv_n = 1.0f / (float)(kClusterSide * kClusterSide);
   auto map_at = [&](int lr, int col) { return fabsf(cluster_pixel(p, lr, col) * inv_n); };
   const float scale = cluster_map_scale(map_at, normalize, scratch, slots);
   const bool live = scale > 0.f;
