@@ -784,6 +784,19 @@ def test_aot_library_refuses_planes_wider_than_the_kernels_rows(both_loaders):
         library.exchange_update_backward(x, x, x, x, None, *tables, *masks, [1.0] * 8, False, False, shared)
 
 
+def test_aot_library_cluster_ops_refuse_other_planes_by_name(both_loaders):
+    from manipure_fast.ops.dft_tables import fft_steps, half_spectrum_bands
+
+    library, device = both_loaders
+    (x,) = _on(device, torch.zeros(1, 1, 128, 128))
+    band, share = half_spectrum_bands(256, 256, 8, "width", x.device)
+    tables = (fft_steps(16, x.device), band, share, 8, 1.8, 1e-6, False, 1, 0.9, 0.4)
+    with pytest.raises(RuntimeError, match="mani_noise_cluster takes 256x256 planes, got 128x128"):
+        library.mani_noise_cluster(x, x, None, *tables)
+    with pytest.raises(RuntimeError, match="mani_noise_cluster_backward takes 256x256 planes, got 128x128"):
+        library.mani_noise_cluster_backward(x, x, x, *tables, False, True)
+
+
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
     """The library's ten ops through opcheck, and against the JIT's launches of the same kernels,
     with given and in-kernel noise: the C++ glue passes every argument where it belongs. On the

@@ -365,26 +365,33 @@ std::tuple<at::Tensor, at::Tensor> mani_inject_cuda(const at::Tensor& x, const a
   return {out, drawn};
 }
 
+// The cluster ops' shared checks (x, the FFT steps, the bands, normalize); returns the plane count.
+int64_t check_cluster_launch(const char* op, const at::Tensor& x, const at::Tensor& steps, const at::Tensor& band,
+                             const at::Tensor& share, int64_t n_bands, int64_t normalize) {
+  const int64_t planes = x.dim() == 4 ? x.size(0) * x.size(1) : 0;
+  TORCH_CHECK(planes <= INT32_MAX / manipure::kManiClusterBlocks, "the batch has ", planes, " planes; need up to ",
+              INT32_MAX / manipure::kManiClusterBlocks);
+  check_launch(planes, 32 * 4, x);
+  constexpr int64_t side = manipure::kManiClusterSide;
+  TORCH_CHECK(x.size(2) == side && x.size(3) == side, op, " takes ", side, "x", side, " planes, got ", x.size(2),
+              "x", x.size(3));
+  check_image(x, "x", x);
+  check_table(steps, "steps", side, 2, x);
+  check_bands(band, share, side * (side / 2 + 1), n_bands, x);
+  TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
+  return planes;
+}
+
 std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_cuda(const at::Tensor& x, const std::optional<at::Tensor>& noise,
                                                            const std::optional<at::Tensor>& rng_state,
                                                            const at::Tensor& steps, const at::Tensor& band,
                                                            const at::Tensor& share, int64_t n_bands, double gamma,
                                                            double eps0, bool weight_kernel, int64_t normalize,
                                                            double signal, double noise_scale) {
-  const int64_t planes = x.dim() == 4 ? x.size(0) * x.size(1) : 0;
-  TORCH_CHECK(planes <= INT32_MAX / manipure::kManiClusterBlocks, "the batch has ", planes, " planes; need up to ",
-              INT32_MAX / manipure::kManiClusterBlocks);
-  check_launch(planes, 32 * 4, x);
-  constexpr int64_t side = manipure::kManiClusterSide;
-  TORCH_CHECK(x.size(2) == side && x.size(3) == side, "mani_noise_cluster takes ", side, "x", side,
-              " planes, got ", x.size(2), "x", x.size(3));
-  check_image(x, "x", x);
+  const int64_t planes = check_cluster_launch("mani_noise_cluster", x, steps, band, share, n_bands, normalize);
   if (noise.has_value()) check_image(*noise, "noise", x);
   const long long* rng = rng_pointer(rng_state, x);
   TORCH_CHECK(noise.has_value() || rng != nullptr, "mani_noise_cluster needs noise or rng_state");
-  check_table(steps, "steps", side, 2, x);
-  check_bands(band, share, side * (side / 2 + 1), n_bands, x);
-  TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
   at::Tensor out = at::empty_like(x);
   at::Tensor drawn = noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x);
   const c10::DeviceGuard guard(x.device());
@@ -404,19 +411,10 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& noise, const at::Tensor& steps,
     const at::Tensor& band, const at::Tensor& share, int64_t n_bands, double gamma, double eps0, bool weight_kernel,
     int64_t normalize, double signal, double noise_scale, bool detach_map, bool noise_grad) {
-  const int64_t planes = x.dim() == 4 ? x.size(0) * x.size(1) : 0;
-  TORCH_CHECK(planes <= INT32_MAX / manipure::kManiClusterBlocks, "the batch has ", planes, " planes; need up to ",
-              INT32_MAX / manipure::kManiClusterBlocks);
-  check_launch(planes, 32 * 4, x);
-  constexpr int64_t side = manipure::kManiClusterSide;
-  TORCH_CHECK(x.size(2) == side && x.size(3) == side, "mani_noise_cluster_backward takes ", side, "x", side,
-              " planes, got ", x.size(2), "x", x.size(3));
+  const int64_t planes =
+      check_cluster_launch("mani_noise_cluster_backward", x, steps, band, share, n_bands, normalize);
   check_image(grad, "grad", x);
-  check_image(x, "x", x);
   check_image(noise, "noise", x);
-  check_table(steps, "steps", side, 2, x);
-  check_bands(band, share, side * (side / 2 + 1), n_bands, x);
-  TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
   at::Tensor g_x = at::empty_like(x);
   at::Tensor g_noise = noise_grad ? at::empty_like(x) : at::empty({0}, x.options());
   const c10::DeviceGuard guard(x.device());
