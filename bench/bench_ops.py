@@ -11,8 +11,9 @@ Ops and providers:
   ``cuda`` (the CUDA C++ kernels through the loader ``cuda_ops.active_loader()`` picks, recorded
   as ``cuda_loader``; skipped, with the reason, where they cannot run).
 - mani_noise: ``torch-eager``, ``triton`` (one launch up to 64x64; above, ImageNet's planes
-  included, cuFFT half-spectrum transforms and two fused kernels) and ``cuda`` (one launch up to 64x64; above,
-  cuFFT and the two kernels of ``mani_noise_large.cu``).
+  included, cuFFT half-spectrum transforms and two fused kernels) and ``cuda`` (one launch up to 64x64;
+  at 256x256 on sm_90 and later, one launch of ``mani_noise_cluster.cu``; otherwise cuFFT and the
+  two kernels of ``mani_noise_large.cu``).
 
 Method (STYLE.md): every fast provider is first checked against the reference on the benchmarked
 shape (a red gate prints and skips the row); then ``triton.testing.do_bench`` (L2 flushed; median,

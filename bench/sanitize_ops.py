@@ -43,7 +43,8 @@ def main(argv=None) -> None:
             )
             pixels = x.clamp(-1, 1)
             ops.mani_noise(pixels, 300, rng_state=rng, backend=backend, band_mode="count")
-            # backward: the fused backward kernels (around cuFFT for the 256x256 MANI plane)
+            # backward: the fused backward kernels (for the 256x256 MANI plane, the triton backend's
+            # around cuFFT, the cuda backend's on thread-block clusters on sm_90 and later)
             leaves = [t.clone().requires_grad_() for t in (x, eps, ref_t, eps_ref, pixels)]
             out = ops.exchange_update(*leaves[:4], z, step=step, backend=backend)
             out = out + ops.mani_noise(leaves[4], 300, z, backend=backend)
