@@ -611,6 +611,20 @@ def test_mani_backward_matches_autograd(shape, options, loader):
     _assert_gradients_close(gradients)
 
 
+@pytest.mark.parametrize("normalize", ["rms", "max"])
+@pytest.mark.parametrize("side", [20, 70, 256], ids=["one-block", "large", "cluster"])
+def test_a_constant_plane_gets_the_unit_map_and_only_the_direct_gradient(side, normalize, loader):
+    """A mid-grey plane has an all-zero spectrum, so |Y| = 0 everywhere: W = 1 (the all-zero map's
+    rule), and torch's |.| and pow give the map no gradient."""
+    x, z, weight = _on(loader.device, torch.zeros(1, 2, side, side), *torch.randn(2, 1, 2, side, side))
+    x.requires_grad_()
+    out = ops.mani_noise(x, 300, z, backend="cuda", normalize=normalize)
+    (g,) = torch.autograd.grad(out, x, weight)
+    coef = noise_coefficients(300)
+    torch.testing.assert_close(out.detach(), coef.noise * z, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g, coef.signal * weight, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("side", [20, 70, 256], ids=["one-block", "large", "cluster"])
 def test_detached_map_without_a_noise_gradient_gives_the_direct_term(side, loader):
     """mani_detach with noise that needs no gradient (the purifier's case): g_x = sqrt(abar) grad."""

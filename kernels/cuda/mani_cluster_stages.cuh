@@ -22,8 +22,8 @@
 
 namespace manipure {
 
-constexpr int kClusterSide = 256;                          // the plane side this kernel is written for
-constexpr int kClusterBlocks = 8;                          // blocks per plane: the cluster (see the kernel)
+constexpr int kClusterSide = 256;                          // the plane side these kernels are written for
+constexpr int kClusterBlocks = 8;                          // blocks per plane: the cluster (see the kernels)
 constexpr int kSlabRows = kClusterSide / kClusterBlocks;   // rows of x per block
 constexpr int kHalfColumns = kClusterSide / 2 + 1;         // the half spectrum's columns
 constexpr int kSlabColumns = kClusterSide / 2 / kClusterBlocks;  // spectrum columns per block
