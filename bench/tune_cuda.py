@@ -11,9 +11,10 @@ Variants, each one define away from the shipped source (prepended to what the JI
 - ``MANIPURE_INVERSE_ROWS_PER_THREAD`` 1, 2 and 8 against 4: the pixel rows a thread of the
   exchange's ``band_inverse_rows`` takes, in the FMA loops: forward and backward at ImageNet B=64.
 
-and one choice made in ``cuda_ops``: MANI's 256x256 planes in one launch on thread-block clusters
-(``mani_noise_cluster.cu``, and its backward) against the four launches around cuFFT (eight for
-the backward; ``MANI_CLUSTER`` off), both directions at ImageNet B=64.
+and two choices made in ``cuda_ops`` for 256x256 planes on thread-block clusters, at ImageNet
+B=64: MANI in one launch (``mani_noise_cluster.cu``, and its backward) against the four launches
+around cuFFT (eight for the backward; ``MANI_CLUSTER`` off), and the exchange's forward on eight
+blocks per plane (``exchange_update_cluster.cu``) against one (``EXCHANGE_CLUSTER`` off).
 
 Every variant's output is first compared with the shipped kernels' on the same inputs (a
 difference over 1e-4 is a red gate, reported and not timed), then timed with
@@ -47,6 +48,7 @@ FMA_LOOPS = ("FMA loops", {"MANIPURE_TENSOR_CORE_MAX_SIDE": 0})
 INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THREAD": n}) for n in (1, 2, 8)]
 FOUR_LAUNCHES = ("4 launches around cuFFT", {"MANI_CLUSTER": False})
 EIGHT_LAUNCHES = ("8 launches around cuFFT", {"MANI_CLUSTER": False})
+ONE_BLOCK_PER_PLANE = ("one block per plane", {"EXCHANGE_CLUSTER": False})
 SMOKE_CLUSTER_SHAPE = (1, 1, 256, 256)  # the cluster kernel's plane, one of it
 
 
@@ -72,15 +74,20 @@ def compiled_with(defines: dict):
         cuda_ops._kernel.cache_clear()
 
 
+CLUSTER_FLAGS = ("MANI_CLUSTER", "EXCHANGE_CLUSTER")
+
+
 @contextlib.contextmanager
-def mani_path(settings: dict):
-    """``cuda_ops.MANI_CLUSTER`` as ``settings`` give it, for the duration."""
-    original = cuda_ops.MANI_CLUSTER
-    cuda_ops.MANI_CLUSTER = settings.get("MANI_CLUSTER", original)
+def cluster_paths(settings: dict):
+    """``cuda_ops.MANI_CLUSTER`` and ``EXCHANGE_CLUSTER`` as ``settings`` give them, for the duration."""
+    original = {name: getattr(cuda_ops, name) for name in CLUSTER_FLAGS}
+    for name in CLUSTER_FLAGS:
+        setattr(cuda_ops, name, settings.get(name, original[name]))
     try:
         yield
     finally:
-        cuda_ops.MANI_CLUSTER = original
+        for name, value in original.items():
+            setattr(cuda_ops, name, value)
 
 
 def exchange_groups(label, shape, device) -> list[Group]:
@@ -115,16 +122,25 @@ def mani_groups(label, shape, device) -> list[Group]:
     ]
 
 
-def mani_cluster_groups(label, shape, device) -> list[Group]:
-    """MANI on 256x256 planes, both directions: the cluster launch against the large-plane path."""
+def cluster_groups(label, shape, device) -> list[Group]:
+    """256x256 planes: the exchange's forward on clusters against one block per plane, and MANI's
+    cluster launches against the large-plane path, both directions."""
+    params = ExchangeParams.from_step(step_coefficients(49, 39, eta=1.0))
+    coefficients = [float(getattr(params, name)) for name in cuda_ops.COEFFICIENTS]
+    x_t, eps, ref_t, eps_ref, noise = planes(shape, device, 5, seed=3)
+    cuts = (params.amplitude_cut_range, params.phase_cut_range, False, False)
+    exchange = lambda: cuda_ops.launch_exchange_update(
+        x_t, eps, ref_t, eps_ref, noise, None, coefficients, *cuts
+    )  # noqa: E731
     x, z, grad = planes(shape, device, 3, seed=2)
     x = x.clamp(-1, 1)
     options = (999, 8, 1.8, 1e-6, "width", "spectral", "rms")
     forward = lambda: cuda_ops.launch_mani_noise(x, z, None, *options)[0]  # noqa: E731
     backward = lambda: cuda_ops.launch_mani_noise_backward(grad, x, z, *options, False, True)  # noqa: E731
     return [
-        Group("mani_noise", "forward", label, shape, forward, mani_path, [FOUR_LAUNCHES]),
-        Group("mani_noise", "backward", label, shape, backward, mani_path, [EIGHT_LAUNCHES]),
+        Group("exchange_update", "forward", label, shape, exchange, cluster_paths, [ONE_BLOCK_PER_PLANE]),
+        Group("mani_noise", "forward", label, shape, forward, cluster_paths, [FOUR_LAUNCHES]),
+        Group("mani_noise", "backward", label, shape, backward, cluster_paths, [EIGHT_LAUNCHES]),
     ]
 
 
@@ -154,7 +170,7 @@ def main(argv=None) -> list[dict]:
     for label, shape in shapes.items():
         groups = exchange_groups(label, shape, device) + mani_groups(label, shape, device)
         if label == "imagenet-B64":
-            groups += mani_cluster_groups(label, cluster_shape, device)
+            groups += cluster_groups(label, cluster_shape, device)
         for group in groups:
             rows += group.time(device, args.smoke)
             if path is not None:

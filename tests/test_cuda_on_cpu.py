@@ -102,15 +102,17 @@ extern "C" __global__ void typed(const long long* a, const int* b, float* out, i
 }
 
 // Thread-block clusters of 4 (manipure_common.cuh declares them with this macro). Each block
-// writes its rank into its shared memory; after the cluster barrier (when `sync`), thread i reads
-// the value of block (rank + 1) % 4 through distributed shared memory, at element `at`. `wait`:
-// the blocks meet again before returning, so that none returns while another reads its memory.
+// writes its rank into its shared memory; after the cluster barrier (sync 1; sync 2 is only the
+// block's barrier, which does not order blocks), thread i reads the value of block (rank + 1) % 4
+// through distributed shared memory, at element `at`. `wait`: the blocks meet again before
+// returning, so that none returns while another reads its memory.
 #define MANIPURE_CLUSTER_DIMS(blocks) __cluster_dims__(blocks, 1, 1)
 extern "C" __global__ void MANIPURE_CLUSTER_DIMS(4) neighbour_block(float* out, int sync, int wait, int at) {
   extern __shared__ float values[];
   const unsigned int rank = manipure::cluster_block_rank();
   values[threadIdx.x] = (float)(100 * manipure::cluster_block_count() + 10 * blockIdx.x + rank);
-  if (sync) manipure::cluster_sync();
+  if (sync == 1) manipure::cluster_sync();
+  if (sync == 2) __syncthreads();
   const float* peer = manipure::cluster_shared(values + at, (rank + 1) % 4);
   out[blockIdx.x * blockDim.x + threadIdx.x] = peer[threadIdx.x];
   if (wait) manipure::cluster_sync();
@@ -326,7 +328,7 @@ def test_cluster_blocks_run_together_and_read_each_others_shared_memory(module):
     barrier, in either order; without the barrier, what it reads depends on the order (or is the
     poison of memory not written yet)."""
 
-    def run(sync, order):
+    def run(sync, order):  # sync: 0 none, 1 the cluster barrier, 2 the block barrier only
         out = torch.empty(8 * 32)
         with cuda_on_cpu.schedule(order):
             module.kernel("neighbour_block")(8, 32, (out, i32(sync), i32(1), i32(0)), 32 * 4)
@@ -336,9 +338,11 @@ def test_cluster_blocks_run_together_and_read_each_others_shared_memory(module):
     neighbour = (block // 4) * 4 + (block % 4 + 1) % 4
     expected = (400 + 10 * neighbour + neighbour % 4).float()[:, None].expand(8, 32)
     for order in ("forward", "reverse"):
-        assert torch.equal(run(sync=True, order=order), expected)
-    forward, reverse = run(sync=False, order="forward"), run(sync=False, order="reverse")
-    assert not torch.equal(forward.nan_to_num(-1), reverse.nan_to_num(-1))
+        assert torch.equal(run(sync=1, order=order), expected)
+    for sync in (0, 2):  # no barrier, or only the block's
+        forward, reverse = run(sync=sync, order="forward"), run(sync=sync, order="reverse")
+        assert not torch.equal(forward.nan_to_num(-1), reverse.nan_to_num(-1))
+        assert forward.isnan().any() and reverse.isnan().any()  # a block read one that had not run
 
 
 def test_cluster_misuse_is_reported(module):

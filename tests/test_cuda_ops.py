@@ -36,6 +36,7 @@ from manipure_fast.sampler import purify_diffusion
 KERNEL_FILES = (
     "exchange_update.cu",
     "exchange_update_backward.cu",
+    "exchange_update_cluster.cu",
     "mani_noise.cu",
     "mani_noise_backward.cu",
     "mani_noise_cluster.cu",
@@ -115,6 +116,7 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.exchange_backward_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_backward_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.exchange_cluster_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_cluster_shared_bytes(16) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_cluster_backward_shared_bytes(16) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.MANI_MAX_SIDE == 64  # larger MANI planes take cuFFT and mani_noise_large.cu
@@ -338,9 +340,10 @@ def test_256_planes_take_one_cluster_launch_and_agree_with_the_large_plane_path(
 
 
 def test_cluster_path_needs_a_gpu_with_clusters(monkeypatch):
-    assert not cuda_ops.takes_cluster_path(torch.zeros(1, 1, 256, 255))
-    assert not cuda_ops.takes_cluster_path(torch.zeros(1, 1, 128, 128))
+    assert not cuda_ops.on_cluster_plane(torch.zeros(1, 1, 256, 255))
+    assert not cuda_ops.on_cluster_plane(torch.zeros(1, 1, 128, 128))
     assert cuda_ops.takes_cluster_path(torch.zeros(2, 3, 256, 256))
+    assert cuda_ops.takes_exchange_cluster_path(torch.zeros(2, 3, 256, 256))
     x = SimpleNamespace(shape=(1, 1, 256, 256), device=torch.device("cuda"))  # what it reads
     for capability, expected in (((8, 0), False), ((9, 0), True)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
@@ -348,6 +351,43 @@ def test_cluster_path_needs_a_gpu_with_clusters(monkeypatch):
 
 
 MODES = [("replace", "abs"), ("project", "real")]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(m))
+def test_256_planes_take_one_cluster_launch_for_the_exchange_too(mode, loader, monkeypatch):
+    """exchange_update at 256x256 is exchange_update_cluster.cu's launch (eight blocks per plane,
+    the band spectra summed across the cluster); the one-block kernel (EXCHANGE_CLUSTER off)
+    agrees, with and without eps_ref and with Philox noise, and both are within the fp64 bound."""
+    launched = []
+    if loader.name == "jit":
+        launch = cuda_ops._launch
+        monkeypatch.setattr(
+            cuda_ops, "_launch", lambda file, name, *a: launched.append(name) or launch(file, name, *a)
+        )
+    gen = torch.Generator().manual_seed(9)
+    x_t, eps, ref_t, eps_ref, z = _on(
+        loader.device, *(torch.randn(1, 2, 256, 256, generator=gen) for _ in range(5))
+    )
+    step = step_coefficients(300, 280, eta=1.0)
+    options = dict(step=step, phase_mode=mode[0], reconstruct=mode[1], backend="cuda")
+
+    def run():
+        given = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, **options)
+        rng = torch.tensor([3, 7], device=x_t.device)
+        drawn = ops.exchange_update(x_t, eps, ref_t, None, rng_state=rng, **options)
+        return given, drawn
+
+    assert cuda_ops.takes_exchange_cluster_path(x_t)
+    cluster = run()
+    if loader.name == "jit":
+        assert launched == ["exchange_update_cluster_kernel"] * 2
+    monkeypatch.setattr(cuda_ops, "EXCHANGE_CLUSTER", False)
+    one_block = run()
+    for a, b in zip(cluster, one_block):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    reference = dict(options, backend="reference")
+    exact = ops.exchange_update(*(t.double() for t in (x_t, eps, ref_t, eps_ref, z)), **reference)
+    _bound(cluster[0], exact, ops.exchange_update(x_t, eps, ref_t, eps_ref, z, **reference))
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(m))
@@ -706,6 +746,8 @@ def _every_kernel():
         outputs.append(ops.mani_noise(x.detach(), 500, rng_state=rng, backend="cuda"))
     leaves = [torch.randn(2, 3, 31, 33, generator=gen).requires_grad_() for _ in range(4)]
     step = step_coefficients(199, 179, eta=1.0)
+    big = [torch.randn(1, 2, 256, 256, generator=gen) for _ in range(5)]  # the cluster kernel
+    outputs.append(ops.exchange_update(*big, step=step, backend="cuda"))
     for mode in MODES:
         z = torch.randn(2, 3, 31, 33, generator=gen)
         out = ops.exchange_update(
@@ -809,10 +851,20 @@ def test_aot_library_cluster_ops_refuse_other_planes_by_name(both_loaders):
         library.mani_noise_cluster(x, x, None, *tables)
     with pytest.raises(RuntimeError, match="mani_noise_cluster_backward takes 256x256 planes, got 128x128"):
         library.mani_noise_cluster_backward(x, x, x, *tables, False, True)
+    from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables
+
+    (y,) = _on(device, torch.zeros(1, 1, 20, 24))
+    kh, kw = band_frequencies(20, 4.0).numel(), band_frequencies(24, 4.0).numel()
+    bands = (*band_tables(20, 4.0, kh, 20, y.device), *band_tables(24, 4.0, kw, 24, y.device))
+    masks = band_masks(20, 24, 4.0, 4.0, kh, kw, y.device)
+    with pytest.raises(
+        RuntimeError, match="exchange_update_cluster takes planes whose height is a multiple of 8"
+    ):
+        library.exchange_update_cluster(y, y, y, None, y, None, *bands, *masks, [1.0] * 8, False, False, 4096)
 
 
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
-    """The library's ten ops through opcheck, and against the JIT's launches of the same kernels,
+    """The library's eleven ops through opcheck, and against the JIT's launches of the same kernels,
     with given and in-kernel noise: the C++ glue passes every argument where it belongs. On the
     CPU both are g++ builds of the same source, so they agree bit for bit."""
     from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables, half_spectrum_bands
@@ -870,8 +922,17 @@ def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
         args = (g_spectrum, spectrum, stats, band, share, 1.8, weight_kernel)
         cases.append((library.mani_spectrum_gradient, cuda_ops._jit_mani_spectrum_gradient, args))
 
-    # the 256x256 planes' cluster kernel
+    # the 256x256 planes' cluster kernels: the exchange, MANI forward and backward
     from manipure_fast.ops.dft_tables import fft_steps
+
+    big = _on(device, *(torch.randn(1, 2, 256, 256, generator=gen) for _ in range(5)))
+    kb = band_frequencies(256, 10.0).numel()
+    big_tables = (*band_tables(256, 10.0, kb, 256, big[0].device),) * 2
+    big_masks = band_masks(256, 256, 10.0, 8.0, kb, kb, big[0].device)
+    for noise, state, with_eps_ref in ((big[4], None, big[3]), (None, rng, None)):
+        args = (*big[:3], with_eps_ref, noise, state, *big_tables, *big_masks, coefficients, True, False,
+                cuda_ops.exchange_cluster_shared_bytes(256, 256, 10.0))  # fmt: skip
+        cases.append((library.exchange_update_cluster, cuda_ops._jit_exchange_update_cluster, args))
 
     cluster, cluster_noise = _on(
         device, torch.rand(1, 2, 256, 256, generator=gen), torch.randn(1, 2, 256, 256)
@@ -911,6 +972,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
+    assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants
     fma = [r for r in rows if r["variant"] == "FMA loops"]
     assert all(0 < r["max_diff_vs_shipped"] <= tune_cuda.RED_GATE for r in fma), fma
     x = torch.zeros(1, 1, 36, 40)

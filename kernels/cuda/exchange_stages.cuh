@@ -108,16 +108,19 @@ __device__ __forceinline__ void band_row_transforms(int H, int W, int KW, const 
 }
 
 // Both pixel images' band spectra: row transforms G[h][j] = sum_w v[h][w] e^{-i theta_j w} into
-// Gp, Gq [H x KW], then F[i][j] = sum_h G[h][j] e^{-i theta_i h} into Fp, Fq [KH x KW]. Every
-// thread of the block must call it; it returns synchronised.
+// Gp, Gq [H x KW], then F[i][j] = sum_h G[h][j] e^{-i theta_i h} into Fp, Fq [KH x KW]. Given
+// `rows` rows from h0 (exchange_update_cluster.cu's slabs), G holds those rows (row h0 + h at h)
+// and F their share of the sum. Every thread of the block must call it; it returns synchronised.
 __device__ __forceinline__ void band_spectra(
     const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, long long base,
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w, int H, int W, int KH,
-    int KW, const ExchangeCoefficients& k, int has_eps_ref, float2* Gp, float2* Gq, float2* Fp, float2* Fq) {
+    int KW, const ExchangeCoefficients& k, int has_eps_ref, float2* Gp, float2* Gq, float2* Fp, float2* Fq,
+    int h0 = 0, int rows = -1) {
+  if (rows < 0) rows = H;
   band_row_transforms(
-      H, W, KW, cos_w, sin_w,
+      rows, W, KW, cos_w, sin_w,
       [&](int h, int w, float& p, float& q) {
-        const long long e = base + (long long)h * W + w;
+        const long long e = base + (long long)(h0 + h) * W + w;
         p = to_pixels(predicted_x0(x_t, eps, e, k));
         q = to_pixels(reference_x0(ref_t, eps_ref, e, has_eps_ref, k));
       },
@@ -129,8 +132,8 @@ __device__ __forceinline__ void band_spectra(
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
     const int i = idx / KW, j = idx - i * KW;
     float2 fp = make_float2(0.f, 0.f), fq = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) {
-      const float c = cos_h[i * H + h], s = sin_h[i * H + h];
+    for (int h = 0; h < rows; ++h) {
+      const float c = cos_h[i * H + h0 + h], s = sin_h[i * H + h0 + h];
       fp = twiddle_mac(fp, Gp[h * KW + j], c, -s);
       fq = twiddle_mac(fq, Gq[h * KW + j], c, -s);
     }
@@ -212,13 +215,17 @@ __device__ __forceinline__ void exchange_mix_gradient(float2 fp, float2 fq, floa
 }
 
 // E[h][j] = sum_i X[i][j] e^{+i theta_i h}: the band's inverse column transform, [KH x KW] ->
-// [H x KW]. Every thread of the block must call it; it returns synchronised.
+// [H x KW], or [rows x KW] for the rows from h0 (row h0 + h at h). Every thread of the block must
+// call it; it returns synchronised.
 __device__ __forceinline__ void band_inverse_columns(const float2* X, float2* E, const float* cos_h,
-                                                     const float* sin_h, int H, int KH, int KW) {
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
+                                                     const float* sin_h, int H, int KH, int KW, int h0 = 0,
+                                                     int rows = -1) {
+  if (rows < 0) rows = H;
+  for (int idx = threadIdx.x; idx < rows * KW; idx += blockDim.x) {
     const int h = idx / KW, j = idx - h * KW;
     float2 acc = make_float2(0.f, 0.f);
-    for (int i = 0; i < KH; ++i) acc = twiddle_mac(acc, X[i * KW + j], cos_h[i * H + h], sin_h[i * H + h]);
+    for (int i = 0; i < KH; ++i)
+      acc = twiddle_mac(acc, X[i * KW + j], cos_h[i * H + h0 + h], sin_h[i * H + h0 + h]);
     E[idx] = acc;
   }
   __syncthreads();

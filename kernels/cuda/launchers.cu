@@ -4,6 +4,7 @@
 
 #include "exchange_update.cu"
 #include "exchange_update_backward.cu"
+#include "exchange_update_cluster.cu"
 #include "mani_noise.cu"
 #include "mani_noise_backward.cu"
 #include "mani_noise_cluster.cu"
@@ -14,6 +15,7 @@
 namespace manipure {
 
 static_assert(kExchangeMaxWidth == kMaxRowWidth, "launchers.h and exchange_stages.cuh disagree on the row width");
+static_assert(kManiClusterBlocks == kExchangeClusterBlocks, "the exchange's and MANI's clusters differ");
 static_assert(kManiClusterSide == kClusterSide && kManiClusterBlocks == kClusterBlocks,
               "launchers.h and mani_noise_cluster.cu disagree on the cluster's plane");
 
@@ -34,10 +36,20 @@ cudaError_t launch_exchange_update(
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
     const float* amp_mask, const float* phase_mask,
     int H, int W, int KH, int KW, const float coefficients[8],
-    int has_eps_ref, int has_noise, int phase_project, int reconstruct_real) {
+    int has_eps_ref, int has_noise, int phase_project, int reconstruct_real, bool on_clusters) {
+  const float* k = coefficients;
+  if (on_clusters) {
+    cudaError_t status = allow_shared(exchange_update_cluster_kernel, shared_bytes);
+    if (status != cudaSuccess) return status;
+    // The cluster's shape is the kernel's (__cluster_dims__): a plain launch of whole clusters.
+    exchange_update_cluster_kernel<<<planes * kExchangeClusterBlocks, kThreads, shared_bytes, stream>>>(
+        x_t, eps, ref_t, eps_ref, noise, out, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
+        phase_mask, H, W, KH, KW, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], has_eps_ref,
+        has_noise, phase_project, reconstruct_real);
+    return cudaGetLastError();
+  }
   cudaError_t status = allow_shared(exchange_update_kernel, shared_bytes);
   if (status != cudaSuccess) return status;
-  const float* k = coefficients;
   exchange_update_kernel<<<planes, kThreads, shared_bytes, stream>>>(
       x_t, eps, ref_t, eps_ref, noise, out, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
       phase_mask, H, W, KH, KW, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], has_eps_ref,

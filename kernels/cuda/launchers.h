@@ -12,8 +12,10 @@ namespace manipure {
 // cuda_ops.EXCHANGE_MAX_WIDTH). torch_library.cpp refuses wider planes.
 constexpr int kExchangeMaxWidth = 256;
 
-// One thread block per (image, channel) plane; the launchers raise the kernel's dynamic
-// shared-memory limit to `shared_bytes` first and return cudaGetLastError() after the launch.
+// One thread block per (image, channel) plane (on_clusters: a thread-block cluster of
+// kManiClusterBlocks blocks per plane, exchange_update_cluster.cu, sm_90 and later, H a multiple
+// of 8); the launchers raise the kernel's dynamic shared-memory limit to `shared_bytes` first and
+// return cudaGetLastError() after the launch.
 cudaError_t launch_exchange_update(
     int planes, int shared_bytes, cudaStream_t stream,
     const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, const float* noise,
@@ -21,7 +23,7 @@ cudaError_t launch_exchange_update(
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
     const float* amp_mask, const float* phase_mask,
     int H, int W, int KH, int KW, const float coefficients[8],
-    int has_eps_ref, int has_noise, int phase_project, int reconstruct_real);
+    int has_eps_ref, int has_noise, int phase_project, int reconstruct_real, bool on_clusters = false);
 
 // The gradients for (x_t, eps, ref_t, eps_ref); g_eps_ref is not written without eps_ref.
 cudaError_t launch_exchange_update_backward(

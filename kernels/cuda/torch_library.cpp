@@ -2,6 +2,7 @@
 // MANIPURE_BUILD_CUDA=1; loaded by manipure_fast/ops/cuda_ops.py as manipure_fast._cuda_ops).
 //
 //   manipure_aot::exchange_update(...)          -> Tensor          x_next  [B, C, H, W]
+//   manipure_aot::exchange_update_cluster(...)  -> Tensor          the same, one cluster per plane (sm_90)
 //   manipure_aot::exchange_update_backward(...) -> 4 x Tensor      grads for x_t, eps, ref_t, eps_ref
 //                                                                  (the last empty without eps_ref)
 //   manipure_aot::mani_noise(...)               -> (Tensor, Tensor) x_t, and the noise drawn (or empty)
@@ -118,18 +119,27 @@ void to_floats(at::ArrayRef<double> coefficients, float* k) {
   for (int i = 0; i < 8; ++i) k[i] = static_cast<float>(coefficients[i]);
 }
 
-at::Tensor exchange_update_cuda(
-    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
+// exchange_update and exchange_update_cluster (on_clusters): one block, or one cluster, per plane.
+at::Tensor exchange_update_on(
+    bool on_clusters, const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
     const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
     const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
     const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
     const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
     bool reconstruct_real, int64_t shared_bytes) {
+  const char* op = on_clusters ? "exchange_update_cluster" : "exchange_update";
   const auto [KH, KW] = check_exchange(x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
                                        phase_mask, coefficients, shared_bytes);
+  if (on_clusters) {
+    constexpr int64_t blocks = manipure::kManiClusterBlocks;
+    TORCH_CHECK(x_t.size(2) % blocks == 0, op, " takes planes whose height is a multiple of ", blocks, ", got ",
+                x_t.size(2), "x", x_t.size(3));
+    TORCH_CHECK(x_t.size(0) * x_t.size(1) <= INT32_MAX / blocks, "the batch has ", x_t.size(0) * x_t.size(1),
+                " planes; need up to ", INT32_MAX / blocks);
+  }
   if (noise.has_value()) check_image(*noise, "noise", x_t);
   const long long* rng = rng_pointer(rng_state, x_t);
-  TORCH_CHECK(noise.has_value() || rng != nullptr, "exchange_update needs noise or rng_state");
+  TORCH_CHECK(noise.has_value() || rng != nullptr, op, " needs noise or rng_state");
 
   float k[8];
   to_floats(coefficients, k);
@@ -144,9 +154,32 @@ at::Tensor exchange_update_cuda(
           cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
           sin_w.data_ptr<float>(), amp_mask.data_ptr<float>(), phase_mask.data_ptr<float>(),
           static_cast<int>(x_t.size(2)), static_cast<int>(x_t.size(3)), static_cast<int>(KH),
-          static_cast<int>(KW), k, eps_ref.has_value(), noise.has_value(), phase_project, reconstruct_real),
-      "exchange_update");
+          static_cast<int>(KW), k, eps_ref.has_value(), noise.has_value(), phase_project, reconstruct_real,
+          on_clusters),
+      op);
   return out;
+}
+
+at::Tensor exchange_update_cuda(
+    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
+    const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
+    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
+    bool reconstruct_real, int64_t shared_bytes) {
+  return exchange_update_on(false, x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w,
+                            amp_mask, phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes);
+}
+
+at::Tensor exchange_update_cluster_cuda(
+    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
+    const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
+    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
+    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
+    bool reconstruct_real, int64_t shared_bytes) {
+  return exchange_update_on(true, x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w,
+                            amp_mask, phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exchange_update_backward_cuda(
@@ -502,11 +535,14 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_backward_meta(
 }  // namespace
 
 TORCH_LIBRARY(manipure_aot, m) {
-  m.def(
-      "exchange_update(Tensor x_t, Tensor eps, Tensor ref_t, Tensor? eps_ref, Tensor? noise, "
-      "Tensor? rng_state, Tensor cos_h, Tensor sin_h, Tensor cos_w, Tensor sin_w, Tensor amp_mask, "
-      "Tensor phase_mask, float[] coefficients, bool phase_project, bool reconstruct_real, "
-      "int shared_bytes) -> Tensor");
+  // exchange_update_cluster: the same arguments, one cluster per plane (sm_90).
+#define MANIPURE_EXCHANGE_UPDATE_ARGUMENTS                                                            \
+  "(Tensor x_t, Tensor eps, Tensor ref_t, Tensor? eps_ref, Tensor? noise, Tensor? rng_state, Tensor cos_h, " \
+  "Tensor sin_h, Tensor cos_w, Tensor sin_w, Tensor amp_mask, Tensor phase_mask, float[] coefficients, "     \
+  "bool phase_project, bool reconstruct_real, int shared_bytes) -> Tensor"
+  m.def("exchange_update" MANIPURE_EXCHANGE_UPDATE_ARGUMENTS);
+  m.def("exchange_update_cluster" MANIPURE_EXCHANGE_UPDATE_ARGUMENTS);
+#undef MANIPURE_EXCHANGE_UPDATE_ARGUMENTS
   m.def(
       "exchange_update_backward(Tensor grad, Tensor x_t, Tensor eps, Tensor ref_t, Tensor? eps_ref, "
       "Tensor cos_h, Tensor sin_h, Tensor cos_w, Tensor sin_w, Tensor amp_mask, Tensor phase_mask, "
@@ -546,6 +582,7 @@ TORCH_LIBRARY(manipure_aot, m) {
 
 TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
   m.impl("exchange_update", &exchange_update_cuda);
+  m.impl("exchange_update_cluster", &exchange_update_cluster_cuda);
   m.impl("exchange_update_backward", &exchange_update_backward_cuda);
   m.impl("mani_noise", &mani_noise_cuda);
   m.impl("mani_noise_backward", &mani_noise_backward_cuda);
@@ -559,6 +596,7 @@ TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
 
 TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
   m.impl("exchange_update", &exchange_update_meta);
+  m.impl("exchange_update_cluster", &exchange_update_meta);
   m.impl("exchange_update_backward", &exchange_update_backward_meta);
   m.impl("mani_noise", &mani_noise_meta);
   m.impl("mani_noise_backward", &mani_noise_backward_meta);

@@ -22,7 +22,8 @@ kernel, ``irfft2`` and its injection kernel. Their backward is eight: the forwar
 ``mani_noise_large_backward.cu``'s two kernels around ``rfft2`` and ``irfft2``. On GPUs with
 thread-block clusters (sm_90 and later), 256x256 planes take one launch of
 ``mani_noise_cluster.cu`` instead (``takes_cluster_path``), and their backward one launch of
-``mani_noise_cluster_backward.cu``.
+``mani_noise_cluster_backward.cu``. The exchange on those GPUs and planes runs
+``exchange_update_cluster.cu``, eight blocks per plane (``takes_exchange_cluster_path``).
 
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
@@ -215,7 +216,33 @@ def _f32(v) -> object:
     return numpy.float32(v)
 
 
+# ---- thread-block clusters ----------------------------------------------------------------------
+
+# 256x256 planes (ImageNet's) run on thread-block clusters of eight blocks per plane on GPUs that
+# have them (sm_90 and later): exchange_update_cluster.cu, and MANI's mani_noise_cluster.cu (below).
+CLUSTER_SIDE = 256
+CLUSTER_BLOCKS = 8  # the kernels' kClusterBlocks and kExchangeClusterBlocks
+CLUSTER_CAPABILITY = (9, 0)
+
+
+def on_cluster_plane(x: torch.Tensor) -> bool:
+    """Whether ``x`` has 256x256 planes on a device with clusters (CPU tensors only reach the
+    kernels under the tests' CPU runtime, which has them)."""
+    if tuple(x.shape[-2:]) != (CLUSTER_SIDE, CLUSTER_SIDE):
+        return False
+    return x.device.type != "cuda" or torch.cuda.get_device_capability(x.device) >= CLUSTER_CAPABILITY
+
+
 # ---- exchange_update ----------------------------------------------------------------------------
+
+# Set EXCHANGE_CLUSTER False to run 256x256 planes one block per plane instead (bench/tune_cuda.py
+# times the two against each other). The backward stays one block per plane.
+EXCHANGE_CLUSTER = True
+
+
+def takes_exchange_cluster_path(x: torch.Tensor) -> bool:
+    """Whether exchange_update runs ``x`` on clusters (``on_cluster_plane``)."""
+    return EXCHANGE_CLUSTER and on_cluster_plane(x)
 
 
 # Planes up to this side take the kernels' tensor-core transforms, in padded tiles of [32 x 36]
@@ -234,6 +261,13 @@ def exchange_shared_bytes(h: int, w: int, cut: float) -> int:
     return (2 * h * kw + 2 * kh * kw) * 8
 
 
+def exchange_cluster_shared_bytes(h: int, w: int, cut: float) -> int:
+    """exchange_update_cluster.cu: a block's two [H / 8, KW] row transforms and four [KH, KW]
+    spectra (its shares, then the sums), float2."""
+    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    return (2 * (h // CLUSTER_BLOCKS) * kw + 4 * kh * kw) * 8
+
+
 def exchange_backward_shared_bytes(h: int, w: int, cut: float) -> int:
     """exchange_update_backward.cu: the forward's twelve padded tiles up to 32x32, else two [H, KW]
     and three [KH, KW] float2 arrays."""
@@ -246,7 +280,35 @@ def exchange_backward_shared_bytes(h: int, w: int, cut: float) -> int:
 def _jit_exchange_update(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
                         phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes):  # fmt: skip
     """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update``."""
-    b, c, h, w = x_t.shape
+    b, c, _, _ = x_t.shape
+    out, args = _exchange_arguments(
+        x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
+        coefficients, phase_project, reconstruct_real,
+    )  # fmt: skip
+    _launch("exchange_update.cu", "exchange_update_kernel", x_t.device, b * c, args, shared_bytes)
+    return out
+
+
+def _jit_exchange_update_cluster(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w,
+                                amp_mask, phase_mask, coefficients, phase_project, reconstruct_real,
+                                shared_bytes):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update_cluster``."""
+    b, c, _, _ = x_t.shape
+    out, args = _exchange_arguments(
+        x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
+        coefficients, phase_project, reconstruct_real,
+    )  # fmt: skip
+    grid = b * c * CLUSTER_BLOCKS
+    _launch(
+        "exchange_update_cluster.cu", "exchange_update_cluster_kernel", x_t.device, grid, args, shared_bytes
+    )
+    return out
+
+
+def _exchange_arguments(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
+                        phase_mask, coefficients, phase_project, reconstruct_real):  # fmt: skip
+    """(the output, the exchange kernels' arguments)."""
+    _, _, h, w = x_t.shape
     out = torch.empty_like(x_t)
     args = (
         x_t, eps, ref_t, eps_ref if eps_ref is not None else x_t, noise if noise is not None else x_t, out,
@@ -255,8 +317,7 @@ def _jit_exchange_update(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_
         _i32(h), _i32(w), _i32(cos_h.shape[0]), _i32(cos_w.shape[0]), *(_f32(v) for v in coefficients),
         _i32(eps_ref is not None), _i32(noise is not None), _i32(phase_project), _i32(reconstruct_real),
     )  # fmt: skip
-    _launch("exchange_update.cu", "exchange_update_kernel", x_t.device, b * c, args, shared_bytes)
-    return out
+    return out, args
 
 
 def launch_exchange_update(
@@ -272,9 +333,20 @@ def launch_exchange_update(
     phase_project,
     reconstruct_real,
 ) -> torch.Tensor:
-    """One launch over all B*C planes; fp32 contiguous inputs; returns x_next."""
-    shared, tables = _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, exchange_shared_bytes)
-    launch = torch.ops.manipure_aot.exchange_update if active_loader() == "aot" else _jit_exchange_update
+    """One launch over all B*C planes (in clusters of eight blocks per plane at 256x256, see
+    ``takes_exchange_cluster_path``); fp32 contiguous inputs; returns x_next."""
+    cluster = takes_exchange_cluster_path(x_t)
+    shared, tables = _exchange_tables(
+        x_t,
+        amplitude_cut_range,
+        phase_cut_range,
+        exchange_cluster_shared_bytes if cluster else exchange_shared_bytes,
+    )
+    if active_loader() == "aot":
+        library = torch.ops.manipure_aot
+        launch = library.exchange_update_cluster if cluster else library.exchange_update
+    else:
+        launch = _jit_exchange_update_cluster if cluster else _jit_exchange_update
     return launch(
         x_t, eps, ref_t, eps_ref, noise, rng_state, *tables, list(coefficients), bool(phase_project),
         bool(reconstruct_real), shared,
@@ -550,9 +622,6 @@ def _jit_mani_inject(x, shaped, noise, rng_state, normalize, signal, noise_scale
 # of eight blocks per plane holding its spectra in shared memory. Set MANI_CLUSTER False to send
 # them down the large-plane path instead (bench/tune_cuda.py times the two against each other).
 MANI_CLUSTER = True
-CLUSTER_SIDE = 256
-CLUSTER_BLOCKS = 8  # mani_noise_cluster.cu kClusterBlocks
-CLUSTER_CAPABILITY = (9, 0)
 
 
 def _cluster_shared_bytes(slabs: int, floats: int) -> int:
@@ -574,11 +643,8 @@ def mani_cluster_backward_shared_bytes(n_bands: int) -> int:
 
 
 def takes_cluster_path(x: torch.Tensor) -> bool:
-    """Whether mani_noise runs ``x`` as one cluster launch: 256x256 planes, on a device with
-    clusters (CPU tensors only reach the kernels under the tests' CPU runtime, which has them)."""
-    if not MANI_CLUSTER or tuple(x.shape[-2:]) != (CLUSTER_SIDE, CLUSTER_SIDE):
-        return False
-    return x.device.type != "cuda" or torch.cuda.get_device_capability(x.device) >= CLUSTER_CAPABILITY
+    """Whether mani_noise runs ``x`` as one cluster launch (``on_cluster_plane``)."""
+    return MANI_CLUSTER and on_cluster_plane(x)
 
 
 def _jit_mani_noise_cluster(x, noise, rng_state, steps, band, share, n_bands, gamma, eps0, weight_kernel,

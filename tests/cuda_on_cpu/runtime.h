@@ -7,10 +7,11 @@
 // own stack, run cooperatively: a fiber runs until it reaches a barrier (__syncthreads, the
 // cluster barrier, or one of the two warp barriers of a shuffle), and the scheduler releases a
 // barrier once every thread it concerns has arrived. So
-//   - between two barriers, one warp at a time runs as far as it can (through its own shuffles),
-//     in block, warp and lane order forward or reverse: a result that changes with the order is a
-//     race that a missing barrier would cause on the device, between warps, lanes or the blocks
-//     of a cluster;
+//   - one block of a cluster at a time runs as far as it can (through its own barriers, up to the
+//     cluster barrier), and within it, between two barriers, one warp at a time (through its own
+//     shuffles), in block, warp and lane order forward or reverse: a result that changes with the
+//     order is a race that a missing barrier would cause on the device, between warps, lanes or
+//     the blocks of a cluster;
 //   - a barrier that not every thread of its block, cluster (or warp) reaches is reported, not
 //     hung on;
 //   - dynamic shared memory starts as NaN bytes (a read before a write poisons the result) and
@@ -152,55 +153,63 @@ inline bool run_block(Block& block, bool reverse) {
     makecontext(&fiber.context, fiber_entry, 0);
     fiber.wait = Wait::kRunning;
   }
-  const unsigned int warps = fibers / 32;  // the cluster's, block by block
+  const unsigned int warps = threads / 32;  // per block
   for (;;) {
-    // One warp at a time, as far as it can go: through its shuffles, up to a block or cluster
-    // barrier (or its end). A warp runs ahead of the others, as warps may on the device.
-    for (unsigned int i = 0; i < warps; ++i) {
-      const unsigned int w = reverse ? warps - 1 - i : i;
+    // One block at a time runs ahead of the others, as far as it can go: through its own
+    // barriers, up to the cluster barrier (or its end), as blocks may on the device. So a block
+    // that reads another's shared memory without a cluster barrier between reads poison, or
+    // reads it after its owner has returned. Within the block, one warp at a time runs as far as
+    // it can: through its shuffles, up to a block or cluster barrier.
+    unsigned int at_cluster = 0, done = 0;
+    for (unsigned int i = 0; i < block.blocks; ++i) {
+      const unsigned int b = reverse ? block.blocks - 1 - i : i;
       for (;;) {
-        for (unsigned int j = 0; j < 32; ++j) {
-          const unsigned int t = w * 32 + (reverse ? 31 - j : j);
-          if (block.fibers[t].wait != Wait::kRunning) continue;
-          run_fiber(block, t);
-          if (block.fibers[t].wait == Wait::kFailed) return false;
+        for (unsigned int k = 0; k < warps; ++k) {
+          const unsigned int w = b * warps + (reverse ? warps - 1 - k : k);
+          for (;;) {
+            for (unsigned int j = 0; j < 32; ++j) {
+              const unsigned int t = w * 32 + (reverse ? 31 - j : j);
+              if (block.fibers[t].wait != Wait::kRunning) continue;
+              run_fiber(block, t);
+              if (block.fibers[t].wait == Wait::kFailed) return false;
+            }
+            unsigned int at_warp = 0;
+            for (unsigned int l = 0; l < 32; ++l) at_warp += block.fibers[w * 32 + l].wait == Wait::kWarpBarrier;
+            if (at_warp == 0) break;
+            if (at_warp != 32) {
+              block.error = "warp " + std::to_string(w) + ": " + std::to_string(at_warp) +
+                            " of 32 lanes wait at a full-warp shuffle or mma the others never reach";
+              return false;
+            }
+            for (unsigned int l = 0; l < 32; ++l) block.fibers[w * 32 + l].wait = Wait::kRunning;
+          }
         }
-        unsigned int at_warp = 0;
-        for (unsigned int l = 0; l < 32; ++l) at_warp += block.fibers[w * 32 + l].wait == Wait::kWarpBarrier;
-        if (at_warp == 0) break;
-        if (at_warp != 32) {
-          block.error = "warp " + std::to_string(w) + ": " + std::to_string(at_warp) +
-                        " of 32 lanes wait at a full-warp shuffle or mma the others never reach";
+        // Every thread of the block now waits at a barrier or has returned: once all wait at the
+        // block barrier, the block goes on.
+        unsigned int at_block = 0, returned = 0, at_cluster_b = 0;
+        for (unsigned int t = b * threads; t < (b + 1) * threads; ++t) {
+          at_block += block.fibers[t].wait == Wait::kBlockBarrier;
+          at_cluster_b += block.fibers[t].wait == Wait::kClusterBarrier;
+          returned += block.fibers[t].wait == Wait::kDone;
+        }
+        if (at_block == threads) {
+          for (unsigned int t = b * threads; t < (b + 1) * threads; ++t) block.fibers[t].wait = Wait::kRunning;
+          continue;
+        }
+        if (at_block != 0) {
+          block.error = "__syncthreads reached by " + std::to_string(at_block) + " of " + std::to_string(threads) +
+                        " threads" + (block.blocks > 1 ? " of cluster block " + std::to_string(b) : "") +
+                        "; the other " + std::to_string(returned) + " had returned" +
+                        (at_cluster_b != 0 ? " or wait at the cluster barrier" : "");
           return false;
         }
-        for (unsigned int l = 0; l < 32; ++l) block.fibers[w * 32 + l].wait = Wait::kRunning;
+        at_cluster += at_cluster_b;
+        done += returned;
+        break;
       }
     }
-    // Every thread now waits at a block or cluster barrier, or has returned. A block whose
-    // threads all wait at its barrier goes on; once every thread of the cluster waits at the
-    // cluster barrier, they all go on.
-    bool released = false;
-    unsigned int at_cluster = 0, done = 0;
-    for (unsigned int b = 0; b < block.blocks; ++b) {
-      unsigned int at_block = 0, returned = 0;
-      for (unsigned int t = b * threads; t < (b + 1) * threads; ++t) {
-        at_block += block.fibers[t].wait == Wait::kBlockBarrier;
-        at_cluster += block.fibers[t].wait == Wait::kClusterBarrier;
-        returned += block.fibers[t].wait == Wait::kDone;
-      }
-      done += returned;
-      if (at_block == threads) {
-        for (unsigned int t = b * threads; t < (b + 1) * threads; ++t) block.fibers[t].wait = Wait::kRunning;
-        released = true;
-      } else if (at_block != 0) {
-        block.error = "__syncthreads reached by " + std::to_string(at_block) + " of " + std::to_string(threads) +
-                      " threads" + (block.blocks > 1 ? " of cluster block " + std::to_string(b) : "") +
-                      "; the other " + std::to_string(returned) + " had returned" +
-                      (returned + at_block < threads ? " or wait at the cluster barrier" : "");
-        return false;
-      }
-    }
-    if (released) continue;
+    // Every thread of the cluster now waits at the cluster barrier or has returned; once all
+    // wait at it, they all go on.
     if (done == fibers) return true;
     if (at_cluster == fibers) {
       for (Fiber& fiber : block.fibers) fiber.wait = Wait::kRunning;
