@@ -299,6 +299,18 @@ def test_mani_noise_options(options, shape, loader):
     _bound(out, ref.mani_noise(x.double(), 700, z.double(), **options), ref.mani_noise(x, 700, z, **options))
 
 
+def _record_launches(loader, monkeypatch) -> list[str]:
+    """The names of the kernels the JIT loader launches from now on (none recorded for the AOT
+    library, which launches from C++)."""
+    launched = []
+    if loader.name == "jit":
+        launch = cuda_ops._launch
+        monkeypatch.setattr(
+            cuda_ops, "_launch", lambda file, name, *a: launched.append(name) or launch(file, name, *a)
+        )
+    return launched
+
+
 @pytest.mark.parametrize("normalize", ["rms", "max"])
 def test_256_planes_take_one_cluster_launch_and_agree_with_the_large_plane_path(
     normalize, loader, monkeypatch
@@ -306,12 +318,7 @@ def test_256_planes_take_one_cluster_launch_and_agree_with_the_large_plane_path(
     """At 256x256 the forward is mani_noise_cluster.cu's one launch, and the backward
     mani_noise_cluster_backward.cu's; the large-plane path (MANI_CLUSTER off: four launches, and
     eight for the backward) computes the same, both against fp64."""
-    launched = []
-    if loader.name == "jit":
-        launch = cuda_ops._launch
-        monkeypatch.setattr(
-            cuda_ops, "_launch", lambda file, name, *a: launched.append(name) or launch(file, name, *a)
-        )
+    launched = _record_launches(loader, monkeypatch)
     gen = torch.Generator().manual_seed(5)
     x, z, weight = _on(
         loader.device, torch.rand(1, 3, 256, 256, generator=gen) * 2 - 1, *torch.randn(2, 1, 3, 256, 256)
@@ -358,12 +365,7 @@ def test_256_planes_take_one_cluster_launch_for_the_exchange_too(mode, loader, m
     """exchange_update at 256x256 is exchange_update_cluster.cu's launch (eight blocks per plane,
     the band spectra summed across the cluster); the one-block kernel (EXCHANGE_CLUSTER off)
     agrees, with and without eps_ref and with Philox noise, and both are within the fp64 bound."""
-    launched = []
-    if loader.name == "jit":
-        launch = cuda_ops._launch
-        monkeypatch.setattr(
-            cuda_ops, "_launch", lambda file, name, *a: launched.append(name) or launch(file, name, *a)
-        )
+    launched = _record_launches(loader, monkeypatch)
     gen = torch.Generator().manual_seed(9)
     x_t, eps, ref_t, eps_ref, z = _on(
         loader.device, *(torch.randn(1, 2, 256, 256, generator=gen) for _ in range(5))

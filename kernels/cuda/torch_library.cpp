@@ -119,14 +119,16 @@ void to_floats(at::ArrayRef<double> coefficients, float* k) {
   for (int i = 0; i < 8; ++i) k[i] = static_cast<float>(coefficients[i]);
 }
 
-// exchange_update and exchange_update_cluster (on_clusters): one block, or one cluster, per plane.
-at::Tensor exchange_update_on(
-    bool on_clusters, const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
+// exchange_update, and exchange_update_cluster (kOnClusters): one block, or one cluster, per plane.
+template <bool kOnClusters>
+at::Tensor exchange_update_cuda(
+    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
     const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
     const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
     const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
     const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
     bool reconstruct_real, int64_t shared_bytes) {
+  const bool on_clusters = kOnClusters;
   const char* op = on_clusters ? "exchange_update_cluster" : "exchange_update";
   const auto [KH, KW] = check_exchange(x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
                                        phase_mask, coefficients, shared_bytes);
@@ -158,28 +160,6 @@ at::Tensor exchange_update_on(
           on_clusters),
       op);
   return out;
-}
-
-at::Tensor exchange_update_cuda(
-    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
-    const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
-    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
-    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
-    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
-    bool reconstruct_real, int64_t shared_bytes) {
-  return exchange_update_on(false, x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w,
-                            amp_mask, phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes);
-}
-
-at::Tensor exchange_update_cluster_cuda(
-    const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
-    const std::optional<at::Tensor>& eps_ref, const std::optional<at::Tensor>& noise,
-    const std::optional<at::Tensor>& rng_state, const at::Tensor& cos_h, const at::Tensor& sin_h,
-    const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
-    const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
-    bool reconstruct_real, int64_t shared_bytes) {
-  return exchange_update_on(true, x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w,
-                            amp_mask, phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exchange_update_backward_cuda(
@@ -581,8 +561,8 @@ TORCH_LIBRARY(manipure_aot, m) {
 }
 
 TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
-  m.impl("exchange_update", &exchange_update_cuda);
-  m.impl("exchange_update_cluster", &exchange_update_cluster_cuda);
+  m.impl("exchange_update", &exchange_update_cuda<false>);
+  m.impl("exchange_update_cluster", &exchange_update_cuda<true>);
   m.impl("exchange_update_backward", &exchange_update_backward_cuda);
   m.impl("mani_noise", &mani_noise_cuda);
   m.impl("mani_noise_backward", &mani_noise_backward_cuda);
