@@ -129,9 +129,10 @@ def cluster_groups(label, shape, device) -> list[Group]:
     coefficients = [float(getattr(params, name)) for name in cuda_ops.COEFFICIENTS]
     x_t, eps, ref_t, eps_ref, noise = planes(shape, device, 5, seed=3)
     cuts = (params.amplitude_cut_range, params.phase_cut_range, False, False)
-    exchange = lambda: cuda_ops.launch_exchange_update(
-        x_t, eps, ref_t, eps_ref, noise, None, coefficients, *cuts
-    )  # noqa: E731
+
+    def exchange():
+        return cuda_ops.launch_exchange_update(x_t, eps, ref_t, eps_ref, noise, None, coefficients, *cuts)
+
     x, z, grad = planes(shape, device, 3, seed=2)
     x = x.clamp(-1, 1)
     options = (999, 8, 1.8, 1e-6, "width", "spectral", "rms")

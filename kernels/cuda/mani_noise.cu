@@ -28,7 +28,8 @@ using manipure::kTensorCoreMaxSide;
 using manipure::kTileFloats;
 using manipure::kTileStride;
 using manipure::mani_tiles;
-using manipure::philox_normal;
+using manipure::inject_at;
+using manipure::normalised_map;
 using manipure::plane_spectrum;
 using manipure::tensor_core_signed_map;
 
@@ -90,9 +91,7 @@ extern "C" __global__ void mani_noise_kernel(
     const long long el = base + idx;
     const int h = idx / W;
     const float m = fabsf(map[h * map_stride + (idx - h * W)]);
-    const float map_value = normalize == 0 ? m : (scale > 0.f ? m / scale : 1.0f);
-    const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
-    if (store_noise) noise_out[el] = z;
-    out[el] = x[el] * signal + (map_value * z) * noise_scale;
+    inject_at(el, normalised_map(m, normalize, scale), x, noise, out, noise_out, rng_state, signal, noise_scale,
+              has_noise, store_noise);
   }
 }

@@ -50,12 +50,8 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) mani_noise_cluster_kernel(
   const float scale = cluster_map_scale(map_at, normalize, scratch, sums + n_bands);
   for (int e = threadIdx.x; e < kSlabRows * kClusterSide; e += blockDim.x) {
     const int lr = e >> 8, col = e & 255;
-    const long long el = p.pixel_index(lr, col);
-    const float m = map_at(lr, col);
-    const float map = normalize == 0 ? m : (scale > 0.f ? m / scale : 1.0f);
-    const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
-    if (store_noise) noise_out[el] = z;
-    out[el] = x[el] * signal + (map * z) * noise_scale;
+    inject_at(p.pixel_index(lr, col), normalised_map(map_at(lr, col), normalize, scale), x, noise, out, noise_out,
+              rng_state, signal, noise_scale, has_noise, store_noise);
   }
   cluster_sync();  // no block returns while another may still read its shared memory
 #endif

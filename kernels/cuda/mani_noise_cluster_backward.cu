@@ -63,8 +63,7 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) mani_noise_cluster_backward_
     const int lr = e >> 8, col = e & 255;
     const long long el = at(lr, col);
     const float s = map_at(lr, col);
-    const float map = normalize == 0 ? s : (live ? s / scale : 1.0f);
-    if (noise_grad) g_noise[el] = noise_scale * map * grad[el];
+    if (noise_grad) g_noise[el] = noise_scale * normalised_map(s, normalize, scale) * grad[el];
     if (detach_map) g_x[el] = grad[el] * signal;
     local_dot += noise_scale * grad[el] * noise[el] * s;
     local_at_max += (normalize == 2 && s == scale) ? 1.f : 0.f;

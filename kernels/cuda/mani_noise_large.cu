@@ -20,7 +20,8 @@
 
 using manipure::band_sums;
 using manipure::map_scale;
-using manipure::philox_normal;
+using manipure::inject_at;
+using manipure::normalised_map;
 
 // Dynamic shared memory: 32 floats of reduction scratch, then n_bands weights.
 extern "C" __global__ void mani_band_weights_kernel(
@@ -70,10 +71,7 @@ extern "C" __global__ void mani_inject_kernel(
 
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const long long el = base + idx;
-    const float m = fabsf(shaped[el]);
-    const float map = normalize == 0 ? m : (scale > 0.f ? m / scale : 1.0f);
-    const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
-    if (store_noise) noise_out[el] = z;
-    out[el] = x[el] * signal + (map * z) * noise_scale;
+    inject_at(el, normalised_map(fabsf(shaped[el]), normalize, scale), x, noise, out, noise_out, rng_state, signal,
+              noise_scale, has_noise, store_noise);
   }
 }

@@ -21,6 +21,7 @@ using manipure::band_weight_slope;
 using manipure::block_reduce;
 using manipure::map_scale;
 using manipure::normalisation_gradient;
+using manipure::normalised_map;
 using manipure::spectrum_gradient;
 
 // Dynamic shared memory: 32 floats of reduction scratch. Writes g_noise (noise_grad) and, unless
@@ -41,8 +42,7 @@ extern "C" __global__ void mani_map_gradient_kernel(
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const long long el = base + idx;
     const float s = fabsf(shaped[el]);
-    const float map = normalize == 0 ? s : (live ? s / scale : 1.0f);
-    if (noise_grad) g_noise[el] = noise_scale * map * grad[el];
+    if (noise_grad) g_noise[el] = noise_scale * normalised_map(s, normalize, scale) * grad[el];
     local_dot += noise_scale * grad[el] * noise[el] * s;
     local_at_max += (normalize == 2 && s == scale) ? 1.f : 0.f;
   }

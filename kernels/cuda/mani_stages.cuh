@@ -138,6 +138,24 @@ __device__ __forceinline__ float2 spectrum_gradient(float2 f, float2 g_g, float 
   return g;
 }
 
+// ---- the injection ---------------------------------------------------------------------------------
+
+// W at a pixel whose |Y| is m: m itself (normalize 0), else m / scale, and 1 where the plane's map
+// is zero everywhere (scale 0).
+__device__ __forceinline__ float normalised_map(float m, int normalize, float scale) {
+  return normalize == 0 ? m : (scale > 0.f ? m / scale : 1.0f);
+}
+
+// x_t = sqrt(abar) x + sqrt(1-abar) W z at element el (signal, noise_scale), with z given
+// (has_noise) or drawn from Philox at the element's counter, and stored (store_noise).
+__device__ __forceinline__ void inject_at(long long el, float map, const float* x, const float* noise, float* out,
+                                          float* noise_out, const long long* rng_state, float signal,
+                                          float noise_scale, int has_noise, int store_noise) {
+  const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
+  if (store_noise) noise_out[el] = z;
+  out[el] = x[el] * signal + (map * z) * noise_scale;
+}
+
 // ---- plane-wide sums: the map's statistic, and band sums over many coefficients ---------------
 
 // The normalisation statistic of the map |Y| of one plane (map: its n values): sqrt(mean |Y|^2)

@@ -534,21 +534,34 @@ def _mani_tables(x, n_bands, band_mode):
     return cos_h, sin_h, cos_w, sin_w, bands, counts
 
 
+class _Injection:
+    """The MANI injection kernels' noise arguments for ``x``: the output, the noise drawn (or an
+    empty tensor when ``noise`` is given), and what the kernel takes for noise, its output, the
+    drawn noise's buffer and the generator state. A pointer the kernel does not use is passed as
+    a tensor it does use (an input, or the output it writes)."""
+
+    def __init__(self, x, noise, rng_state):
+        self.out = torch.empty_like(x)
+        self.drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+        self.arguments = (
+            noise if noise is not None else x, self.out, self.drawn if noise is None else self.out,
+            rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x.device),
+        )  # fmt: skip
+        self.flags = (_i32(noise is not None), _i32(noise is None))  # has_noise, store_noise
+
+
 def _jit_mani_noise(x, noise, rng_state, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, gamma, eps0,
                     weight_kernel, normalize, signal, noise_scale, shared_bytes):  # fmt: skip
     """The JIT loader's launch, in the call shape of ``manipure_aot::mani_noise``."""
     b, c, h, w = x.shape
-    out = torch.empty_like(x)
-    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+    injection = _Injection(x, noise, rng_state)
     args = (
-        x, noise if noise is not None else x, out, drawn if noise is None else out,
-        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x.device),
-        cos_h, sin_h, cos_w, sin_w, band_map, band_counts,
+        x, *injection.arguments, cos_h, sin_h, cos_w, sin_w, band_map, band_counts,
         _i32(h), _i32(w), _i32(band_counts.numel()), _f32(gamma), _f32(eps0), _i32(weight_kernel),
-        _i32(normalize), _f32(signal), _f32(noise_scale), _i32(noise is not None), _i32(noise is None),
+        _i32(normalize), _f32(signal), _f32(noise_scale), *injection.flags,
     )  # fmt: skip
     _launch("mani_noise.cu", "mani_noise_kernel", x.device, b * c, args, shared_bytes)
-    return out, drawn
+    return injection.out, injection.drawn
 
 
 def _is_large(x: torch.Tensor) -> bool:
@@ -605,16 +618,13 @@ def _jit_mani_spectrum_gradient(g_spectrum, spectrum, stats, band, share, gamma,
 def _jit_mani_inject(x, shaped, noise, rng_state, normalize, signal, noise_scale):
     """The JIT loader's launch, in the call shape of ``manipure_aot::mani_inject``."""
     b, c, h, w = x.shape
-    out = torch.empty_like(x)
-    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+    injection = _Injection(x, noise, rng_state)
     args = (
-        x, shaped, noise if noise is not None else x, out, drawn if noise is None else out,
-        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x.device),
-        _i32(h * w), _i32(normalize), _f32(signal), _f32(noise_scale), _i32(noise is not None),
-        _i32(noise is None),
+        x, shaped, *injection.arguments, _i32(h * w), _i32(normalize), _f32(signal), _f32(noise_scale),
+        *injection.flags,
     )  # fmt: skip
     _launch("mani_noise_large.cu", "mani_inject_kernel", x.device, b * c, args, 32 * 4)
-    return out, drawn
+    return injection.out, injection.drawn
 
 
 # 256x256 planes (ImageNet's) take one launch on GPUs with thread-block clusters (sm_90 and
@@ -651,19 +661,16 @@ def _jit_mani_noise_cluster(x, noise, rng_state, steps, band, share, n_bands, ga
                             normalize, signal, noise_scale):  # fmt: skip
     """The JIT loader's launch, in the call shape of ``manipure_aot::mani_noise_cluster``."""
     b, c, _, _ = x.shape
-    out = torch.empty_like(x)
-    drawn = torch.empty_like(x) if noise is None else x.new_empty(0)
+    injection = _Injection(x, noise, rng_state)
     args = (
-        x, noise if noise is not None else x, out, drawn if noise is None else out,
-        rng_state if rng_state is not None else torch.zeros(2, dtype=torch.int64, device=x.device),
-        steps, band, share, _i32(n_bands), _f32(gamma), _f32(eps0), _i32(weight_kernel), _i32(normalize),
-        _f32(signal), _f32(noise_scale), _i32(noise is not None), _i32(noise is None),
+        x, *injection.arguments, steps, band, share, _i32(n_bands), _f32(gamma), _f32(eps0),
+        _i32(weight_kernel), _i32(normalize), _f32(signal), _f32(noise_scale), *injection.flags,
     )  # fmt: skip
     _launch(
         "mani_noise_cluster.cu", "mani_noise_cluster_kernel", x.device, b * c * CLUSTER_BLOCKS, args,
         mani_cluster_shared_bytes(n_bands),
     )  # fmt: skip
-    return out, drawn
+    return injection.out, injection.drawn
 
 
 def _jit_mani_noise_cluster_backward(grad, x, noise, steps, band, share, n_bands, gamma, eps0, weight_kernel,
