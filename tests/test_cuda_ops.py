@@ -667,6 +667,29 @@ def test_a_constant_plane_gets_the_unit_map_and_only_the_direct_gradient(side, n
     torch.testing.assert_close(g, coef.signal * weight, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("side", [128, 256], ids=["large", "cluster"])
+def test_a_constant_plane_ties_at_every_pixel_and_max_shares_the_gradient(side, loader):
+    """A constant plane that is not mid-grey has only the DC coefficient, and power-of-two FFTs
+    keep the rest exactly zero, so |Y| is the same at every pixel: all H*W pixels tie at the
+    maximum. torch's amax shares the scale's gradient evenly between them; a kernel that counted
+    one maximum (or none) would take the whole of it at every pixel (or drop it). With every pixel
+    tied, that term moves only g_Y's mean, the DC, whose band weight 1 / (M^gamma + eps0) the
+    default eps0 makes a millionth of the empty bands' (1 / eps0): eps0 = 1000 keeps the two
+    comparable, so the term shows in the gradient."""
+    shape = (1, 2, side, side)
+    x0 = _on(loader.device, torch.full(shape, 0.37))[0]
+    z0, weight = _on(loader.device, *torch.randn(2, *shape, generator=torch.Generator().manual_seed(side)))
+    shaped = ref.intensity_map(x0.double(), normalize="none", eps0=1000.0)
+    assert shaped.unique().numel() == 1  # the reference ties exactly too, so the test means what it says
+
+    def gradients(backend, dtype):
+        x, z = x0.to(dtype).requires_grad_(), z0.to(dtype).requires_grad_()
+        out = ops.mani_noise(x, 600, z, backend=backend, normalize="max", eps0=1000.0)
+        return torch.autograd.grad((out * weight.to(dtype)).sum(), (x, z))
+
+    _assert_gradients_close(gradients)
+
+
 @pytest.mark.parametrize("side", [20, 70, 256], ids=["one-block", "large", "cluster"])
 def test_detached_map_without_a_noise_gradient_gives_the_direct_term(side, loader):
     """mani_detach with noise that needs no gradient (the purifier's case): g_x = sqrt(abar) grad."""

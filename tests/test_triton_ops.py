@@ -456,6 +456,37 @@ def test_fused_mani_backward_on_a_constant_plane_has_only_the_direct_term(side):
     torch.testing.assert_close(g.cpu().double(), g_ref, rtol=0, atol=1e-6)
 
 
+def test_fused_mani_backward_shares_the_maximum_between_tied_pixels():
+    """A constant plane that is not mid-grey has only the DC coefficient, and the large-plane path's
+    power-of-two FFTs keep the rest exactly zero, so all H*W pixels tie at the maximum of |Y|.
+    torch's amax shares the scale's gradient between them; counting one maximum (or none) moves
+    g_Y's mean, the DC. eps0 = 1000 keeps the DC's band weight comparable to the empty bands'
+    (1 / eps0), so that shows in the gradient (tests/test_cuda_ops.py checks the CUDA paths so)."""
+    shape = (1, 2, 128, 128)
+    gen = torch.Generator().manual_seed(128)
+    x0, noise, weight = (
+        torch.full(shape, 0.37),
+        torch.randn(shape, generator=gen),
+        torch.randn(shape, generator=gen),
+    )
+    assert triton_mani.mani_path(128, 128) == "large"
+    assert ref.intensity_map(x0.double(), normalize="none", eps0=1000.0).unique().numel() == 1
+
+    def gradients(backend, dtype, device):
+        x = x0.to(device, dtype).requires_grad_()
+        z = noise.to(device, dtype).requires_grad_()
+        out = ops.mani_noise(x, 600, z, backend=backend, normalize="max", eps0=1000.0)
+        return torch.autograd.grad((out * weight.to(device, dtype)).sum(), (x, z))
+
+    fused = gradients("triton", torch.float32, DEVICE)
+    exact = gradients("reference", torch.float64, "cpu")
+    eager = gradients("reference", torch.float32, "cpu")
+    scale = max(float(g.abs().max()) for g in exact)
+    for g_fast, g_exact, g_eager in zip(fused, exact, eager):
+        bound = 2 * (g_eager.double() - g_exact).abs().max() + 1e-5 * scale
+        assert (g_fast.cpu().double() - g_exact).abs().max() <= bound
+
+
 # -- dispatch and the sampler ------------------------------------------------------------------------
 
 
