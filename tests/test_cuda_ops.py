@@ -37,6 +37,7 @@ KERNEL_FILES = (
     "exchange_update.cu",
     "exchange_update_backward.cu",
     "exchange_update_cluster.cu",
+    "exchange_update_cluster_backward.cu",
     "mani_noise.cu",
     "mani_noise_backward.cu",
     "mani_noise_cluster.cu",
@@ -117,6 +118,7 @@ def test_shared_memory_budget_covers_the_presets():
     assert cuda_ops.mani_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_backward_shared_bytes(64, 64, 8) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.exchange_cluster_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
+    assert cuda_ops.exchange_cluster_backward_shared_bytes(256, 256, 10) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_cluster_shared_bytes(16) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.mani_cluster_backward_shared_bytes(16) <= cuda_ops.MAX_SHARED_BYTES
     assert cuda_ops.MANI_MAX_SIDE == 64  # larger MANI planes take cuFFT and mani_noise_large.cu
@@ -390,6 +392,44 @@ def test_256_planes_take_one_cluster_launch_for_the_exchange_too(mode, loader, m
     reference = dict(options, backend="reference")
     exact = ops.exchange_update(*(t.double() for t in (x_t, eps, ref_t, eps_ref, z)), **reference)
     _bound(cluster[0], exact, ops.exchange_update(x_t, eps, ref_t, eps_ref, z, **reference))
+
+
+@pytest.mark.parametrize(
+    "mode, with_eps_ref",
+    [(MODES[0], True), (MODES[1], False)],
+    ids=["replace-abs", "project-real-no-eps-ref"],
+)
+def test_256_planes_take_one_cluster_launch_for_the_exchange_backward(
+    mode, with_eps_ref, loader, monkeypatch
+):
+    """exchange_update's backward at 256x256 is exchange_update_cluster_backward.cu's launch (eight
+    blocks per plane, the band spectra and g_Delta summed across the cluster); the one-block
+    backward (EXCHANGE_CLUSTER off) gives the same gradients, up to the order of the sums."""
+    launched = _record_launches(loader, monkeypatch)
+    gen = torch.Generator().manual_seed(12)
+    *inputs, weight, z = _on(loader.device, *(torch.randn(1, 2, 256, 256, generator=gen) for _ in range(6)))
+    inputs = [t * 0.6 for t in inputs]
+    if not with_eps_ref:
+        inputs[3] = None
+    options = dict(step=step_coefficients(300, 280, eta=1.0), phase_mode=mode[0], reconstruct=mode[1])
+    weight = weight_off_the_clip_bounds(weight, [*inputs, z], options)
+
+    def gradients():
+        leaves = [None if t is None else t.clone().requires_grad_() for t in inputs]
+        out = ops.exchange_update(*leaves, z, backend="cuda", **options)
+        return torch.autograd.grad((out * weight).sum(), [t for t in leaves if t is not None])
+
+    assert cuda_ops.takes_exchange_cluster_path(inputs[0])
+    cluster = gradients()
+    if loader.name == "jit":
+        assert launched == ["exchange_update_cluster_kernel", "exchange_update_cluster_backward_kernel"]
+    monkeypatch.setattr(cuda_ops, "EXCHANGE_CLUSTER", False)
+    one_block = gradients()
+    if loader.name == "jit":
+        assert launched[2:] == ["exchange_update_kernel", "exchange_update_backward_kernel"]
+    scale = max(float(g.abs().max()) for g in one_block)
+    for a, b in zip(cluster, one_block):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(m))
@@ -771,8 +811,11 @@ def _every_kernel():
         outputs.append(ops.mani_noise(x.detach(), 500, rng_state=rng, backend="cuda"))
     leaves = [torch.randn(2, 3, 31, 33, generator=gen).requires_grad_() for _ in range(4)]
     step = step_coefficients(199, 179, eta=1.0)
-    big = [torch.randn(1, 2, 256, 256, generator=gen) for _ in range(5)]  # the cluster kernel
-    outputs.append(ops.exchange_update(*big, step=step, backend="cuda"))
+    big = [
+        torch.randn(1, 2, 256, 256, generator=gen).requires_grad_() for _ in range(4)
+    ]  # the cluster kernels
+    out = ops.exchange_update(*big, torch.randn(1, 2, 256, 256, generator=gen), step=step, backend="cuda")
+    outputs += [out, *torch.autograd.grad(out.square().sum(), big)]
     for mode in MODES:
         z = torch.randn(2, 3, 31, 33, generator=gen)
         out = ops.exchange_update(
@@ -886,10 +929,16 @@ def test_aot_library_cluster_ops_refuse_other_planes_by_name(both_loaders):
         RuntimeError, match="exchange_update_cluster takes planes whose height is a multiple of 8"
     ):
         library.exchange_update_cluster(y, y, y, None, y, None, *bands, *masks, [1.0] * 8, False, False, 4096)
+    with pytest.raises(
+        RuntimeError, match="exchange_update_cluster_backward takes planes whose height is a multiple of 8"
+    ):
+        library.exchange_update_cluster_backward(
+            y, y, y, y, None, *bands, *masks, [1.0] * 8, False, False, 4096
+        )
 
 
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
-    """The library's eleven ops through opcheck, and against the JIT's launches of the same kernels,
+    """The library's twelve ops through opcheck, and against the JIT's launches of the same kernels,
     with given and in-kernel noise: the C++ glue passes every argument where it belongs. On the
     CPU both are g++ builds of the same source, so they agree bit for bit."""
     from manipure_fast.ops.dft_tables import band_frequencies, band_masks, band_tables, half_spectrum_bands
@@ -958,6 +1007,12 @@ def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
         args = (*big[:3], with_eps_ref, noise, state, *big_tables, *big_masks, coefficients, True, False,
                 cuda_ops.exchange_cluster_shared_bytes(256, 256, 10.0))  # fmt: skip
         cases.append((library.exchange_update_cluster, cuda_ops._jit_exchange_update_cluster, args))
+    for with_eps_ref, project, real in ((big[3], True, False), (None, False, True)):
+        args = (big[4], *big[:3], with_eps_ref, *big_tables, *big_masks, coefficients, project, real,
+                cuda_ops.exchange_cluster_backward_shared_bytes(256, 256, 10.0))  # fmt: skip
+        cases.append(
+            (library.exchange_update_cluster_backward, cuda_ops._jit_exchange_update_cluster_backward, args)
+        )
 
     cluster, cluster_noise = _on(
         device, torch.rand(1, 2, 256, 256, generator=gen), torch.randn(1, 2, 256, 256)

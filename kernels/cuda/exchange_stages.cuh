@@ -1,6 +1,6 @@
-// The stages exchange_update.cu and exchange_update_backward.cu share: the x0 predictions, both
-// band spectra, the exchange of one band coefficient and its gradient, and the band-only inverse
-// column and row transforms.
+// The stages the exchange kernels share (exchange_update.cu, exchange_update_backward.cu and their
+// cluster versions): the x0 predictions, both band spectra, the exchange of one band coefficient and
+// its gradient, the band-only inverse column and row transforms, and the backward's stages.
 // One definition, so the backward recomputes exactly what the forward computed. Include guards
 // rather than #pragma once, because the JIT loader inlines this file into each kernel source.
 #ifndef MANIPURE_EXCHANGE_STAGES_CUH
@@ -268,6 +268,145 @@ __device__ __forceinline__ void band_inverse_rows(const float2* E, const float2*
     for (int r = 0; r < kRows; ++r)
       if (h0 + r < H) pixel(h0 + r, w, acc[r], acc2[r]);
   }
+}
+
+// ---- thread-block clusters (exchange_update_cluster.cu, exchange_update_cluster_backward.cu) ------
+
+// Blocks per plane: the cluster kernels' MANIPURE_CLUSTER_DIMS.
+constexpr int kExchangeClusterBlocks = 8;
+
+// The sum of the cluster's blocks' `share` arrays at idx, in rank order, so that every block gets
+// the same sum bit for bit. Only after a cluster barrier that follows the shares' writes.
+__device__ __forceinline__ float2 cluster_sum(float2* share, int idx) {
+  float2 sum = make_float2(0.f, 0.f);
+#pragma unroll
+  for (int r = 0; r < kExchangeClusterBlocks; ++r) {
+    const float2 v = cluster_shared(share, r)[idx];
+    sum = make_float2(sum.x + v.x, sum.y + v.y);
+  }
+  return sum;
+}
+
+// ---- the backward's stages (exchange_update_backward.cu, exchange_update_cluster_backward.cu) ------
+// Each takes the rows from h0 (all H by default): a thread-block cluster's blocks take a slab each.
+
+__device__ __forceinline__ bool within(float v, float lo, float hi) { return v >= lo && v <= hi; }
+
+// g_y at element el, from y's inverse sums (y_re, y_im, unnormalised: times inv_n = 1 / HW):
+// y = p + ifft2_band(Delta), and g_y = dL/dy under the output clamp (abs: g_v y/|y|; real: g_v).
+__device__ __forceinline__ float2 output_gradient_at(const float* grad, const float* x_t, const float* eps,
+                                                     long long el, float y_re, float y_im, float inv_n,
+                                                     const ExchangeCoefficients& k, int reconstruct_real) {
+  const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + y_re * inv_n, im = y_im * inv_n;
+  const float value = reconstruct_real ? re : hypotf(re, im);
+  const float g_value = within(value, 0.f, 255.f) ? grad[el] * (k.sqrt_abar_next * (2.0f / 255.0f)) : 0.f;
+  if (reconstruct_real) return make_float2(g_value, 0.f);
+  return value > 0.f ? make_float2(g_value * re / value, g_value * im / value) : make_float2(0.f, 0.f);
+}
+
+// The four gradients at element el, from g_p = dL/dp (Re g_y plus g_F_p's inverse) and g_q (g_F_q's
+// inverse): the [0, 255] clamps (inclusive masks) and the x0 maps. g_eps_ref only with has_eps_ref.
+__device__ __forceinline__ void pixel_gradients_at(long long el, float g_p, float g_q, const float* grad,
+                                                   const float* x_t, const float* eps, const float* ref_t,
+                                                   const float* eps_ref, float* g_x_t, float* g_eps, float* g_ref_t,
+                                                   float* g_eps_ref, const ExchangeCoefficients& k,
+                                                   int has_eps_ref) {
+  const float x0 = predicted_x0(x_t, eps, el, k);
+  const float g_x0 = within(x0 / 2.0f + 0.5f, 0.f, 1.f) ? g_p * 127.5f : 0.f;
+  g_x_t[el] = g_x0 / k.sqrt_abar;
+  g_eps[el] = k.c2 * grad[el] - g_x0 * (k.sqrt_one_minus_abar / k.sqrt_abar);
+  const float xr = reference_x0(ref_t, eps_ref, el, has_eps_ref, k);
+  const float g_ref0 = within(xr / 2.0f + 0.5f, 0.f, 1.f) ? g_q * 127.5f : 0.f;
+  if (has_eps_ref) {
+    g_ref_t[el] = g_ref0 / k.ref_sqrt_abar;
+    g_eps_ref[el] = -g_ref0 * (k.ref_sqrt_one_minus_abar / k.ref_sqrt_abar);
+  } else {
+    g_ref_t[el] = g_ref0;
+  }
+}
+
+// y = p + ifft2_band(Delta) on the rows, and g_y = dL/dy under the output clamp (abs: g_v y/|y|;
+// real: g_v) written over g_eps (Re) and g_ref_t (Im), which the last stage overwrites. E takes
+// the inverse column transform, [rows x KW]. Every thread of the block must call it; it returns
+// synchronised.
+__device__ __forceinline__ void exchange_output_gradient(
+    const float2* Delta, float2* E, const float* grad, const float* x_t, const float* eps, float* g_eps,
+    float* g_ref_t, long long base, const float* cos_h, const float* sin_h, const float* cos_w,
+    const float* sin_w, int H, int W, int KH, int KW, const ExchangeCoefficients& k, int reconstruct_real,
+    int h0 = 0, int rows = -1) {
+  if (rows < 0) rows = H;
+  band_inverse_columns(Delta, E, cos_h, sin_h, H, KH, KW, h0, rows);
+  const float inv_n = 1.0f / (float)(H * W);
+  band_inverse_rows<false>(E, nullptr, rows, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc, float2) {
+    const long long el = base + (long long)(h0 + h) * W + w;
+    const float2 gy = output_gradient_at(grad, x_t, eps, el, acc.x, acc.y, inv_n, k, reconstruct_real);
+    g_eps[el] = gy.x;
+    g_ref_t[el] = gy.y;
+  });
+  __syncthreads();  // the next stage reads other threads' g_y
+}
+
+// G[i][j] = scale * sum_h B[h][j] e^{-i theta_i h} over the rows, with B [rows x KW] the row
+// transforms of g_y = a + i b: sum_w (a + i b) e^{-i theta_j w} = (a_cos + b_sin) + i (b_cos - a_sin).
+// That is fft2_band(g_y) (the rows' share of it), which scale = 1 / HW makes g_Delta. Every thread
+// of the block must call it; it returns synchronised.
+__device__ __forceinline__ void band_gradient_spectrum(const float* g_eps, const float* g_ref_t, long long base,
+                                                       const float* cos_h, const float* sin_h, const float* cos_w,
+                                                       const float* sin_w, int H, int W, int KH, int KW, float2* B,
+                                                       float2* G, float scale, int h0 = 0, int rows = -1) {
+  if (rows < 0) rows = H;
+  band_row_transforms(
+      rows, W, KW, cos_w, sin_w,
+      [&](int h, int w, float& a, float& b) {
+        const long long e = base + (long long)(h0 + h) * W + w;
+        a = g_eps[e];
+        b = g_ref_t[e];
+      },
+      [&](int h, int j, float a_cos, float a_sin, float b_cos, float b_sin) {
+        B[h * KW + j] = make_float2(a_cos + b_sin, b_cos - a_sin);
+      });
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
+    const int i = idx / KW, j = idx - i * KW;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int h = 0; h < rows; ++h)
+      acc = twiddle_mac(acc, B[h * KW + j], cos_h[i * H + h0 + h], -sin_h[i * H + h0 + h]);
+    G[idx] = make_float2(acc.x * scale, acc.y * scale);
+  }
+  __syncthreads();
+}
+
+// Back to pixels on the rows: Re(sum_k e^{+i theta n} g_F[k]) for g_F_p and g_F_q (inverse column
+// transforms into A and B, [rows x KW], then the real parts of the inverse rows), plus Re(g_y) kept
+// in g_eps by exchange_output_gradient's same thread; then the [0, 255] clamps (inclusive masks) and
+// the x0 maps, into the four gradients (g_eps_ref only with has_eps_ref). Every thread of the block
+// must call it; it neither starts nor ends with a barrier.
+__device__ __forceinline__ void exchange_pixel_gradients(
+    const float2* g_Fp, const float2* g_Fq, float2* A, float2* B, const float* grad, const float* x_t,
+    const float* eps, const float* ref_t, const float* eps_ref, float* g_x_t, float* g_eps, float* g_ref_t,
+    float* g_eps_ref, long long base, const float* cos_h, const float* sin_h, const float* cos_w,
+    const float* sin_w, int H, int W, int KH, int KW, const ExchangeCoefficients& k, int has_eps_ref, int h0 = 0,
+    int rows = -1) {
+  if (rows < 0) rows = H;
+  for (int idx = threadIdx.x; idx < rows * KW; idx += blockDim.x) {
+    const int h = idx / KW, j = idx - h * KW;
+    float2 ap = make_float2(0.f, 0.f), aq = make_float2(0.f, 0.f);
+    for (int i = 0; i < KH; ++i) {
+      const float c = cos_h[i * H + h0 + h], s = sin_h[i * H + h0 + h];
+      ap = twiddle_mac(ap, g_Fp[i * KW + j], c, s);
+      aq = twiddle_mac(aq, g_Fq[i * KW + j], c, s);
+    }
+    A[idx] = ap;
+    B[idx] = aq;
+  }
+  __syncthreads();
+  // Only the real parts are used: the compiler drops the imaginary ones.
+  band_inverse_rows<true>(A, B, rows, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc_p, float2 acc_q) {
+    const long long el = base + (long long)(h0 + h) * W + w;
+    const float g_p = g_eps[el] + acc_p.x;  // Re(g_y), kept by this same thread
+    pixel_gradients_at(el, g_p, acc_q.x, grad, x_t, eps, ref_t, eps_ref, g_x_t, g_eps, g_ref_t, g_eps_ref, k,
+                       has_eps_ref);
+  });
 }
 
 }  // namespace manipure

@@ -20,21 +20,15 @@
 #include "exchange_stages.cuh"
 #include "exchange_tensor_core.cuh"
 
-using manipure::band_inverse_columns;
-using manipure::band_inverse_rows;
-using manipure::band_row_transforms;
+using manipure::band_gradient_spectrum;
 using manipure::band_spectra;
 using manipure::exchange_mix;
 using manipure::exchange_mix_gradient;
+using manipure::exchange_output_gradient;
+using manipure::exchange_pixel_gradients;
 using manipure::ExchangeCoefficients;
-using manipure::predicted_x0;
-using manipure::reference_x0;
-using manipure::to_pixels;
-using manipure::twiddle_mac;
-
-namespace {
-__device__ __forceinline__ bool within(float v, float lo, float hi) { return v >= lo && v <= hi; }
-}  // namespace
+using manipure::output_gradient_at;
+using manipure::pixel_gradients_at;
 
 // The whole backward for a plane up to 32 x 32 on the tensor cores, the stages of the FMA path
 // below. The tiles, in turn: F_p and F_q stay where the spectra put them until the polar
@@ -59,7 +53,6 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
   manipure::tensor_core_inverse_columns(t, t.Gqr, t.Gqi, t.Gpr, t.Gpi, H, KH, KW);
 
   // ---- y = p + ifft2_band(Delta) per pixel; g_y into Gq (zero off the plane), Re g_y in g_eps ---
-  const float out_scale = k.sqrt_abar_next * (2.0f / 255.0f);
   manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
     float y_re[4] = {0.f, 0.f, 0.f, 0.f}, y_im[4] = {0.f, 0.f, 0.f, 0.f};
     manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !reconstruct_real);
@@ -69,11 +62,7 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
       float2 gy = make_float2(0.f, 0.f);
       if (h < H && w < W) {
         const long long el = base + (long long)h * W + w;
-        const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + y_re[q] * inv_n, im = y_im[q] * inv_n;
-        const float value = reconstruct_real ? re : hypotf(re, im);
-        const float g_value = within(value, 0.f, 255.f) ? grad[el] * out_scale : 0.f;
-        gy = make_float2(g_value, 0.f);
-        if (!reconstruct_real) gy = value > 0.f ? make_float2(g_value * re / value, g_value * im / value) : make_float2(0.f, 0.f);
+        gy = output_gradient_at(grad, x_t, eps, el, y_re[q], y_im[q], inv_n, k, reconstruct_real);
         g_eps[el] = gy.x;
       }
       t.Gqr[e] = gy.x;
@@ -117,18 +106,8 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
       if (h >= H || w >= W) continue;
       const long long el = base + (long long)h * W + w;
       const float g_p = g_eps[el] + gp_spec[q];  // Re(g_y), kept above by this same lane
-      const float x0 = predicted_x0(x_t, eps, el, k);
-      const float g_x0 = within(x0 / 2.0f + 0.5f, 0.f, 1.f) ? g_p * 127.5f : 0.f;
-      g_x_t[el] = g_x0 / k.sqrt_abar;
-      g_eps[el] = k.c2 * grad[el] - g_x0 * (k.sqrt_one_minus_abar / k.sqrt_abar);
-      const float xr = reference_x0(ref_t, eps_ref, el, has_eps_ref, k);
-      const float g_ref0 = within(xr / 2.0f + 0.5f, 0.f, 1.f) ? gq_spec[q] * 127.5f : 0.f;
-      if (has_eps_ref) {
-        g_ref_t[el] = g_ref0 / k.ref_sqrt_abar;
-        g_eps_ref[el] = -g_ref0 * (k.ref_sqrt_one_minus_abar / k.ref_sqrt_abar);
-      } else {
-        g_ref_t[el] = g_ref0;
-      }
+      pixel_gradients_at(el, g_p, gq_spec[q], grad, x_t, eps, ref_t, eps_ref, g_x_t, g_eps, g_ref_t, g_eps_ref, k,
+                         has_eps_ref);
     }
   });
 }
@@ -170,41 +149,10 @@ extern "C" __global__ void exchange_update_backward_kernel(
                  .delta;
   __syncthreads();
 
-  // ---- y = p + ifft2_band(Delta), g_y, kept in g_eps (re) and g_ref_t (im) ---------------------
-  band_inverse_columns(D, A, cos_h, sin_h, H, KH, KW);
-  const float out_scale = sqrt_abar_next * (2.0f / 255.0f);
-  band_inverse_rows<false>(A, nullptr, H, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc, float2) {
-    const long long el = base + (long long)h * W + w;
-    const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + acc.x * inv_n, im = acc.y * inv_n;
-    const float value = reconstruct_real ? re : hypotf(re, im);
-    const float g_value = within(value, 0.f, 255.f) ? grad[el] * out_scale : 0.f;
-    float2 gy = make_float2(g_value, 0.f);
-    if (!reconstruct_real) gy = value > 0.f ? make_float2(g_value * re / value, g_value * im / value) : make_float2(0.f, 0.f);
-    g_eps[el] = gy.x;
-    g_ref_t[el] = gy.y;
-  });
-  __syncthreads();  // the row transform below reads other threads' g_y
-
-  // ---- g_Delta = fft2_band(g_y) / HW ----------------------------------------------------------
-  // Row transforms of g_y = a + i b: sum_w (a + i b) e^{-i theta_j w} = (a_cos + b_sin) + i (b_cos - a_sin).
-  band_row_transforms(
-      H, W, KW, cos_w, sin_w,
-      [&](int h, int w, float& a, float& b) {
-        const long long e = base + (long long)h * W + w;
-        a = g_eps[e];
-        b = g_ref_t[e];
-      },
-      [&](int h, int j, float a_cos, float a_sin, float b_cos, float b_sin) {
-        B[h * KW + j] = make_float2(a_cos + b_sin, b_cos - a_sin);
-      });
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, j = idx - i * KW;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int h = 0; h < H; ++h) acc = twiddle_mac(acc, B[h * KW + j], cos_h[i * H + h], -sin_h[i * H + h]);
-    D[idx] = make_float2(acc.x * inv_n, acc.y * inv_n);
-  }
-  __syncthreads();
+  // ---- g_y (in g_eps and g_ref_t), then g_Delta = fft2_band(g_y) / HW over D --------------------
+  exchange_output_gradient(D, A, grad, x_t, eps, g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k,
+                           reconstruct_real);
+  band_gradient_spectrum(g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, B, D, inv_n);
 
   // ---- through polar(amplitude, phase) back to F_p and F_q (written over Fp, Fq) ---------------
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x)
@@ -212,35 +160,7 @@ extern "C" __global__ void exchange_update_backward_kernel(
                           delta, Fp[idx], Fq[idx]);
   __syncthreads();
 
-  // ---- back to pixels: Re(sum_k e^{+i theta n} g_F[k]) for both, then the clamps and x0 maps ----
-  for (int idx = threadIdx.x; idx < H * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 ap = make_float2(0.f, 0.f), aq = make_float2(0.f, 0.f);
-    for (int i = 0; i < KH; ++i) {
-      const float c = cos_h[i * H + h], s = sin_h[i * H + h];
-      ap = twiddle_mac(ap, Fp[i * KW + j], c, s);
-      aq = twiddle_mac(aq, Fq[i * KW + j], c, s);
-    }
-    A[idx] = ap;
-    B[idx] = aq;
-  }
-  __syncthreads();
-  // Only the real parts are used: the compiler drops the imaginary ones.
-  band_inverse_rows<true>(A, B, H, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc_p, float2 acc_q) {
-    const float gp_spec = acc_p.x, gq_spec = acc_q.x;
-    const long long el = base + (long long)h * W + w;
-    const float g_p = g_eps[el] + gp_spec;  // Re(g_y), kept above by this same thread
-    const float x0 = predicted_x0(x_t, eps, el, k);
-    const float g_x0 = within(x0 / 2.0f + 0.5f, 0.f, 1.f) ? g_p * 127.5f : 0.f;
-    g_x_t[el] = g_x0 / sqrt_abar;
-    g_eps[el] = c2 * grad[el] - g_x0 * (sqrt_one_minus_abar / sqrt_abar);
-    const float xr = reference_x0(ref_t, eps_ref, el, has_eps_ref, k);
-    const float g_ref0 = within(xr / 2.0f + 0.5f, 0.f, 1.f) ? gq_spec * 127.5f : 0.f;
-    if (has_eps_ref) {
-      g_ref_t[el] = g_ref0 / ref_sqrt_abar;
-      g_eps_ref[el] = -g_ref0 * (ref_sqrt_one_minus_abar / ref_sqrt_abar);
-    } else {
-      g_ref_t[el] = g_ref0;
-    }
-  });
+  // ---- back to pixels ------------------------------------------------------------------------------
+  exchange_pixel_gradients(Fp, Fq, A, B, grad, x_t, eps, ref_t, eps_ref, g_x_t, g_eps, g_ref_t, g_eps_ref, base,
+                           cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k, has_eps_ref);
 }

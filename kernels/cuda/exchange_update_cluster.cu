@@ -14,10 +14,6 @@
 // The stages are exchange_stages.cuh's, given the block's rows.
 #include "exchange_stages.cuh"
 
-namespace manipure {
-constexpr int kExchangeClusterBlocks = 8;  // blocks per plane: the cluster (see the kernel)
-}  // namespace manipure
-
 using namespace manipure;
 
 // The kernel's dynamic shared memory: the block's row transforms (two [rows x KW]), its shares of
@@ -61,13 +57,7 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) exchange_update_cluster_kern
 
   // 2. The spectra, added in rank order (the same in every block), and Delta over Fq.
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    float2 fp = make_float2(0.f, 0.f), fq = make_float2(0.f, 0.f);
-#pragma unroll
-    for (int r = 0; r < kExchangeClusterBlocks; ++r) {
-      const float2 sp = cluster_shared(share_p, r)[idx], sq = cluster_shared(share_q, r)[idx];
-      fp = make_float2(fp.x + sp.x, fp.y + sp.y);
-      fq = make_float2(fq.x + sq.x, fq.y + sq.y);
-    }
+    const float2 fp = cluster_sum(share_p, idx), fq = cluster_sum(share_q, idx);
     Fp[idx] = fp;
     Fq[idx] = exchange_mix(fp, fq, amp_mask[idx] != 0.f, phase_mask[idx] != 0.f, phase_project, k.delta).delta;
   }

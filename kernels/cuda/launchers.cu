@@ -5,6 +5,7 @@
 #include "exchange_update.cu"
 #include "exchange_update_backward.cu"
 #include "exchange_update_cluster.cu"
+#include "exchange_update_cluster_backward.cu"
 #include "mani_noise.cu"
 #include "mani_noise_backward.cu"
 #include "mani_noise_cluster.cu"
@@ -64,10 +65,19 @@ cudaError_t launch_exchange_update_backward(
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
     const float* amp_mask, const float* phase_mask,
     int H, int W, int KH, int KW, const float coefficients[8],
-    int has_eps_ref, int phase_project, int reconstruct_real) {
+    int has_eps_ref, int phase_project, int reconstruct_real, bool on_clusters) {
+  const float* k = coefficients;
+  if (on_clusters) {
+    cudaError_t status = allow_shared(exchange_update_cluster_backward_kernel, shared_bytes);
+    if (status != cudaSuccess) return status;
+    exchange_update_cluster_backward_kernel<<<planes * kExchangeClusterBlocks, kThreads, shared_bytes, stream>>>(
+        grad, x_t, eps, ref_t, eps_ref, g_x_t, g_eps, g_ref_t, g_eps_ref, cos_h, sin_h, cos_w, sin_w,
+        amp_mask, phase_mask, H, W, KH, KW, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7],
+        has_eps_ref, phase_project, reconstruct_real);
+    return cudaGetLastError();
+  }
   cudaError_t status = allow_shared(exchange_update_backward_kernel, shared_bytes);
   if (status != cudaSuccess) return status;
-  const float* k = coefficients;
   exchange_update_backward_kernel<<<planes, kThreads, shared_bytes, stream>>>(
       grad, x_t, eps, ref_t, eps_ref, g_x_t, g_eps, g_ref_t, g_eps_ref, cos_h, sin_h, cos_w, sin_w,
       amp_mask, phase_mask, H, W, KH, KW, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7],

@@ -26,6 +26,7 @@ cudaError_t launch_exchange_update(
     int has_eps_ref, int has_noise, int phase_project, int reconstruct_real, bool on_clusters = false);
 
 // The gradients for (x_t, eps, ref_t, eps_ref); g_eps_ref is not written without eps_ref.
+// on_clusters: exchange_update_cluster_backward.cu, as launch_exchange_update's.
 cudaError_t launch_exchange_update_backward(
     int planes, int shared_bytes, cudaStream_t stream,
     const float* grad, const float* x_t, const float* eps, const float* ref_t, const float* eps_ref,
@@ -33,7 +34,7 @@ cudaError_t launch_exchange_update_backward(
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w,
     const float* amp_mask, const float* phase_mask,
     int H, int W, int KH, int KW, const float coefficients[8],
-    int has_eps_ref, int phase_project, int reconstruct_real);
+    int has_eps_ref, int phase_project, int reconstruct_real, bool on_clusters = false);
 
 cudaError_t launch_mani_noise(
     int planes, int shared_bytes, cudaStream_t stream,

@@ -5,6 +5,7 @@
 //   manipure_aot::exchange_update_cluster(...)  -> Tensor          the same, one cluster per plane (sm_90)
 //   manipure_aot::exchange_update_backward(...) -> 4 x Tensor      grads for x_t, eps, ref_t, eps_ref
 //                                                                  (the last empty without eps_ref)
+//   manipure_aot::exchange_update_cluster_backward(...) -> 4 x Tensor the same, one cluster per plane (sm_90)
 //   manipure_aot::mani_noise(...)               -> (Tensor, Tensor) x_t, and the noise drawn (or empty)
 //   manipure_aot::mani_noise_backward(...)      -> (Tensor, Tensor) grads for x and the noise (or empty)
 //   manipure_aot::mani_band_weights(...)        -> (Tensor, Tensor) G = w[band] F on rfft2's half spectra,
@@ -119,6 +120,16 @@ void to_floats(at::ArrayRef<double> coefficients, float* k) {
   for (int i = 0; i < 8; ++i) k[i] = static_cast<float>(coefficients[i]);
 }
 
+// The cluster kernels' planes: heights the cluster's blocks split evenly, and a grid of whole clusters
+// that fits an int.
+void check_exchange_clusters(const at::Tensor& x_t, const char* op) {
+  constexpr int64_t blocks = manipure::kManiClusterBlocks;
+  TORCH_CHECK(x_t.size(2) % blocks == 0, op, " takes planes whose height is a multiple of ", blocks, ", got ",
+              x_t.size(2), "x", x_t.size(3));
+  TORCH_CHECK(x_t.size(0) * x_t.size(1) <= INT32_MAX / blocks, "the batch has ", x_t.size(0) * x_t.size(1),
+              " planes; need up to ", INT32_MAX / blocks);
+}
+
 // exchange_update, and exchange_update_cluster (kOnClusters): one block, or one cluster, per plane.
 template <bool kOnClusters>
 at::Tensor exchange_update_cuda(
@@ -132,13 +143,7 @@ at::Tensor exchange_update_cuda(
   const char* op = on_clusters ? "exchange_update_cluster" : "exchange_update";
   const auto [KH, KW] = check_exchange(x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
                                        phase_mask, coefficients, shared_bytes);
-  if (on_clusters) {
-    constexpr int64_t blocks = manipure::kManiClusterBlocks;
-    TORCH_CHECK(x_t.size(2) % blocks == 0, op, " takes planes whose height is a multiple of ", blocks, ", got ",
-                x_t.size(2), "x", x_t.size(3));
-    TORCH_CHECK(x_t.size(0) * x_t.size(1) <= INT32_MAX / blocks, "the batch has ", x_t.size(0) * x_t.size(1),
-                " planes; need up to ", INT32_MAX / blocks);
-  }
+  if (on_clusters) check_exchange_clusters(x_t, op);
   if (noise.has_value()) check_image(*noise, "noise", x_t);
   const long long* rng = rng_pointer(rng_state, x_t);
   TORCH_CHECK(noise.has_value() || rng != nullptr, op, " needs noise or rng_state");
@@ -162,14 +167,19 @@ at::Tensor exchange_update_cuda(
   return out;
 }
 
+// exchange_update_backward, and exchange_update_cluster_backward (kOnClusters).
+template <bool kOnClusters>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exchange_update_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& ref_t,
     const std::optional<at::Tensor>& eps_ref, const at::Tensor& cos_h, const at::Tensor& sin_h,
     const at::Tensor& cos_w, const at::Tensor& sin_w, const at::Tensor& amp_mask,
     const at::Tensor& phase_mask, at::ArrayRef<double> coefficients, bool phase_project,
     bool reconstruct_real, int64_t shared_bytes) {
+  const bool on_clusters = kOnClusters;
+  const char* op = on_clusters ? "exchange_update_cluster_backward" : "exchange_update_backward";
   const auto [KH, KW] = check_exchange(x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
                                        phase_mask, coefficients, shared_bytes);
+  if (on_clusters) check_exchange_clusters(x_t, op);
   check_image(grad, "grad", x_t);
   float k[8];
   to_floats(coefficients, k);
@@ -187,8 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exchange_update_backw
           cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
           sin_w.data_ptr<float>(), amp_mask.data_ptr<float>(), phase_mask.data_ptr<float>(),
           static_cast<int>(x_t.size(2)), static_cast<int>(x_t.size(3)), static_cast<int>(KH),
-          static_cast<int>(KW), k, eps_ref.has_value(), phase_project, reconstruct_real),
-      "exchange_update_backward");
+          static_cast<int>(KW), k, eps_ref.has_value(), phase_project, reconstruct_real, on_clusters),
+      op);
   return {g_x_t, g_eps, g_ref_t, g_eps_ref};
 }
 
@@ -523,11 +533,14 @@ TORCH_LIBRARY(manipure_aot, m) {
   m.def("exchange_update" MANIPURE_EXCHANGE_UPDATE_ARGUMENTS);
   m.def("exchange_update_cluster" MANIPURE_EXCHANGE_UPDATE_ARGUMENTS);
 #undef MANIPURE_EXCHANGE_UPDATE_ARGUMENTS
-  m.def(
-      "exchange_update_backward(Tensor grad, Tensor x_t, Tensor eps, Tensor ref_t, Tensor? eps_ref, "
-      "Tensor cos_h, Tensor sin_h, Tensor cos_w, Tensor sin_w, Tensor amp_mask, Tensor phase_mask, "
-      "float[] coefficients, bool phase_project, bool reconstruct_real, int shared_bytes) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // exchange_update_cluster_backward: the same arguments, one cluster per plane (sm_90).
+#define MANIPURE_EXCHANGE_UPDATE_BACKWARD_ARGUMENTS                                                   \
+  "(Tensor grad, Tensor x_t, Tensor eps, Tensor ref_t, Tensor? eps_ref, Tensor cos_h, Tensor sin_h, " \
+  "Tensor cos_w, Tensor sin_w, Tensor amp_mask, Tensor phase_mask, float[] coefficients, "            \
+  "bool phase_project, bool reconstruct_real, int shared_bytes) -> (Tensor, Tensor, Tensor, Tensor)"
+  m.def("exchange_update_backward" MANIPURE_EXCHANGE_UPDATE_BACKWARD_ARGUMENTS);
+  m.def("exchange_update_cluster_backward" MANIPURE_EXCHANGE_UPDATE_BACKWARD_ARGUMENTS);
+#undef MANIPURE_EXCHANGE_UPDATE_BACKWARD_ARGUMENTS
   m.def(
       "mani_noise(Tensor x, Tensor? noise, Tensor? rng_state, Tensor cos_h, Tensor sin_h, "
       "Tensor cos_w, Tensor sin_w, Tensor band_map, Tensor band_counts, float gamma, float eps0, "
@@ -563,7 +576,8 @@ TORCH_LIBRARY(manipure_aot, m) {
 TORCH_LIBRARY_IMPL(manipure_aot, CUDA, m) {
   m.impl("exchange_update", &exchange_update_cuda<false>);
   m.impl("exchange_update_cluster", &exchange_update_cuda<true>);
-  m.impl("exchange_update_backward", &exchange_update_backward_cuda);
+  m.impl("exchange_update_backward", &exchange_update_backward_cuda<false>);
+  m.impl("exchange_update_cluster_backward", &exchange_update_backward_cuda<true>);
   m.impl("mani_noise", &mani_noise_cuda);
   m.impl("mani_noise_backward", &mani_noise_backward_cuda);
   m.impl("mani_band_weights", &mani_band_weights_cuda);
@@ -578,6 +592,7 @@ TORCH_LIBRARY_IMPL(manipure_aot, Meta, m) {
   m.impl("exchange_update", &exchange_update_meta);
   m.impl("exchange_update_cluster", &exchange_update_meta);
   m.impl("exchange_update_backward", &exchange_update_backward_meta);
+  m.impl("exchange_update_cluster_backward", &exchange_update_backward_meta);
   m.impl("mani_noise", &mani_noise_meta);
   m.impl("mani_noise_backward", &mani_noise_backward_meta);
   m.impl("mani_band_weights", &mani_band_weights_meta);

@@ -23,7 +23,8 @@ kernel, ``irfft2`` and its injection kernel. Their backward is eight: the forwar
 thread-block clusters (sm_90 and later), 256x256 planes take one launch of
 ``mani_noise_cluster.cu`` instead (``takes_cluster_path``), and their backward one launch of
 ``mani_noise_cluster_backward.cu``. The exchange on those GPUs and planes runs
-``exchange_update_cluster.cu``, eight blocks per plane (``takes_exchange_cluster_path``).
+``exchange_update_cluster.cu``, eight blocks per plane (``takes_exchange_cluster_path``), and its
+backward ``exchange_update_cluster_backward.cu``.
 
 Noise is given, or drawn in the kernel from Philox with ``rng_state`` (int64 ``[2]`` seed/offset on
 the device). The custom ops only read ``rng_state`` (functional ops, so autograd can be
@@ -235,13 +236,13 @@ def on_cluster_plane(x: torch.Tensor) -> bool:
 
 # ---- exchange_update ----------------------------------------------------------------------------
 
-# Set EXCHANGE_CLUSTER False to run 256x256 planes one block per plane instead (bench/tune_cuda.py
-# times the two against each other). The backward stays one block per plane.
+# Set EXCHANGE_CLUSTER False to run 256x256 planes one block per plane instead, forward and
+# backward (bench/tune_cuda.py times the two against each other).
 EXCHANGE_CLUSTER = True
 
 
 def takes_exchange_cluster_path(x: torch.Tensor) -> bool:
-    """Whether exchange_update runs ``x`` on clusters (``on_cluster_plane``)."""
+    """Whether exchange_update and its backward run ``x`` on clusters (``on_cluster_plane``)."""
     return EXCHANGE_CLUSTER and on_cluster_plane(x)
 
 
@@ -266,6 +267,13 @@ def exchange_cluster_shared_bytes(h: int, w: int, cut: float) -> int:
     spectra (its shares, then the sums), float2."""
     kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
     return (2 * (h // CLUSTER_BLOCKS) * kw + 4 * kh * kw) * 8
+
+
+def exchange_cluster_backward_shared_bytes(h: int, w: int, cut: float) -> int:
+    """exchange_update_cluster_backward.cu: a block's two [H / 8, KW] transforms and five [KH, KW]
+    spectra (the summed F_p and F_q, its shares of them and of g_Delta), float2."""
+    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    return (2 * (h // CLUSTER_BLOCKS) * kw + 5 * kh * kw) * 8
 
 
 def exchange_backward_shared_bytes(h: int, w: int, cut: float) -> int:
@@ -381,14 +389,10 @@ def _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, shared_bytes):
 def _jit_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
                                   phase_mask, coefficients, project, real, shared_bytes):  # fmt: skip
     """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update_backward``."""
-    b, c, h, w = x_t.shape
-    g_x_t, g_eps, g_ref_t = torch.empty_like(x_t), torch.empty_like(x_t), torch.empty_like(x_t)
-    g_eps_ref = torch.empty_like(x_t) if eps_ref is not None else x_t.new_empty(0)
-    args = (
-        grad, x_t, eps, ref_t, eps_ref if eps_ref is not None else x_t, g_x_t, g_eps, g_ref_t,
-        g_eps_ref if eps_ref is not None else g_ref_t, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
-        _i32(h), _i32(w), _i32(cos_h.shape[0]), _i32(cos_w.shape[0]), *(_f32(v) for v in coefficients),
-        _i32(eps_ref is not None), _i32(project), _i32(real),
+    b, c, _, _ = x_t.shape
+    grads, args = _exchange_backward_arguments(
+        grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, coefficients,
+        project, real,
     )  # fmt: skip
     _launch(
         "exchange_update_backward.cu",
@@ -398,7 +402,43 @@ def _jit_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, 
         args,
         shared_bytes,
     )
-    return g_x_t, g_eps, g_ref_t, g_eps_ref
+    return grads
+
+
+def _jit_exchange_update_cluster_backward(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w,
+                                          amp_mask, phase_mask, coefficients, project, real,
+                                          shared_bytes):  # fmt: skip
+    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update_cluster_backward``."""
+    b, c, _, _ = x_t.shape
+    grads, args = _exchange_backward_arguments(
+        grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, coefficients,
+        project, real,
+    )  # fmt: skip
+    _launch(
+        "exchange_update_cluster_backward.cu",
+        "exchange_update_cluster_backward_kernel",
+        x_t.device,
+        b * c * CLUSTER_BLOCKS,
+        args,
+        shared_bytes,
+    )
+    return grads
+
+
+def _exchange_backward_arguments(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
+                                 phase_mask, coefficients, project, real):  # fmt: skip
+    """((g_x_t, g_eps, g_ref_t, g_eps_ref), the exchange backward kernels' arguments); g_eps_ref is
+    empty without eps_ref."""
+    _, _, h, w = x_t.shape
+    g_x_t, g_eps, g_ref_t = torch.empty_like(x_t), torch.empty_like(x_t), torch.empty_like(x_t)
+    g_eps_ref = torch.empty_like(x_t) if eps_ref is not None else x_t.new_empty(0)
+    args = (
+        grad, x_t, eps, ref_t, eps_ref if eps_ref is not None else x_t, g_x_t, g_eps, g_ref_t,
+        g_eps_ref if eps_ref is not None else g_ref_t, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
+        _i32(h), _i32(w), _i32(cos_h.shape[0]), _i32(cos_w.shape[0]), *(_f32(v) for v in coefficients),
+        _i32(eps_ref is not None), _i32(project), _i32(real),
+    )  # fmt: skip
+    return (g_x_t, g_eps, g_ref_t, g_eps_ref), args
 
 
 def launch_exchange_update_backward(
@@ -413,12 +453,20 @@ def launch_exchange_update_backward(
     phase_project,
     reconstruct_real,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients for (x_t, eps, ref_t, eps_ref), one launch; the last is empty without eps_ref."""
+    """The gradients for (x_t, eps, ref_t, eps_ref), one launch (in clusters of eight blocks per
+    plane at 256x256, as the forward); the last is empty without eps_ref."""
+    cluster = takes_exchange_cluster_path(x_t)
     shared, tables = _exchange_tables(
-        x_t, amplitude_cut_range, phase_cut_range, exchange_backward_shared_bytes
+        x_t,
+        amplitude_cut_range,
+        phase_cut_range,
+        exchange_cluster_backward_shared_bytes if cluster else exchange_backward_shared_bytes,
     )
-    aot = active_loader() == "aot"
-    launch = torch.ops.manipure_aot.exchange_update_backward if aot else _jit_exchange_update_backward
+    if active_loader() == "aot":
+        library = torch.ops.manipure_aot
+        launch = library.exchange_update_cluster_backward if cluster else library.exchange_update_backward
+    else:
+        launch = _jit_exchange_update_cluster_backward if cluster else _jit_exchange_update_backward
     return launch(
         grad, x_t, eps, ref_t, eps_ref, *tables, list(coefficients), bool(phase_project),
         bool(reconstruct_real), shared,
