@@ -19,7 +19,8 @@ from manipure_fast import ops  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
 # Awkward small planes, the triton MANI kernels' three paths (whole tile, streamed rows, cuFFT) and
-# the cuda ones' two (one block, cuFFT), and one ImageNet plane.
+# the cuda ones' two (one block, cuFFT), and one ImageNet plane (the cuda backend's thread-block
+# cluster kernels on sm_90 and later: both ops, forward and backward).
 SHAPES = [(1, 1, 31, 33), (7, 3, 28, 28), (2, 3, 32, 32), (1, 2, 48, 40), (1, 3, 64, 64), (1, 3, 256, 256)]
 
 
@@ -44,7 +45,7 @@ def main(argv=None) -> None:
             pixels = x.clamp(-1, 1)
             ops.mani_noise(pixels, 300, rng_state=rng, backend=backend, band_mode="count")
             # backward: the fused backward kernels (for the 256x256 MANI plane, the triton backend's
-            # around cuFFT, the cuda backend's on thread-block clusters on sm_90 and later)
+            # around cuFFT)
             leaves = [t.clone().requires_grad_() for t in (x, eps, ref_t, eps_ref, pixels)]
             out = ops.exchange_update(*leaves[:4], z, step=step, backend=backend)
             out = out + ops.mani_noise(leaves[4], 300, z, backend=backend)

@@ -13,8 +13,8 @@ Variants, each one define away from the shipped source (prepended to what the JI
 
 and two choices made in ``cuda_ops`` for 256x256 planes on thread-block clusters, at ImageNet
 B=64: MANI in one launch (``mani_noise_cluster.cu``, and its backward) against the four launches
-around cuFFT (eight for the backward; ``MANI_CLUSTER`` off), and the exchange's forward on eight
-blocks per plane (``exchange_update_cluster.cu``) against one (``EXCHANGE_CLUSTER`` off).
+around cuFFT (eight for the backward; ``MANI_CLUSTER`` off), and the exchange on eight blocks per
+plane (``exchange_update_cluster.cu`` and its backward) against one (``EXCHANGE_CLUSTER`` off).
 
 Every variant's output is first compared with the shipped kernels' on the same inputs (a
 difference over 1e-4 is a red gate, reported and not timed), then timed with
@@ -123,15 +123,18 @@ def mani_groups(label, shape, device) -> list[Group]:
 
 
 def cluster_groups(label, shape, device) -> list[Group]:
-    """256x256 planes: the exchange's forward on clusters against one block per plane, and MANI's
-    cluster launches against the large-plane path, both directions."""
+    """256x256 planes: the exchange on clusters against one block per plane, and MANI's cluster
+    launches against the large-plane path, both directions."""
     params = ExchangeParams.from_step(step_coefficients(49, 39, eta=1.0))
     coefficients = [float(getattr(params, name)) for name in cuda_ops.COEFFICIENTS]
-    x_t, eps, ref_t, eps_ref, noise = planes(shape, device, 5, seed=3)
+    x_t, eps, ref_t, eps_ref, noise, g_out = planes(shape, device, 6, seed=3)
     cuts = (params.amplitude_cut_range, params.phase_cut_range, False, False)
 
     def exchange():
         return cuda_ops.launch_exchange_update(x_t, eps, ref_t, eps_ref, noise, None, coefficients, *cuts)
+
+    def exchange_backward():
+        return cuda_ops.launch_exchange_update_backward(g_out, x_t, eps, ref_t, eps_ref, coefficients, *cuts)
 
     x, z, grad = planes(shape, device, 3, seed=2)
     x = x.clamp(-1, 1)
@@ -140,6 +143,15 @@ def cluster_groups(label, shape, device) -> list[Group]:
     backward = lambda: cuda_ops.launch_mani_noise_backward(grad, x, z, *options, False, True)  # noqa: E731
     return [
         Group("exchange_update", "forward", label, shape, exchange, cluster_paths, [ONE_BLOCK_PER_PLANE]),
+        Group(
+            "exchange_update",
+            "backward",
+            label,
+            shape,
+            exchange_backward,
+            cluster_paths,
+            [ONE_BLOCK_PER_PLANE],
+        ),
         Group("mani_noise", "forward", label, shape, forward, cluster_paths, [FOUR_LAUNCHES]),
         Group("mani_noise", "backward", label, shape, backward, cluster_paths, [EIGHT_LAUNCHES]),
     ]

@@ -1053,6 +1053,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants
+    assert ("exchange_update", "backward", "imagenet-B64", "one block per plane") in variants
     fma = [r for r in rows if r["variant"] == "FMA loops"]
     assert all(0 < r["max_diff_vs_shipped"] <= tune_cuda.RED_GATE for r in fma), fma
     x = torch.zeros(1, 1, 36, 40)

@@ -1,7 +1,7 @@
 // The fused reverse step after the model call (exchange_update.cu's semantics) for 256 x 256
 // planes (ImageNet's), on a thread-block cluster of eight blocks per plane (sm_90 and later). The
 // one-block kernel gives a whole plane to one block: at ImageNet B = 64 that is 192 blocks of
-// 86 KB of shared memory, two per SM, on 96 of an H100's 132 SMs. Here each block takes 32 rows,
+// 93 KB of shared memory, two per SM, on 96 of an H100's 132 SMs. Here each block takes 32 rows,
 // and only the band spectra, [KH x KW] and small, cross between blocks:
 //
 //   1. rows      block r's row transforms of rows 32r..32r+31 onto the band columns, then its
