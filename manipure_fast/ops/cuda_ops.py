@@ -343,18 +343,7 @@ def launch_exchange_update(
 ) -> torch.Tensor:
     """One launch over all B*C planes (in clusters of eight blocks per plane at 256x256, see
     ``takes_exchange_cluster_path``); fp32 contiguous inputs; returns x_next."""
-    cluster = takes_exchange_cluster_path(x_t)
-    shared, tables = _exchange_tables(
-        x_t,
-        amplitude_cut_range,
-        phase_cut_range,
-        exchange_cluster_shared_bytes if cluster else exchange_shared_bytes,
-    )
-    if active_loader() == "aot":
-        library = torch.ops.manipure_aot
-        launch = library.exchange_update_cluster if cluster else library.exchange_update
-    else:
-        launch = _jit_exchange_update_cluster if cluster else _jit_exchange_update
+    launch, shared, tables = _exchange_kernel(x_t, amplitude_cut_range, phase_cut_range, backward=False)
     return launch(
         x_t, eps, ref_t, eps_ref, noise, rng_state, *tables, list(coefficients), bool(phase_project),
         bool(reconstruct_real), shared,
@@ -441,6 +430,33 @@ def _exchange_backward_arguments(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, c
     return (g_x_t, g_eps, g_ref_t, g_eps_ref), args
 
 
+# (on clusters, backward) -> (the AOT op, the JIT loader's launch of the same kernel, its shared bytes)
+_EXCHANGE_KERNELS = {
+    (False, False): ("exchange_update", _jit_exchange_update, exchange_shared_bytes),
+    (True, False): ("exchange_update_cluster", _jit_exchange_update_cluster, exchange_cluster_shared_bytes),
+    (False, True): (
+        "exchange_update_backward",
+        _jit_exchange_update_backward,
+        exchange_backward_shared_bytes,
+    ),
+    (True, True): (
+        "exchange_update_cluster_backward",
+        _jit_exchange_update_cluster_backward,
+        exchange_cluster_backward_shared_bytes,
+    ),
+}
+
+
+def _exchange_kernel(x_t, amplitude_cut_range, phase_cut_range, backward: bool):
+    """(launch, shared bytes, tables) for the exchange kernel that takes ``x_t``'s planes: one block
+    or one cluster per plane (``takes_exchange_cluster_path``), forward or backward, through the
+    active loader."""
+    op, jit_launch, shared_bytes = _EXCHANGE_KERNELS[(takes_exchange_cluster_path(x_t), backward)]
+    shared, tables = _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, shared_bytes)
+    launch = getattr(torch.ops.manipure_aot, op) if active_loader() == "aot" else jit_launch
+    return launch, shared, tables
+
+
 def launch_exchange_update_backward(
     grad,
     x_t,
@@ -455,18 +471,7 @@ def launch_exchange_update_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients for (x_t, eps, ref_t, eps_ref), one launch (in clusters of eight blocks per
     plane at 256x256, as the forward); the last is empty without eps_ref."""
-    cluster = takes_exchange_cluster_path(x_t)
-    shared, tables = _exchange_tables(
-        x_t,
-        amplitude_cut_range,
-        phase_cut_range,
-        exchange_cluster_backward_shared_bytes if cluster else exchange_backward_shared_bytes,
-    )
-    if active_loader() == "aot":
-        library = torch.ops.manipure_aot
-        launch = library.exchange_update_cluster_backward if cluster else library.exchange_update_backward
-    else:
-        launch = _jit_exchange_update_cluster_backward if cluster else _jit_exchange_update_backward
+    launch, shared, tables = _exchange_kernel(x_t, amplitude_cut_range, phase_cut_range, backward=True)
     return launch(
         grad, x_t, eps, ref_t, eps_ref, *tables, list(coefficients), bool(phase_project),
         bool(reconstruct_real), shared,
