@@ -134,6 +134,60 @@ def test_full_dft_tables_are_symmetric_bit_for_bit(n):
         assert torch.equal(table, table.T)
 
 
+@pytest.mark.parametrize("n, cut", [(1, 3.0), (12, 10.0), (40, 20.0), (45, 5.0), (64, 12.0), (256, 10.0)])
+def test_band_tables_are_conjugate_symmetric_bit_for_bit(n, cut):
+    """The exchange kernels' row transforms take column K - j from column j (sin negated):
+    dft_tables.band_tables lists the band in FFT order with exactly mirrored twiddles."""
+    from manipure_fast.ops.dft_tables import band_frequencies, band_tables
+
+    freqs = band_frequencies(n, cut)
+    k = freqs.numel()
+    cos, sin = band_tables(n, cut, k, n, torch.device("cpu"))
+    mirror = (k - torch.arange(k)) % k
+    assert torch.equal(torch.remainder(freqs + freqs[mirror], n), torch.zeros_like(freqs))
+    assert torch.equal(cos, cos[mirror]) and torch.equal(sin, -sin[mirror])
+    angle = freqs.double().view(-1, 1) * torch.arange(n, dtype=torch.float64) * (2 * torch.pi / n)
+    assert (cos.double() - angle.cos()).abs().max() < 6e-8 and (sin.double() - angle.sin()).abs().max() < 6e-8
+
+
+def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch):
+    """band_row_transforms sums columns 0..K/2 and stores the rest from their mirrors; compiled to
+    sum every column (MANIPURE_SUM_EVERY_BAND_COLUMN=1), the exchange kernels give the same bits,
+    forward and backward, on the FMA path's planes (one block, odd and even K, a full band) and
+    on the cluster kernels'."""
+    reason = cuda_on_cpu.compiler_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
+    gen = torch.Generator().manual_seed(4)
+    coefficients = [0.9, 0.4, 0.95, 0.3, 0.92, 0.1, 0.05, 0.3]
+    cases = []
+    for shape, cut in (
+        ((1, 2, 40, 36), 10.0),
+        ((1, 1, 40, 40), 20.0),
+        ((1, 1, 37, 45), 5.0),
+        ((1, 1, 256, 256), 10.0),
+    ):
+        planes = [torch.randn(shape, generator=gen) * 0.6 for _ in range(6)]
+        cases += [(planes, (cut, cut - 2, project, project)) for project in (False, True)]
+
+    def run_all():
+        outputs = []
+        for (x_t, eps, ref_t, eps_ref, z, g), options in cases:
+            outputs.append(
+                cuda_ops.launch_exchange_update(x_t, eps, ref_t, eps_ref, z, None, coefficients, *options)
+            )
+            outputs += cuda_ops.launch_exchange_update_backward(
+                g, x_t, eps, ref_t, eps_ref, coefficients, *options
+            )
+        return outputs
+
+    shipped = run_all()
+    with tune_cuda.compiled_with({"MANIPURE_SUM_EVERY_BAND_COLUMN": 1}):
+        every_column = run_all()
+    assert all(torch.equal(a, b) for a, b in zip(shipped, every_column, strict=True))
+
+
 def test_gpus_without_tf32_tensor_cores_are_refused_by_name():
     """The kernels carry TF32 mma.sync (the tensor-core path), which sm_80 added."""
     assert cuda_ops.capability_unsupported_reason((8, 0)) is None
@@ -1050,6 +1104,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("exchange_update", "backward", "cifar-B512", "FMA loops") in variants
     assert ("mani_noise", "backward", "cifar-B512", "FMA loops") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
+    assert ("exchange_update", "forward", "imagenet-B64", "every band column summed") in variants
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants

@@ -69,6 +69,15 @@ __device__ __forceinline__ void warp_sums_of_eight(const float (&v)[8], float (&
 // time. Each lane holds the pixels w = lane + 32 t of them, given once by load(h, w, a, b), so each
 // pixel is computed once, and the twiddle reads are coalesced. It needs W <= kMaxRowWidth and a
 // block of whole warps; it neither starts nor ends with a barrier.
+// The rows are real, so column KW - j (frequency -theta_j: the band is listed in FFT order) has
+// the cos sums of column j and its sin sums negated. Only columns 0..KW/2 are summed, and the
+// others stored from them: 11 of 21 at R = 10. The twiddles of -theta_j are exactly those of
+// theta_j with sin negated (dft_tables.band_tables makes them so), so the stored sums are the
+// bits that summing column KW - j itself would give. MANIPURE_SUM_EVERY_BAND_COLUMN=1 sums every
+// column instead: bench/tune_cuda.py times it, and a test checks that the bits agree.
+#ifndef MANIPURE_SUM_EVERY_BAND_COLUMN
+#define MANIPURE_SUM_EVERY_BAND_COLUMN 0
+#endif
 template <typename Load, typename Store>
 __device__ __forceinline__ void band_row_transforms(int H, int W, int KW, const float* cos_w, const float* sin_w,
                                                     Load load, Store store) {
@@ -83,7 +92,8 @@ __device__ __forceinline__ void band_row_transforms(int H, int W, int KW, const 
         a[r][t] = b[r][t] = 0.f;
         if (h0 + r < H && w < W) load(h0 + r, w, a[r][t], b[r][t]);
       }
-    for (int j = 0; j < KW; ++j) {
+    constexpr bool kMirrored = !MANIPURE_SUM_EVERY_BAND_COLUMN;
+    for (int j = 0; j < (kMirrored ? KW / 2 + 1 : KW); ++j) {
       float partial[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // row r: a_cos, a_sin, b_cos, b_sin at 4 r
 #pragma unroll
       for (int t = 0; t < kRowPixelsPerLane; ++t) {
@@ -101,8 +111,11 @@ __device__ __forceinline__ void band_row_transforms(int H, int W, int KW, const 
       }
       float sums[4];
       warp_sums_of_eight(partial, sums);
-      const int h = h0 + (lane >> 4);
-      if ((lane & 15) == 0 && h < H) store(h, j, sums[0], sums[1], sums[2], sums[3]);
+      const int h = h0 + (lane >> 4), mirror = KW - j;
+      if ((lane & 15) == 0 && h < H) {
+        store(h, j, sums[0], sums[1], sums[2], sums[3]);
+        if (kMirrored && j > 0 && mirror != j) store(h, mirror, sums[0], -sums[1], sums[2], -sums[3]);
+      }
     }
   }
 }

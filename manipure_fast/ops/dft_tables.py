@@ -43,8 +43,21 @@ def _twiddles(freqs: torch.Tensor, n: int, rows_pad: int, cols_pad: int) -> tupl
 
 @functools.lru_cache(maxsize=128)
 def band_tables(n: int, cut: float, rows_pad: int, cols_pad: int, device: torch.device):
-    """``(cos, sin)``: float32 ``[rows_pad, cols_pad]`` band DFT rows of an axis, on ``device``."""
-    cos, sin = _twiddles(band_frequencies(n, cut), n, rows_pad, cols_pad)
+    """``(cos, sin)``: float32 ``[rows_pad, cols_pad]`` band DFT rows of an axis, on ``device``.
+
+    Exactly conjugate-symmetric: the row of frequency -f is that of f with sin negated, bit for
+    bit, and a frequency that is its own mirror (0, and n/2 for even n) has sin exactly 0. Rows
+    are listed in FFT order, so row j's mirror is row (K - j) mod K. The CUDA exchange kernels'
+    row transforms (``band_row_transforms``) sum only the rows up to K/2 and take the others from
+    their mirrors, which gives the same bits only because of this."""
+    freqs = band_frequencies(n, cut)
+    cos, sin = _twiddles(freqs.abs(), n, rows_pad, cols_pad)
+    k = freqs.numel()
+    negative = torch.zeros(rows_pad, 1, dtype=torch.bool)
+    negative[:k, 0] = freqs < 0
+    self_mirrored = torch.zeros(rows_pad, 1, dtype=torch.bool)
+    self_mirrored[:k, 0] = torch.remainder(2 * freqs, n) == 0
+    sin = torch.where(negative, -sin, sin).masked_fill(self_mirrored, 0.0)
     return cos.to(device), sin.to(device)
 
 
