@@ -1,11 +1,18 @@
 """The benchmark scripts' code paths on the CPU (they time nothing meaningful here and write
 nothing): the purifier benchmark's smoke mode, gated providers included, the throughput plot, and
 the op benchmark keeping the rows of a run cut short, the compute-sanitizer workload, and the
-tuning sweep's variants."""
+tuning sweep's variants; and the device session script's command lines."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +115,49 @@ def test_tuning_sweep_runs_every_variant_and_each_reaches_its_kernel(capsys):
         ("mani_noise", "imagenet-B64", "BLOCK=1024,num_warps=4"),
     ]:
         assert 0 < names[key]["max_diff_vs_shipped"] <= tune_triton.RED_GATE, key
+
+
+SESSION_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_session.sh"
+# A Python entry point the session script runs, and the rest of its command line up to the pipe.
+_SESSION_COMMAND = re.compile(r'"\$PY" (bench/\w+\.py|-m manipure_fast\.cli)(.*)')
+
+
+def _session_commands() -> list[tuple[str, list[str]]]:
+    """(module, arguments) of every Python entry point in bench/gpu_session.sh; shell values
+    become plausible words (a file, the attack)."""
+    text = SESSION_SCRIPT.read_text().replace("\\\n", " ")
+    commands = []
+    for match in _SESSION_COMMAND.finditer(text):
+        target, rest = match[1], match[2].split(" 2>&1")[0].removesuffix(";;")
+        module = "manipure_fast.cli" if target.startswith("-m") else target.replace("/", ".")[: -len(".py")]
+        words = [
+            "pgd" if w == "$attack" else "x.json" if w.startswith("$(") else w for w in shlex.split(rest)
+        ]
+        commands.append((module, words))
+    return commands
+
+
+class _Parsed(Exception):
+    pass
+
+
+def test_the_device_session_script_parses_and_its_command_lines_are_accepted(monkeypatch):
+    """Device time is short: a mistyped flag in bench/gpu_session.sh would cost a session its
+    stage. Each Python command line it runs goes through its script's own argument parser here
+    (stopped right after parsing), and the shell script passes bash -n."""
+    if shutil.which("bash") is not None:
+        subprocess.run(["bash", "-n", str(SESSION_SCRIPT)], check=True)
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    commands = _session_commands()
+    assert {module for module, _ in commands} >= {
+        "bench.bench_ops", "bench.bench_purifier", "bench.sanitize_ops", "bench.tune_cuda",
+        "bench.tune_triton", "bench.dispatch_table", "bench.plot_throughput", "manipure_fast.cli",
+    }  # fmt: skip
+    for module, words in commands:
+        with pytest.raises(_Parsed):
+            importlib.import_module(module).main(words)
