@@ -57,7 +57,7 @@ def band_tables(n: int, cut: float, rows_pad: int, cols_pad: int, device: torch.
     negative[:k, 0] = freqs < 0
     self_mirrored = torch.zeros(rows_pad, 1, dtype=torch.bool)
     self_mirrored[:k, 0] = torch.remainder(2 * freqs, n) == 0
-    sin = torch.where(negative, -sin, sin).masked_fill(self_mirrored, 0.0)
+    sin = torch.where(negative, -sin, sin).masked_fill(self_mirrored, 0.0) + 0.0  # + 0.0: no -0.0 entries
     return cos.to(device), sin.to(device)
 
 
