@@ -227,19 +227,62 @@ __device__ __forceinline__ void exchange_mix_gradient(float2 fp, float2 fq, floa
   }
 }
 
+// The band's inverse transforms below pair the columns of frequencies theta and -theta (j and its
+// mirror K - j: the band is listed in FFT order), whose twiddles share cos and negate sin:
+//   E[j] e^{+i theta w} + E[K-j] e^{-i theta w} = S (cos theta w) + i D (sin theta w),
+// with S = E[j] + E[K-j] and D = E[j] - E[K-j]. The inverse rows then take K/2 + 1 terms per pixel
+// rather than K (11 rather than 21 at R = 10), and load each twiddle pair once.
+// MANIPURE_UNPAIRED_BAND_COLUMNS=1 compiles the unpaired loops (the same bits as before the
+// pairing): bench/tune_cuda.py times them.
+#ifndef MANIPURE_UNPAIRED_BAND_COLUMNS
+#define MANIPURE_UNPAIRED_BAND_COLUMNS 0
+#endif
+constexpr bool kPairedColumns = !MANIPURE_UNPAIRED_BAND_COLUMNS;
+
+// The columns band_inverse_rows walks, and whether column j has a distinct mirror K - j (0 and,
+// for even K, K/2 are their own).
+__device__ __forceinline__ int paired_columns(int KW) { return kPairedColumns ? KW / 2 + 1 : KW; }
+__device__ __forceinline__ bool has_mirror(int j, int KW) { return kPairedColumns && j > 0 && KW - j != j; }
+
+// acc + the pair's term: S (c + i s) with the sin part taken from D (D = S for a column without a
+// mirror, which makes it twiddle_mac's E (c + i s), in its order of operations).
+__device__ __forceinline__ float2 paired_mac(float2 acc, float2 S, float2 D, float c, float s) {
+  acc.x += S.x * c - D.y * s;
+  acc.y += D.x * s + S.y * c;
+  return acc;
+}
+
 // E[h][j] = sum_i X[i][j] e^{+i theta_i h}: the band's inverse column transform, [KH x KW] ->
-// [H x KW], or [rows x KW] for the rows from h0 (row h0 + h at h). Every thread of the block must
-// call it; it returns synchronised.
+// [H x KW], or [rows x KW] for the rows from h0 (row h0 + h at h); and E2 from X2 when kTwo.
+// Stored paired for band_inverse_rows: S at column j, D at its mirror K - j. A thread takes both
+// columns of a pair, so each twiddle it loads serves both. Every thread of the block must call it;
+// it returns synchronised.
+template <bool kTwo = false>
 __device__ __forceinline__ void band_inverse_columns(const float2* X, float2* E, const float* cos_h,
                                                      const float* sin_h, int H, int KH, int KW, int h0 = 0,
-                                                     int rows = -1) {
+                                                     int rows = -1, const float2* X2 = nullptr,
+                                                     float2* E2 = nullptr) {
   if (rows < 0) rows = H;
-  for (int idx = threadIdx.x; idx < rows * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int i = 0; i < KH; ++i)
-      acc = twiddle_mac(acc, X[i * KW + j], cos_h[i * H + h0 + h], sin_h[i * H + h0 + h]);
-    E[idx] = acc;
+  const int columns = paired_columns(KW);
+  for (int idx = threadIdx.x; idx < rows * columns; idx += blockDim.x) {
+    const int h = idx / columns, j = idx - h * columns, mirror = KW - j;
+    const bool paired = has_mirror(j, KW);
+    float2 a = make_float2(0.f, 0.f), b = a, a2 = a, b2 = a;  // columns j and K - j, of X and X2
+    for (int i = 0; i < KH; ++i) {
+      const float c = cos_h[i * H + h0 + h], s = sin_h[i * H + h0 + h];
+      a = twiddle_mac(a, X[i * KW + j], c, s);
+      if (paired) b = twiddle_mac(b, X[i * KW + mirror], c, s);
+      if constexpr (kTwo) {
+        a2 = twiddle_mac(a2, X2[i * KW + j], c, s);
+        if (paired) b2 = twiddle_mac(b2, X2[i * KW + mirror], c, s);
+      }
+    }
+    E[h * KW + j] = paired ? make_float2(a.x + b.x, a.y + b.y) : a;
+    if (paired) E[h * KW + mirror] = make_float2(a.x - b.x, a.y - b.y);
+    if constexpr (kTwo) {
+      E2[h * KW + j] = paired ? make_float2(a2.x + b2.x, a2.y + b2.y) : a2;
+      if (paired) E2[h * KW + mirror] = make_float2(a2.x - b2.x, a2.y - b2.y);
+    }
   }
   __syncthreads();
 }
@@ -253,7 +296,8 @@ constexpr int kInverseRowsPerThread = MANIPURE_INVERSE_ROWS_PER_THREAD;
 static_assert(kInverseRowsPerThread >= 1, "band_inverse_rows takes at least one row per thread");
 
 // The band's inverse row transform at every pixel: acc = sum_j E[h][j] e^{+i theta_j w} (and acc2
-// from E2 when kTwo), handed to pixel(h, w, acc, acc2), unnormalised. A thread takes
+// from E2 when kTwo), from E as band_inverse_columns stores it (paired), handed to
+// pixel(h, w, acc, acc2), unnormalised. A thread takes
 // kInverseRowsPerThread rows of one column and loads each twiddle once for all of them; a warp's
 // lanes take consecutive columns, so the twiddle reads are coalesced and E's are broadcast. The
 // thread that gets a pixel depends only on (H, W), so two calls give each pixel to the same
@@ -268,13 +312,19 @@ __device__ __forceinline__ void band_inverse_rows(const float2* E, const float2*
     float2 acc[kRows], acc2[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = acc2[r] = make_float2(0.f, 0.f);
-    for (int j = 0; j < KW; ++j) {
+    const int columns = paired_columns(KW);
+    for (int j = 0; j < columns; ++j) {
       const float c = cos_w[j * W + w], s = sin_w[j * W + w];
+      const int d = has_mirror(j, KW) ? KW - j : j;  // where D is: the mirror's slot, or S itself
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         if (h0 + r >= H) break;
-        acc[r] = twiddle_mac(acc[r], E[(h0 + r) * KW + j], c, s);
-        if constexpr (kTwo) acc2[r] = twiddle_mac(acc2[r], E2[(h0 + r) * KW + j], c, s);
+        const float2* row = E + (h0 + r) * KW;
+        acc[r] = paired_mac(acc[r], row[j], row[d], c, s);
+        if constexpr (kTwo) {
+          const float2* row2 = E2 + (h0 + r) * KW;
+          acc2[r] = paired_mac(acc2[r], row2[j], row2[d], c, s);
+        }
       }
     }
 #pragma unroll
@@ -401,18 +451,7 @@ __device__ __forceinline__ void exchange_pixel_gradients(
     const float* sin_w, int H, int W, int KH, int KW, const ExchangeCoefficients& k, int has_eps_ref, int h0 = 0,
     int rows = -1) {
   if (rows < 0) rows = H;
-  for (int idx = threadIdx.x; idx < rows * KW; idx += blockDim.x) {
-    const int h = idx / KW, j = idx - h * KW;
-    float2 ap = make_float2(0.f, 0.f), aq = make_float2(0.f, 0.f);
-    for (int i = 0; i < KH; ++i) {
-      const float c = cos_h[i * H + h0 + h], s = sin_h[i * H + h0 + h];
-      ap = twiddle_mac(ap, g_Fp[i * KW + j], c, s);
-      aq = twiddle_mac(aq, g_Fq[i * KW + j], c, s);
-    }
-    A[idx] = ap;
-    B[idx] = aq;
-  }
-  __syncthreads();
+  band_inverse_columns<true>(g_Fp, A, cos_h, sin_h, H, KH, KW, h0, rows, g_Fq, B);
   // Only the real parts are used: the compiler drops the imaginary ones.
   band_inverse_rows<true>(A, B, rows, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc_p, float2 acc_q) {
     const long long el = base + (long long)(h0 + h) * W + w;

@@ -100,7 +100,8 @@ extern "C" __global__ void exchange_update_kernel(
                   .delta;
   __syncthreads();
 
-  // Inverse column transform of Delta: E[h][j] = sum_i Delta[i][j] e^{+i theta_i h} (over Gq).
+  // Inverse column transform of Delta: E[h][j] = sum_i Delta[i][j] e^{+i theta_i h} (over Gq, with
+  // the columns of theta and -theta paired for the inverse rows).
   float2* E = Gq;
   band_inverse_columns(Fq, E, cos_h, sin_h, H, KH, KW);
 
