@@ -12,8 +12,8 @@ Variants, each one define away from the shipped source (prepended to what the JI
   exchange's ``band_inverse_rows`` takes, in the FMA loops: forward and backward at ImageNet B=64;
 - ``MANIPURE_SUM_EVERY_BAND_COLUMN=1``: the exchange's row transforms summing every band column,
   against the shipped half and their mirrors (the same bits), at ImageNet B=64;
-- ``MANIPURE_UNPAIRED_BAND_COLUMNS=1``: the exchange's inverse column and row transforms without
-  pairing the columns of theta and -theta, at ImageNet B=64.
+- ``MANIPURE_UNPAIRED_FREQUENCIES=1``: the exchange's column, inverse column and inverse row
+  transforms without pairing the frequencies theta and -theta, at ImageNet B=64.
 
 and two choices made in ``cuda_ops`` for 256x256 planes on thread-block clusters, at ImageNet
 B=64: MANI in one launch (``mani_noise_cluster.cu``, and its backward) against the four launches
@@ -51,7 +51,7 @@ SMOKE_SHAPES = {"cifar-B512": (1, 2, 20, 24), "imagenet-B64": (1, 1, 36, 40)}
 FMA_LOOPS = ("FMA loops", {"MANIPURE_TENSOR_CORE_MAX_SIDE": 0})
 INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THREAD": n}) for n in (1, 2, 8)]
 EVERY_BAND_COLUMN = ("every band column summed", {"MANIPURE_SUM_EVERY_BAND_COLUMN": 1})
-UNPAIRED_COLUMNS = ("unpaired inverse columns", {"MANIPURE_UNPAIRED_BAND_COLUMNS": 1})
+UNPAIRED_FREQUENCIES = ("unpaired frequencies", {"MANIPURE_UNPAIRED_FREQUENCIES": 1})
 FOUR_LAUNCHES = ("4 launches around cuFFT", {"MANI_CLUSTER": False})
 EIGHT_LAUNCHES = ("8 launches around cuFFT", {"MANI_CLUSTER": False})
 ONE_BLOCK_PER_PLANE = ("one block per plane", {"EXCHANGE_CLUSTER": False})
@@ -110,7 +110,7 @@ def exchange_groups(label, shape, device) -> list[Group]:
     variants = (
         [FMA_LOOPS]
         if max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE
-        else [*INVERSE_ROWS, EVERY_BAND_COLUMN, UNPAIRED_COLUMNS]
+        else [*INVERSE_ROWS, EVERY_BAND_COLUMN, UNPAIRED_FREQUENCIES]
     )
     op = "exchange_update"
     return [

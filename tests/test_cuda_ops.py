@@ -154,8 +154,8 @@ def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch
     """band_row_transforms sums columns 0..K/2 and stores the rest from their mirrors; compiled to
     sum every column (MANIPURE_SUM_EVERY_BAND_COLUMN=1), the exchange kernels give the same bits,
     forward and backward, on the FMA path's planes (one block, odd and even K, a full band) and
-    on the cluster kernels'. The inverse transforms' paired columns agree with the unpaired loops
-    (MANIPURE_UNPAIRED_BAND_COLUMNS=1) to rounding."""
+    on the cluster kernels'. The column and inverse transforms' pairing of theta and -theta agrees
+    with the unpaired loops (MANIPURE_UNPAIRED_FREQUENCIES=1) to rounding."""
     reason = cuda_on_cpu.compiler_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -187,8 +187,8 @@ def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch
     with tune_cuda.compiled_with({"MANIPURE_SUM_EVERY_BAND_COLUMN": 1}):
         every_column = run_all()
     assert all(torch.equal(a, b) for a, b in zip(shipped, every_column, strict=True))
-    # The inverse transforms' pairing of theta and -theta is other arithmetic: the same to rounding.
-    with tune_cuda.compiled_with({"MANIPURE_UNPAIRED_BAND_COLUMNS": 1}):
+    # The column and inverse transforms' pairing is other arithmetic: the same to rounding.
+    with tune_cuda.compiled_with({"MANIPURE_UNPAIRED_FREQUENCIES": 1}):
         unpaired = run_all()
     for a, b in zip(shipped, unpaired, strict=True):
         if a.numel():
@@ -1113,7 +1113,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("mani_noise", "backward", "cifar-B512", "FMA loops") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "every band column summed") in variants
-    assert ("exchange_update", "backward", "imagenet-B64", "unpaired inverse columns") in variants
+    assert ("exchange_update", "backward", "imagenet-B64", "unpaired frequencies") in variants
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants

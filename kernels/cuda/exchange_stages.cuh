@@ -63,6 +63,36 @@ __device__ __forceinline__ void warp_sums_of_eight(const float (&v)[8], float (&
   sums[3] = __shfl_xor_sync(full, one, 12);
 }
 
+// ---- pairing theta and -theta ---------------------------------------------------------------------
+// The band is listed in FFT order, so frequency j's mirror (-theta_j) is K - j, and
+// dft_tables.band_tables makes their twiddles share cos and negate sin exactly. The transforms
+// below use that: the row transforms of real rows sum only frequencies 0..K/2 and take the others
+// from their mirrors (the same bits), and the column and inverse transforms take both frequencies
+// of a pair in one thread, which loads each twiddle once for both and, in the column and inverse
+// row transforms, halves the multiply-adds (other arithmetic, the same accuracy):
+//   column:   sum_h G e^{-/+ i theta h} = P -/+ i Q, with P = sum_h G cos, Q = sum_h G sin;
+//   inverse:  E[j] e^{i theta w} + E[K-j] e^{-i theta w} = S cos + i D sin, S, D = E[j] +/- E[K-j].
+// MANIPURE_UNPAIRED_FREQUENCIES=1 compiles the column and inverse transforms unpaired (the bits of
+// the code before the pairing): bench/tune_cuda.py times them. The row transforms' mirrors have their
+// own switch, below.
+#ifndef MANIPURE_UNPAIRED_FREQUENCIES
+#define MANIPURE_UNPAIRED_FREQUENCIES 0
+#endif
+constexpr bool kPairedFrequencies = !MANIPURE_UNPAIRED_FREQUENCIES;
+
+// The frequencies a paired loop walks (0..K/2, or all K unpaired), and whether frequency j has a
+// distinct mirror K - j (0 and, for even K, K/2 are their own).
+__device__ __forceinline__ int paired_count(int K) { return kPairedFrequencies ? K / 2 + 1 : K; }
+__device__ __forceinline__ bool has_mirror(int j, int K) { return kPairedFrequencies && j > 0 && K - j != j; }
+
+// acc + the pair's term: S (c + i s) with the sin part taken from D (D = S for a frequency without
+// a mirror, which makes it twiddle_mac's E (c + i s), in its order of operations).
+__device__ __forceinline__ float2 paired_mac(float2 acc, float2 S, float2 D, float c, float s) {
+  acc.x += S.x * c - D.y * s;
+  acc.y += D.x * s + S.y * c;
+  return acc;
+}
+
 // Row transforms of two real images a, b of one plane onto the band columns: for every row h and
 // band column j, the sums over w of a[h][w] cos(theta_j w), a[h][w] sin(theta_j w) and the same
 // for b, handed to store(h, j, a_cos, a_sin, b_cos, b_sin). One warp takes kRowsPerWarp rows at a
@@ -120,6 +150,48 @@ __device__ __forceinline__ void band_row_transforms(int H, int W, int KW, const 
   }
 }
 
+// F[i][j] = scale * sum_h G[h][j] e^{-i theta_i h}, the band's column transform over the `rows`
+// rows from h0 ([rows x KW] -> [KH x KW]), and F2 from G2 when kTwo. A thread takes frequencies i
+// and KH - i of a column (P -/+ i Q, above). Every thread of the block must call it; it returns
+// synchronised.
+template <bool kTwo = false>
+__device__ __forceinline__ void band_columns(const float2* G, float2* F, const float* cos_h, const float* sin_h,
+                                             int H, int KH, int KW, float scale, int h0, int rows,
+                                             const float2* G2 = nullptr, float2* F2 = nullptr) {
+  const int columns = paired_count(KH) * KW;
+  for (int idx = threadIdx.x; idx < columns; idx += blockDim.x) {
+    const int i = idx / KW, j = idx - i * KW, mirror = (KH - i) * KW + j;
+    float2 p = make_float2(0.f, 0.f), q = p, p2 = p, q2 = p;
+    for (int h = 0; h < rows; ++h) {
+      const float c = cos_h[i * H + h0 + h], s = sin_h[i * H + h0 + h];
+      const float2 g = G[h * KW + j];
+      if constexpr (kPairedFrequencies) {
+        p = make_float2(p.x + g.x * c, p.y + g.y * c);
+        q = make_float2(q.x + g.x * s, q.y + g.y * s);
+      } else {  // the unpaired loop: twiddle_mac at e^{-i theta}, into p
+        p = twiddle_mac(p, g, c, -s);
+      }
+      if constexpr (kTwo) {
+        const float2 g2 = G2[h * KW + j];
+        if constexpr (kPairedFrequencies) {
+          p2 = make_float2(p2.x + g2.x * c, p2.y + g2.y * c);
+          q2 = make_float2(q2.x + g2.x * s, q2.y + g2.y * s);
+        } else {
+          p2 = twiddle_mac(p2, g2, c, -s);
+        }
+      }
+    }
+    // P - i Q, and P + i Q at the mirror (q stays 0 unpaired)
+    F[idx] = make_float2((p.x + q.y) * scale, (p.y - q.x) * scale);
+    if (has_mirror(i, KH)) F[mirror] = make_float2((p.x - q.y) * scale, (p.y + q.x) * scale);
+    if constexpr (kTwo) {
+      F2[idx] = make_float2((p2.x + q2.y) * scale, (p2.y - q2.x) * scale);
+      if (has_mirror(i, KH)) F2[mirror] = make_float2((p2.x - q2.y) * scale, (p2.y + q2.x) * scale);
+    }
+  }
+  __syncthreads();
+}
+
 // Both pixel images' band spectra: row transforms G[h][j] = sum_w v[h][w] e^{-i theta_j w} into
 // Gp, Gq [H x KW], then F[i][j] = sum_h G[h][j] e^{-i theta_i h} into Fp, Fq [KH x KW]. Given
 // `rows` rows from h0 (exchange_update_cluster.cu's slabs), G holds those rows (row h0 + h at h)
@@ -142,18 +214,7 @@ __device__ __forceinline__ void band_spectra(
         Gq[h * KW + j] = make_float2(q_cos, -q_sin);
       });
   __syncthreads();
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, j = idx - i * KW;
-    float2 fp = make_float2(0.f, 0.f), fq = make_float2(0.f, 0.f);
-    for (int h = 0; h < rows; ++h) {
-      const float c = cos_h[i * H + h0 + h], s = sin_h[i * H + h0 + h];
-      fp = twiddle_mac(fp, Gp[h * KW + j], c, -s);
-      fq = twiddle_mac(fq, Gq[h * KW + j], c, -s);
-    }
-    Fp[idx] = fp;
-    Fq[idx] = fq;
-  }
-  __syncthreads();
+  band_columns<true>(Gp, Fp, cos_h, sin_h, H, KH, KW, 1.0f, h0, rows, Gq, Fq);
 }
 
 // One band coefficient of the exchange (SPEC §2.2), for F_p (x0's) and F_q (the reference's).
@@ -227,31 +288,6 @@ __device__ __forceinline__ void exchange_mix_gradient(float2 fp, float2 fq, floa
   }
 }
 
-// The band's inverse transforms below pair the columns of frequencies theta and -theta (j and its
-// mirror K - j: the band is listed in FFT order), whose twiddles share cos and negate sin:
-//   E[j] e^{+i theta w} + E[K-j] e^{-i theta w} = S (cos theta w) + i D (sin theta w),
-// with S = E[j] + E[K-j] and D = E[j] - E[K-j]. The inverse rows then take K/2 + 1 terms per pixel
-// rather than K (11 rather than 21 at R = 10), and load each twiddle pair once.
-// MANIPURE_UNPAIRED_BAND_COLUMNS=1 compiles the unpaired loops (the same bits as before the
-// pairing): bench/tune_cuda.py times them.
-#ifndef MANIPURE_UNPAIRED_BAND_COLUMNS
-#define MANIPURE_UNPAIRED_BAND_COLUMNS 0
-#endif
-constexpr bool kPairedColumns = !MANIPURE_UNPAIRED_BAND_COLUMNS;
-
-// The columns band_inverse_rows walks, and whether column j has a distinct mirror K - j (0 and,
-// for even K, K/2 are their own).
-__device__ __forceinline__ int paired_columns(int KW) { return kPairedColumns ? KW / 2 + 1 : KW; }
-__device__ __forceinline__ bool has_mirror(int j, int KW) { return kPairedColumns && j > 0 && KW - j != j; }
-
-// acc + the pair's term: S (c + i s) with the sin part taken from D (D = S for a column without a
-// mirror, which makes it twiddle_mac's E (c + i s), in its order of operations).
-__device__ __forceinline__ float2 paired_mac(float2 acc, float2 S, float2 D, float c, float s) {
-  acc.x += S.x * c - D.y * s;
-  acc.y += D.x * s + S.y * c;
-  return acc;
-}
-
 // E[h][j] = sum_i X[i][j] e^{+i theta_i h}: the band's inverse column transform, [KH x KW] ->
 // [H x KW], or [rows x KW] for the rows from h0 (row h0 + h at h); and E2 from X2 when kTwo.
 // Stored paired for band_inverse_rows: S at column j, D at its mirror K - j. A thread takes both
@@ -263,7 +299,7 @@ __device__ __forceinline__ void band_inverse_columns(const float2* X, float2* E,
                                                      int rows = -1, const float2* X2 = nullptr,
                                                      float2* E2 = nullptr) {
   if (rows < 0) rows = H;
-  const int columns = paired_columns(KW);
+  const int columns = paired_count(KW);
   for (int idx = threadIdx.x; idx < rows * columns; idx += blockDim.x) {
     const int h = idx / columns, j = idx - h * columns, mirror = KW - j;
     const bool paired = has_mirror(j, KW);
@@ -312,7 +348,7 @@ __device__ __forceinline__ void band_inverse_rows(const float2* E, const float2*
     float2 acc[kRows], acc2[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = acc2[r] = make_float2(0.f, 0.f);
-    const int columns = paired_columns(KW);
+    const int columns = paired_count(KW);
     for (int j = 0; j < columns; ++j) {
       const float c = cos_w[j * W + w], s = sin_w[j * W + w];
       const int d = has_mirror(j, KW) ? KW - j : j;  // where D is: the mirror's slot, or S itself
@@ -429,14 +465,7 @@ __device__ __forceinline__ void band_gradient_spectrum(const float* g_eps, const
         B[h * KW + j] = make_float2(a_cos + b_sin, b_cos - a_sin);
       });
   __syncthreads();
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, j = idx - i * KW;
-    float2 acc = make_float2(0.f, 0.f);
-    for (int h = 0; h < rows; ++h)
-      acc = twiddle_mac(acc, B[h * KW + j], cos_h[i * H + h0 + h], -sin_h[i * H + h0 + h]);
-    G[idx] = make_float2(acc.x * scale, acc.y * scale);
-  }
-  __syncthreads();
+  band_columns(B, G, cos_h, sin_h, H, KH, KW, scale, h0, rows);
 }
 
 // Back to pixels on the rows: Re(sum_k e^{+i theta n} g_F[k]) for g_F_p and g_F_q (inverse column
