@@ -158,8 +158,8 @@ template <bool kTwo = false>
 __device__ __forceinline__ void band_columns(const float2* G, float2* F, const float* cos_h, const float* sin_h,
                                              int H, int KH, int KW, float scale, int h0, int rows,
                                              const float2* G2 = nullptr, float2* F2 = nullptr) {
-  const int columns = paired_count(KH) * KW;
-  for (int idx = threadIdx.x; idx < columns; idx += blockDim.x) {
+  const int outputs = paired_count(KH) * KW;  // (i, j) with i up to KH/2; mirror: (KH - i, j)
+  for (int idx = threadIdx.x; idx < outputs; idx += blockDim.x) {
     const int i = idx / KW, j = idx - i * KW, mirror = (KH - i) * KW + j;
     float2 p = make_float2(0.f, 0.f), q = p, p2 = p, q2 = p;
     for (int h = 0; h < rows; ++h) {
