@@ -999,6 +999,48 @@ def test_aot_library_cluster_ops_refuse_other_planes_by_name(both_loaders):
         )
 
 
+def test_aot_library_ops_refuse_a_call_with_neither_noise_nor_rng_state(both_loaders):
+    """The ops that draw noise take it given or draw it from rng_state: without either they
+    refuse by name, and a given noise of the wrong shape is named too."""
+    from manipure_fast.ops.dft_tables import (
+        band_frequencies,
+        band_masks,
+        band_tables,
+        fft_steps,
+        half_spectrum_bands,
+    )
+
+    library, device = both_loaders
+    x, wrong = _on(device, torch.zeros(1, 1, 20, 24), torch.zeros(1, 1, 20, 20))
+    kh, kw = band_frequencies(20, 4.0).numel(), band_frequencies(24, 4.0).numel()
+    bands = (*band_tables(20, 4.0, kh, 20, x.device), *band_tables(24, 4.0, kw, 24, x.device))
+    masks = band_masks(20, 24, 4.0, 4.0, kh, kw, x.device)
+    exchange = (*bands, *masks, [1.0] * 8, False, False, cuda_ops.exchange_shared_bytes(20, 24, 4.0))
+    mani = (
+        *cuda_ops._mani_tables(x, 8, "width"),
+        1.8,
+        1e-6,
+        False,
+        1,
+        0.9,
+        0.4,
+        cuda_ops.mani_shared_bytes(20, 24, 8),
+    )
+    with pytest.raises(RuntimeError, match="exchange_update needs noise or rng_state"):
+        library.exchange_update(x, x, x, None, None, None, *exchange)
+    with pytest.raises(RuntimeError, match="mani_noise needs noise or rng_state"):
+        library.mani_noise(x, None, None, *mani)
+    with pytest.raises(RuntimeError, match="noise has shape"):
+        library.mani_noise(x, wrong, None, *mani)
+    with pytest.raises(RuntimeError, match="mani_inject needs noise or rng_state"):
+        library.mani_inject(x, x, None, None, 1, 0.9, 0.4)
+    (plane,) = _on(device, torch.zeros(1, 1, 256, 256))
+    band, share = half_spectrum_bands(256, 256, 8, "width", plane.device)
+    cluster = (fft_steps(16, plane.device), band, share, 8, 1.8, 1e-6, False, 1, 0.9, 0.4)
+    with pytest.raises(RuntimeError, match="mani_noise_cluster needs noise or rng_state"):
+        library.mani_noise_cluster(plane, None, None, *cluster)
+
+
 def test_aot_library_ops_pass_opcheck_and_match_the_jit(both_loaders):
     """The library's twelve ops through opcheck, and against the JIT's launches of the same kernels,
     with given and in-kernel noise: the C++ glue passes every argument where it belongs. On the

@@ -78,6 +78,35 @@ const long long* rng_pointer(const std::optional<at::Tensor>& rng_state, const a
   return reinterpret_cast<const long long*>(rng_state->data_ptr<int64_t>());
 }
 
+// An op's noise, given or drawn in the kernel from rng_state: checks both, and that one is there;
+// returns the generator state (null with given noise alone).
+const long long* noise_or_rng(const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& rng_state,
+                              const at::Tensor& like, const char* op) {
+  if (noise.has_value()) check_image(*noise, "noise", like);
+  const long long* rng = rng_pointer(rng_state, like);
+  TORCH_CHECK(noise.has_value() || rng != nullptr, op, " needs noise or rng_state");
+  return rng;
+}
+
+// The MANI ops' noise arguments: the kernel reads given noise, or draws it and stores what it drew
+// in `drawn`, which the op returns (empty when the noise was given).
+struct InjectedNoise {
+  at::Tensor drawn;
+  const float* given;     // the given noise (x, unread, when drawn)
+  float* store;           // where the kernel stores its draws (out, unwritten, when given)
+  const long long* rng;
+  bool has_noise;
+};
+
+InjectedNoise injected_noise(const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& rng_state,
+                             const at::Tensor& x, const at::Tensor& out, const char* op) {
+  const long long* rng = noise_or_rng(noise, rng_state, x, op);
+  at::Tensor drawn = noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x);
+  const float* given = noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>();
+  float* store = noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>();
+  return {drawn, given, store, rng, noise.has_value()};
+}
+
 // torch's current stream on x's device. The device-generic c10 interface (rather than
 // c10/cuda's CUDAStream) keeps this file buildable against a CPU torch, whose headers lack the
 // CUDA-specific configuration; at run time it reaches the same CUDA stream registry.
@@ -144,9 +173,7 @@ at::Tensor exchange_update_cuda(
   const auto [KH, KW] = check_exchange(x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
                                        phase_mask, coefficients, shared_bytes);
   if (on_clusters) check_exchange_clusters(x_t, op);
-  if (noise.has_value()) check_image(*noise, "noise", x_t);
-  const long long* rng = rng_pointer(rng_state, x_t);
-  TORCH_CHECK(noise.has_value() || rng != nullptr, op, " needs noise or rng_state");
+  const long long* rng = noise_or_rng(noise, rng_state, x_t, op);
 
   float k[8];
   to_floats(coefficients, k);
@@ -228,25 +255,20 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cuda(
     const at::Tensor& band_counts, double gamma, double eps0, bool weight_kernel, int64_t normalize,
     double signal, double noise_scale, int64_t shared_bytes) {
   check_mani(x, cos_h, sin_h, cos_w, sin_w, band_map, band_counts, normalize, shared_bytes);
-  if (noise.has_value()) check_image(*noise, "noise", x);
-  const long long* rng = rng_pointer(rng_state, x);
-  TORCH_CHECK(noise.has_value() || rng != nullptr, "mani_noise needs noise or rng_state");
-
   at::Tensor out = at::empty_like(x);
-  at::Tensor drawn = noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x);
+  const InjectedNoise z = injected_noise(noise, rng_state, x, out, "mani_noise");
   const c10::DeviceGuard guard(x.device());
   check_status(
       manipure::launch_mani_noise(
           static_cast<int>(x.size(0) * x.size(1)), static_cast<int>(shared_bytes), current_stream(x),
-          x.data_ptr<float>(), noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>(),
-          out.data_ptr<float>(), noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>(), rng,
+          x.data_ptr<float>(), z.given, out.data_ptr<float>(), z.store, z.rng,
           cos_h.data_ptr<float>(), sin_h.data_ptr<float>(), cos_w.data_ptr<float>(),
           sin_w.data_ptr<float>(), band_map.data_ptr<int>(), band_counts.data_ptr<float>(),
           static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<int>(band_counts.numel()),
           static_cast<float>(gamma), static_cast<float>(eps0), weight_kernel, static_cast<int>(normalize),
-          static_cast<float>(signal), static_cast<float>(noise_scale), noise.has_value(), !noise.has_value()),
+          static_cast<float>(signal), static_cast<float>(noise_scale), z.has_noise, !z.has_noise),
       "mani_noise");
-  return {out, drawn};
+  return {out, z.drawn};
 }
 
 std::tuple<at::Tensor, at::Tensor> mani_noise_backward_cuda(
@@ -370,22 +392,18 @@ std::tuple<at::Tensor, at::Tensor> mani_inject_cuda(const at::Tensor& x, const a
   check_launch(planes, 32 * 4, x);
   check_image(x, "x", x);
   check_image(shaped, "shaped", x);
-  if (noise.has_value()) check_image(*noise, "noise", x);
-  const long long* rng = rng_pointer(rng_state, x);
-  TORCH_CHECK(noise.has_value() || rng != nullptr, "mani_inject needs noise or rng_state");
   TORCH_CHECK(normalize >= 0 && normalize <= 2, "normalize must be 0 (none), 1 (rms) or 2 (max), got ", normalize);
   at::Tensor out = at::empty_like(x);
-  at::Tensor drawn = noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x);
+  const InjectedNoise z = injected_noise(noise, rng_state, x, out, "mani_inject");
   const c10::DeviceGuard guard(x.device());
   check_status(
       manipure::launch_mani_inject(
           static_cast<int>(planes), 32 * 4, current_stream(x), x.data_ptr<float>(), shaped.data_ptr<float>(),
-          noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>(), out.data_ptr<float>(),
-          noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>(), rng,
-          static_cast<int>(x.size(2) * x.size(3)), static_cast<int>(normalize), static_cast<float>(signal),
-          static_cast<float>(noise_scale), noise.has_value(), !noise.has_value()),
+          z.given, out.data_ptr<float>(), z.store, z.rng, static_cast<int>(x.size(2) * x.size(3)),
+          static_cast<int>(normalize), static_cast<float>(signal), static_cast<float>(noise_scale), z.has_noise,
+          !z.has_noise),
       "mani_inject");
-  return {out, drawn};
+  return {out, z.drawn};
 }
 
 // The cluster ops' shared checks (x, the FFT steps, the bands, normalize); returns the plane count.
@@ -412,22 +430,18 @@ std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_cuda(const at::Tensor& x, 
                                                            double eps0, bool weight_kernel, int64_t normalize,
                                                            double signal, double noise_scale) {
   const int64_t planes = check_cluster_launch("mani_noise_cluster", x, steps, band, share, n_bands, normalize);
-  if (noise.has_value()) check_image(*noise, "noise", x);
-  const long long* rng = rng_pointer(rng_state, x);
-  TORCH_CHECK(noise.has_value() || rng != nullptr, "mani_noise_cluster needs noise or rng_state");
   at::Tensor out = at::empty_like(x);
-  at::Tensor drawn = noise.has_value() ? at::empty({0}, x.options()) : at::empty_like(x);
+  const InjectedNoise z = injected_noise(noise, rng_state, x, out, "mani_noise_cluster");
   const c10::DeviceGuard guard(x.device());
   check_status(
       manipure::launch_mani_noise_cluster(
-          static_cast<int>(planes), current_stream(x), x.data_ptr<float>(),
-          noise.has_value() ? noise->data_ptr<float>() : x.data_ptr<float>(), out.data_ptr<float>(),
-          noise.has_value() ? out.data_ptr<float>() : drawn.data_ptr<float>(), rng, steps.data_ptr<float>(),
-          band.data_ptr<int>(), share.data_ptr<float>(), static_cast<int>(n_bands), static_cast<float>(gamma),
-          static_cast<float>(eps0), weight_kernel, static_cast<int>(normalize), static_cast<float>(signal),
-          static_cast<float>(noise_scale), noise.has_value(), !noise.has_value()),
+          static_cast<int>(planes), current_stream(x), x.data_ptr<float>(), z.given, out.data_ptr<float>(),
+          z.store, z.rng, steps.data_ptr<float>(), band.data_ptr<int>(), share.data_ptr<float>(),
+          static_cast<int>(n_bands), static_cast<float>(gamma), static_cast<float>(eps0), weight_kernel,
+          static_cast<int>(normalize), static_cast<float>(signal), static_cast<float>(noise_scale), z.has_noise,
+          !z.has_noise),
       "mani_noise_cluster");
-  return {out, drawn};
+  return {out, z.drawn};
 }
 
 std::tuple<at::Tensor, at::Tensor> mani_noise_cluster_backward_cuda(
