@@ -11,8 +11,9 @@ arguments pass through and only the named constexprs and launch options are repl
 
 - exchange_update, forward and backward, at CIFAR B=512 and ImageNet B=64: ``BLOCK_M`` (32 where
   the plane's height is a multiple), ``BLOCK_K`` (16, 32, 64, at most the padded width),
-  ``num_stages`` (1, 2, 3), ``num_warps`` (4, 8, 16), and ``PRECISION="tf32x3"`` (the dots on
-  tensor cores in three TF32 passes);
+  ``num_stages`` (1, 2, 3), ``num_warps`` (4, 8, 16), ``PRECISION="tf32x3"`` (the dots on
+  tensor cores in three TF32 passes), and the whole W band in place of its non-negative half
+  (``triton_exchange.HALF_BAND_W``);
 - mani_noise at CIFAR B=512, forward and backward: the whole-tile kernel's warps, the streamed
   kernel (``mani_noise_rows``) in its place, and ``tf32x3``; at 64x64 B=256, the streamed kernels'
   warps and ``tf32x3``;
@@ -86,6 +87,17 @@ def launcher(path: str, forward, backward):
         triton_mani.FORWARD_LAUNCHERS[path], triton_mani.BACKWARD_LAUNCHERS[path] = saved
 
 
+@contextlib.contextmanager
+def whole_w_band():
+    """The exchange kernels on every W band frequency, not its non-negative half."""
+    saved = triton_exchange.HALF_BAND_W
+    triton_exchange.HALF_BAND_W = False
+    try:
+        yield
+    finally:
+        triton_exchange.HALF_BAND_W = saved
+
+
 def _exchange_variants(shape) -> list[tuple[str, dict]]:
     """One choice changed at a time around the shipped tiling."""
     h, w = shape[-2:]
@@ -97,6 +109,8 @@ def _exchange_variants(shape) -> list[tuple[str, dict]]:
     ]
     variants += [(f"num_stages={s}", dict(num_stages=s)) for s in (1, 2, 3) if s != tiling.num_stages]
     variants += [(f"num_warps={n}", dict(num_warps=n)) for n in (4, 8, 16) if n != tiling.num_warps]
+    if tiling.half_band_w:
+        variants.append(("whole W band", dict(whole_w_band=True)))
     return variants + [TF32X3]
 
 
@@ -161,10 +175,13 @@ def _forward_and_backward(op, label, shape, forward, backward, module, variants,
 
 
 def _context(module: str, *kernels: str):
-    """The variant context of ``kernels`` in kernel module ``module``: their overrides, or the
-    streamed MANI kernels in place of the whole tile (``path="rows"``)."""
+    """The variant context of ``kernels`` in kernel module ``module``: their overrides, the
+    streamed MANI kernels in place of the whole tile (``path="rows"``), or the exchange on the
+    whole W band (``whole_w_band``)."""
 
     def context(overrides: dict):
+        if overrides.get("whole_w_band"):
+            return whole_w_band()
         if overrides.get("path") == "rows":  # the whole-tile path's planes through the streamed kernels
             return launcher(
                 "tile", triton_mani.launch_mani_noise_rows, triton_mani.launch_mani_noise_rows_backward

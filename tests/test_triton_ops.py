@@ -151,6 +151,10 @@ EXCHANGE_CASES = [
     ((1, 1, 65, 66), 3, 3, "replace", "abs", True),  # across the BLOCK_W 64 -> 128 switch
     ((1, 1, 20, 20), 16, 16, "replace", "real", True),  # cut beyond N/2: the band is every frequency
     ((1, 1, 256, 256), 10, 10, "replace", "abs", True),  # ImageNet plane, band-only DFT
+    # Nyquist frequencies in the discs, real in both spectra: where their signs differ, "project"
+    # rotates by -delta at a frequency and at its mirror, and Delta is not Hermitian (whole W band)
+    ((2, 3, 16, 16), 10, 10, "project", "abs", True),
+    ((1, 2, 21, 15), 12, 12, "project", "abs", True),  # odd sides, every frequency: the half W band
 ]
 
 
@@ -314,6 +318,8 @@ BACKWARD_CASES = [
     (1, 1, 9, 40, 30, 30, "replace", "abs", True),  # the band covers every frequency
     (1, 2, 33, 80, 5, 4, "project", "real", True),  # two 32-column chunks, then a partial one
     (1, 1, 256, 256, 10, 10, "replace", "abs", True),  # ImageNet planes: 16-row tiles
+    (1, 2, 16, 16, 10, 10, "project", "abs", True),  # Nyquist frequencies in the discs: whole W band
+    (1, 1, 21, 15, 12, 12, "replace", "abs", True),  # odd sides, every frequency: the half W band
 ]
 
 

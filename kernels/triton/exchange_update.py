@@ -11,6 +11,14 @@ mix:    in band space, amplitude from the reference inside the amplitude disc, p
 pass 2: re-read x_t, eps rows; ``ifft2(F_out) = p_x0 + ifft2(Delta)`` with the band-only inverse;
         abs or real; clip; back to [-1, 1]; ``x_next = s_next x0 + c1 z + c2 eps``; write.
 
+With ``HALF_BAND_W`` the W band holds only its non-negative frequencies. Both pixel images are
+real, so their spectra are Hermitian, and so is ``Delta`` (the discs are symmetric and the mix
+commutes with conjugation): the negative W frequencies are the conjugates of their mirrors. Pass 1
+then forms half the band columns, the mix runs on half the band, and pass 2 takes the real part of
+the inverse of ``weight * Delta`` (weight 1 at frequency 0, else 2): ``y`` is real, so "abs" is
+``|y|``. That halves the band-space dots and quarters the inverse row dots; the launcher takes the
+whole band where a Nyquist frequency is in it (``triton_exchange.uses_half_band_w``).
+
 Plane sizes are compile-time constants: one specialisation per shape (the sampler captures one
 graph per shape anyway), and the row loops have static bounds.
 
@@ -88,6 +96,33 @@ def _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION: tl.constexpr):
 def _band_inverse_w_real(v_re, v_im, cos_w, sin_w, PRECISION: tl.constexpr):
     """``Re(v (C_W + i S_W))`` on one chunk of columns: the adjoint of a real input's band DFT."""
     return tl.dot(v_re, cos_w, input_precision=PRECISION) - tl.dot(v_im, sin_w, input_precision=PRECISION)
+
+
+@triton.jit
+def _exchanged_pixels(
+    p,
+    v_re,
+    v_im,
+    cos_w,
+    sin_w,
+    inv_hw,
+    RECON_ABS: tl.constexpr,
+    HALF_BAND_W: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``y = p + ifft2_band(Delta)`` on one chunk, from ``v``, the H half of the inverse on the
+    chunk's rows: (Re y, Im y, the reconstructed value |y| or Re y). With the half W band ``y`` is
+    real: Im y is zero and not computed."""
+    if HALF_BAND_W:
+        re = p + _band_inverse_w_real(v_re, v_im, cos_w, sin_w, PRECISION) * inv_hw
+        im = tl.zeros_like(re)
+        value = tl.abs(re) if RECON_ABS else re
+    else:
+        y_re, y_im = _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION)
+        re = p + y_re * inv_hw
+        im = y_im * inv_hw
+        value = tl.sqrt(re * re + im * im) if RECON_ABS else re
+    return re, im, value
 
 
 @triton.jit
@@ -202,6 +237,7 @@ def exchange_update_kernel(
     sin_w_ptr,
     amp_mask_ptr,
     phase_mask_ptr,
+    weights_w_ptr,
     H: tl.constexpr,
     W: tl.constexpr,
     H_PAD: tl.constexpr,
@@ -225,6 +261,7 @@ def exchange_update_kernel(
     BLOCK_K: tl.constexpr,
     BAND_H: tl.constexpr,
     BAND_W: tl.constexpr,
+    HALF_BAND_W: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     plane = tl.program_id(0)
@@ -245,6 +282,10 @@ def exchange_update_kernel(
     _, _, _, _, _, _, _, _, _, _, _, d_re, d_im = _exchange_mix(
         f0_re, f0_im, fr_re, fr_im, in_amp, in_phase, cos_delta, sin_delta, PROJECT
     )
+    if HALF_BAND_W:  # each frequency above 0 stands for itself and its conjugate mirror
+        weight = tl.load(weights_w_ptr + kw)[None, :]
+        d_re *= weight
+        d_im *= weight
 
     seed, offset = _seed_offset(rng_ptr, NOISE_GIVEN)
     for m0 in range(0, H, BLOCK_M):
@@ -255,16 +296,13 @@ def exchange_update_kernel(
         for k0 in range(0, W, BLOCK_K):
             cols, inside, offs = _chunk(base, rows, k0, H, W, BLOCK_K)
             cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
-            y_re, y_im = _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION)
-            y_re = y_re * inv_hw
-            y_im = y_im * inv_hw
             x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
             eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-            re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re
-            if RECON_ABS:
-                value = tl.sqrt(re * re + y_im * y_im)
-            else:
-                value = re
+            p = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar)
+            # (Triton's "_" is one variable, which the mix's unpacking above gave another type.)
+            y_re, y_im, value = _exchanged_pixels(
+                p, v_re, v_im, cos_w, sin_w, inv_hw, RECON_ABS, HALF_BAND_W, PRECISION
+            )
             x0 = tl.minimum(
                 tl.maximum((tl.minimum(tl.maximum(value, 0.0), 255.0) / 255 - 0.5) * 2, -1.0), 1.0
             )

@@ -16,6 +16,11 @@ mix:    g_Delta through polar(amplitude, phase): g_A = Re(g conj(U)), g_phi = A 
 pass C: g_p = Re(g_y) + Re(sum_k e^{+i theta n} g_Fp[k]), g_q likewise (the adjoint of a real
         input's DFT), through the [0, 255] clamps (inclusive, as torch's) and the x0 maps.
 
+With ``HALF_BAND_W`` (see exchange_update.py) the band holds W's non-negative frequencies and
+``y`` is real, so g_y is real (abs: ``g_v sign(y)``) and its band transform takes two dots, not
+four; ``g_Delta`` takes each frequency's weight (2 above frequency 0), the derivative of the
+weighted inverse. ``F = DFT_half(p)`` holds each coefficient once, so pass C's adjoint is unweighted.
+
 Memory traffic per plane: reads 4 planes in pass A (3 with reference="input"), grad, x_t and eps
 in pass B and writes 1; reads 5 (4) planes and writes 4 (3) in pass C. The noise has no gradient
 beyond ``c1 * grad``, which the Function adds without a kernel.
@@ -28,11 +33,11 @@ from .exchange_update import (
     _band_columns,
     _band_columns_t,
     _band_inverse_h,
-    _band_inverse_w,
     _band_inverse_w_real,
     _band_spectra,
     _chunk,
     _exchange_mix,
+    _exchanged_pixels,
     _to_pixels,
 )
 
@@ -54,6 +59,7 @@ def exchange_update_backward_kernel(
     sin_w_ptr,
     amp_mask_ptr,
     phase_mask_ptr,
+    weights_w_ptr,
     H: tl.constexpr,
     W: tl.constexpr,
     H_PAD: tl.constexpr,
@@ -74,6 +80,7 @@ def exchange_update_backward_kernel(
     BLOCK_K: tl.constexpr,
     BAND_H: tl.constexpr,
     BAND_W: tl.constexpr,
+    HALF_BAND_W: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     plane = tl.program_id(0)
@@ -93,6 +100,10 @@ def exchange_update_backward_kernel(
     u0_re, u0_im, amp0, ur_re, ur_im, ampr, amp, ph_re, ph_im, phase_from_ref, changed, d_re, d_im = (
         _exchange_mix(f0_re, f0_im, fr_re, fr_im, in_amp, in_phase, cos_delta, sin_delta, PROJECT)
     )
+    if HALF_BAND_W:  # as the forward: y is the inverse of weight * Delta
+        weight = tl.load(weights_w_ptr + kw)[None, :]
+        d_re *= weight
+        d_im *= weight
 
     # ---- pass B: g_y on each row, Re(g_y) kept, g_Delta accumulated on the band ---------------
     gd_re = tl.zeros((BAND_H, BAND_W), tl.float32)
@@ -109,32 +120,35 @@ def exchange_update_backward_kernel(
         for k0 in range(0, W, BLOCK_K):
             cols, inside, offs = _chunk(base, rows, k0, H, W, BLOCK_K)
             cos_w, sin_w = _band_columns(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
-            y_re, y_im = _band_inverse_w(v_re, v_im, cos_w, sin_w, PRECISION)
             x_t = tl.load(x_t_ptr + offs, mask=inside, other=0.0)
             eps = tl.load(eps_ptr + offs, mask=inside, other=0.0)
-            re = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar) + y_re * inv_hw
-            im = y_im * inv_hw
-            if RECON_ABS:
-                value = tl.sqrt(re * re + im * im)
-            else:
-                value = re
+            p = _to_pixels((x_t - eps * sqrt_one_minus_abar) / sqrt_abar)
+            re, im, value = _exchanged_pixels(
+                p, v_re, v_im, cos_w, sin_w, inv_hw, RECON_ABS, HALF_BAND_W, PRECISION
+            )
             grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
             g_value = tl.where(inside & (value >= 0.0) & (value <= 255.0), grad * out_scale, 0.0)
             if RECON_ABS:
                 safe = tl.where(value > 0, value, 1.0)
                 gy_re = tl.where(value > 0, g_value * re / safe, 0.0)
-                gy_im = tl.where(value > 0, g_value * im / safe, 0.0)
             else:
                 gy_re = g_value
-                gy_im = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
             tl.store(g_x_t_ptr + offs, gy_re, mask=inside)
             cos_wt, sin_wt = _band_columns_t(cos_w_ptr, sin_w_ptr, cols, BLOCK_W, BAND_W)
-            tr += tl.dot(gy_re, cos_wt, input_precision=PRECISION) + tl.dot(
-                gy_im, sin_wt, input_precision=PRECISION
-            )
-            ti += tl.dot(gy_im, cos_wt, input_precision=PRECISION) - tl.dot(
-                gy_re, sin_wt, input_precision=PRECISION
-            )
+            if HALF_BAND_W:  # g_y is real
+                tr += tl.dot(gy_re, cos_wt, input_precision=PRECISION)
+                ti -= tl.dot(gy_re, sin_wt, input_precision=PRECISION)
+            else:
+                if RECON_ABS:
+                    gy_im = tl.where(value > 0, g_value * im / safe, 0.0)
+                else:
+                    gy_im = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+                tr += tl.dot(gy_re, cos_wt, input_precision=PRECISION) + tl.dot(
+                    gy_im, sin_wt, input_precision=PRECISION
+                )
+                ti += tl.dot(gy_im, cos_wt, input_precision=PRECISION) - tl.dot(
+                    gy_re, sin_wt, input_precision=PRECISION
+                )
         # g_Delta += D_H[:, rows] (Tr + i Ti).
         ch = tl.load(cos_h_ptr + kh[:, None] * H_PAD + rows[None, :])
         sh = tl.load(sin_h_ptr + kh[:, None] * H_PAD + rows[None, :])
@@ -144,6 +158,9 @@ def exchange_update_backward_kernel(
     # ---- mix: g_Delta through polar(amplitude, phase) back to F_p and F_q ----------------------
     gd_re = tl.where(changed, gd_re * inv_hw, 0.0)
     gd_im = tl.where(changed, gd_im * inv_hw, 0.0)
+    if HALF_BAND_W:  # the weights' derivative: 2 for a frequency that stands for its mirror too
+        gd_re *= weight
+        gd_im *= weight
     g_amp = gd_re * ph_re + gd_im * ph_im
     g_phase = amp * (gd_im * ph_re - gd_re * ph_im)
     # |F|' = U and angle(F)' = iU/|F|; torch defines both as zero where F = 0.

@@ -22,12 +22,36 @@ def next_pow2(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, (n - 1).bit_length()))
 
 
-def band_frequencies(n: int, cut: float) -> torch.Tensor:
-    """int64 signed frequencies of the band of an axis of length ``n`` for radius ``cut``."""
+def band_frequencies(n: int, cut: float, half: bool = False) -> torch.Tensor:
+    """int64 signed frequencies of the band of an axis of length ``n`` for radius ``cut``, in FFT
+    order; ``half``: only the non-negative ones (a real image's spectrum at ``-f`` is the conjugate
+    of its spectrum at ``f``; see ``nyquist_in_band`` for when that pairing is complete)."""
     r = int(math.floor(cut))
-    if 2 * r + 1 >= n:
-        return signed_frequencies(n)
-    return torch.cat([torch.arange(0, r + 1), torch.arange(-r, 0)]).to(torch.int64)
+    freqs = (
+        signed_frequencies(n) if 2 * r + 1 >= n else torch.cat([torch.arange(0, r + 1), torch.arange(-r, 0)])
+    )
+    freqs = freqs.to(torch.int64)
+    return freqs[freqs >= 0] if half else freqs
+
+
+def nyquist_in_band(n: int, cut: float) -> bool:
+    """Whether the band of an axis of length ``n`` holds the frequency ``n/2``, which is its own
+    mirror (``-n/2 = n/2``): only for even ``n`` once the band is every frequency. Then the
+    non-negative half of the band does not describe the whole band (``band_frequencies`` lists
+    ``n/2`` as ``-n/2``)."""
+    return n % 2 == 0 and 2 * int(math.floor(cut)) + 1 >= n
+
+
+@functools.lru_cache(maxsize=128)
+def half_band_weights(n: int, cut: float, pad: int, device: torch.device) -> torch.Tensor:
+    """float32 ``[pad]``: each non-negative band frequency's multiplicity in the whole band, 1 for
+    frequency 0 and 2 for the others (each stands for itself and its mirror), then 0. With these,
+    ``Re(sum_{f >= 0} weight_f X_f e^{i theta n})`` is the inverse over the whole band of a
+    Hermitian ``X``. Requires ``not nyquist_in_band(n, cut)``."""
+    freqs = band_frequencies(n, cut, half=True)
+    weights = torch.zeros(pad, dtype=torch.float32)
+    weights[: freqs.numel()] = torch.where(freqs == 0, 1.0, 2.0)
+    return weights.to(device)
 
 
 def _twiddles(freqs: torch.Tensor, n: int, rows_pad: int, cols_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,15 +66,16 @@ def _twiddles(freqs: torch.Tensor, n: int, rows_pad: int, cols_pad: int) -> tupl
 
 
 @functools.lru_cache(maxsize=128)
-def band_tables(n: int, cut: float, rows_pad: int, cols_pad: int, device: torch.device):
-    """``(cos, sin)``: float32 ``[rows_pad, cols_pad]`` band DFT rows of an axis, on ``device``.
+def band_tables(n: int, cut: float, rows_pad: int, cols_pad: int, device: torch.device, half: bool = False):
+    """``(cos, sin)``: float32 ``[rows_pad, cols_pad]`` band DFT rows of an axis, on ``device``;
+    ``half``: the rows of the non-negative frequencies only.
 
     Exactly conjugate-symmetric: the row of frequency -f is that of f with sin negated, bit for
     bit, and a frequency that is its own mirror (0, and n/2 for even n) has sin exactly 0. Rows
     are listed in FFT order, so row j's mirror is row (K - j) mod K. The CUDA exchange kernels'
     row transforms (``band_row_transforms``) sum only the rows up to K/2 and take the others from
     their mirrors, which gives the same bits only because of this."""
-    freqs = band_frequencies(n, cut)
+    freqs = band_frequencies(n, cut, half)
     cos, sin = _twiddles(freqs.abs(), n, rows_pad, cols_pad)
     k = freqs.numel()
     negative = torch.zeros(rows_pad, 1, dtype=torch.bool)
@@ -81,11 +106,19 @@ def fft_steps(radix: int, device: torch.device) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=128)
 def band_masks(
-    h: int, w: int, amplitude_cut: float, phase_cut: float, rows_pad: int, cols_pad: int, device: torch.device
+    h: int,
+    w: int,
+    amplitude_cut: float,
+    phase_cut: float,
+    rows_pad: int,
+    cols_pad: int,
+    device: torch.device,
+    half_w: bool = False,
 ):
-    """float32 ``[rows_pad, cols_pad]`` masks ``r <= cut`` over the band grid (amplitude, phase)."""
+    """float32 ``[rows_pad, cols_pad]`` masks ``r <= cut`` over the band grid (amplitude, phase);
+    ``half_w``: over the W band's non-negative frequencies only."""
     cut = max(amplitude_cut, phase_cut)
-    fh, fw = band_frequencies(h, cut), band_frequencies(w, cut)
+    fh, fw = band_frequencies(h, cut), band_frequencies(w, cut, half_w)
     r = (fh.view(-1, 1) ** 2 + fw.view(1, -1) ** 2).to(torch.float64).sqrt()
     masks = []
     for c in (amplitude_cut, phase_cut):

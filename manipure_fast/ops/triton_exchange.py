@@ -15,9 +15,21 @@ from dataclasses import dataclass
 import torch
 
 from ..reference.schedule import StepCoefficients, noise_coefficients
-from .dft_tables import band_frequencies, band_masks, band_tables, next_pow2
+from .dft_tables import (
+    band_frequencies,
+    band_masks,
+    band_tables,
+    half_band_weights,
+    next_pow2,
+    nyquist_in_band,
+)
 
 MAX_SIDE = 256  # one row of BLOCK_W = next_pow2(W) floats per tile row; beyond this, use reference
+
+# Whether the kernels may hold only the W band's non-negative frequencies (docs/kernels.md, "Half
+# the W band"). False makes every plane take the whole band, as before; bench/tune_triton.py times
+# the two, and the tests compare them.
+HALF_BAND_W = True
 
 
 # Output allocation, one place, so the tests can poison fresh outputs with NaN (unwritten
@@ -77,7 +89,11 @@ class _Tiling:
     block_k: int
     h_pad: int
     band_h: int
+    # The W band's columns: its non-negative frequencies only when ``half_band_w`` (a real
+    # image's spectrum is Hermitian, so the negative ones are the conjugates of their mirrors and
+    # the inverse is the real part of a weighted half-band sum), else every band frequency.
     band_w: int
+    half_band_w: bool
     # Software-pipeline stages of the row loops. With whole-row tiles, Triton's default 3 stages
     # needed 296 KB of shared memory at 256x256, over an sm_90 block's 227 KB. In column chunks
     # 3 stages need 40 KB (forward) and 60 KB (backward), but the backward spills 0.3 KB more
@@ -89,9 +105,21 @@ class _Tiling:
     num_warps: int
 
 
+def uses_half_band_w(h: int, w: int, cut: float) -> bool:
+    """Whether the kernels take the half W band for an ``h x w`` plane and band radius ``cut``.
+
+    Not when either band holds its axis' Nyquist frequency (even sides up to ``2 floor(cut)``):
+    there the spectra are real, and in "project" mode the reference rotates the reference's phase
+    by ``-delta`` when x0's has the opposite sign, at a frequency and at its mirror alike. So its
+    ``Delta`` is not Hermitian there and ``ifft2`` has an imaginary part that ``"abs"`` keeps; the
+    whole band reproduces that, and the half band would drop it."""
+    return HALF_BAND_W and not (nyquist_in_band(h, cut) or nyquist_in_band(w, cut))
+
+
 def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.device):
-    """The tile sizes and the cached band tables and masks both kernels read."""
+    """The tile sizes and the cached band tables, masks and W band weights both kernels read."""
     cut = max(params.amplitude_cut_range, params.phase_cut_range)
+    half_w = uses_half_band_w(h, w, cut)
     block_w = next_pow2(w)
     block_m = min(next_pow2(h), 16)
     tiling = _Tiling(
@@ -100,16 +128,19 @@ def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.dev
         block_k=min(block_w, 32),
         h_pad=math.ceil(h / block_m) * block_m,
         band_h=next_pow2(band_frequencies(h, cut).numel()),
-        band_w=next_pow2(band_frequencies(w, cut).numel()),
+        band_w=next_pow2(band_frequencies(w, cut, half_w).numel()),
+        half_band_w=half_w,
         num_stages=3 if block_w <= 64 else 1,
         num_warps=8 if block_w <= 64 else 16,
     )
     cos_h, sin_h = band_tables(h, cut, tiling.band_h, tiling.h_pad, device)
-    cos_w, sin_w = band_tables(w, cut, tiling.band_w, block_w, device)
+    cos_w, sin_w = band_tables(w, cut, tiling.band_w, block_w, device, half_w)
     amp_mask, phase_mask = band_masks(
-        h, w, params.amplitude_cut_range, params.phase_cut_range, tiling.band_h, tiling.band_w, device
+        h, w, params.amplitude_cut_range, params.phase_cut_range, tiling.band_h, tiling.band_w, device, half_w
     )
-    return tiling, (cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask)
+    # The whole band's kernels do not read the weights; any float32 tensor stands in.
+    weights_w = half_band_weights(w, cut, tiling.band_w, device) if half_w else cos_w
+    return tiling, (cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, weights_w)
 
 
 def launch_exchange_update(
@@ -157,6 +188,7 @@ def launch_exchange_update(
         BLOCK_K=tiling.block_k,
         BAND_H=tiling.band_h,
         BAND_W=tiling.band_w,
+        HALF_BAND_W=tiling.half_band_w,
         PRECISION=_precision(x_t.device),
         num_stages=tiling.num_stages,
         num_warps=tiling.num_warps,
@@ -207,6 +239,7 @@ def launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params: Exch
         BLOCK_K=tiling.block_k,
         BAND_H=tiling.band_h,
         BAND_W=tiling.band_w,
+        HALF_BAND_W=tiling.half_band_w,
         PRECISION=_precision(x_t.device),
         num_stages=tiling.num_stages,
         num_warps=tiling.num_warps,
