@@ -13,7 +13,8 @@ pass 2: re-read x_t, eps rows; ``ifft2(F_out) = p_x0 + ifft2(Delta)`` with the b
 
 With ``HALF_BAND_W`` the W band holds only its non-negative frequencies. Both pixel images are
 real, so their spectra are Hermitian, and so is ``Delta`` (the discs are symmetric and the mix
-commutes with conjugation): the negative W frequencies are the conjugates of their mirrors. Pass 1
+commutes with conjugation, but for "project" at exact phase opposition; see
+``triton_exchange.uses_half_band_w``): the negative W frequencies are the conjugates of their mirrors. Pass 1
 then forms half the band columns, the mix runs on half the band, and pass 2 takes the real part of
 the inverse of ``weight * Delta`` (weight 1 at frequency 0, else 2): ``y`` is real, so "abs" is
 ``|y|``. That halves the band-space dots and quarters the inverse row dots; the launcher takes the

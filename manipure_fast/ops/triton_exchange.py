@@ -28,7 +28,7 @@ MAX_SIDE = 256  # one row of BLOCK_W = next_pow2(W) floats per tile row; beyond 
 
 # Whether the kernels may hold only the W band's non-negative frequencies (docs/kernels.md, "Half
 # the W band"). False makes every plane take the whole band, as before; bench/tune_triton.py times
-# the two, and the tests compare them.
+# the two, and its smoke test checks that they agree.
 HALF_BAND_W = True
 
 
