@@ -45,8 +45,8 @@ import torch
 from ..reference.grid import band_one_hot
 from ..reference.schedule import noise_coefficients
 from .dft_tables import (
-    band_frequencies,
     band_masks,
+    band_size,
     band_tables,
     fft_steps,
     full_tables,
@@ -258,21 +258,21 @@ def exchange_shared_bytes(h: int, w: int, cut: float) -> int:
     float2 arrays."""
     if max(h, w) <= TENSOR_CORE_SIDE:
         return 12 * _TILE_BYTES
-    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    kh, kw = band_size(h, cut), band_size(w, cut)
     return (2 * h * kw + 2 * kh * kw) * 8
 
 
 def exchange_cluster_shared_bytes(h: int, w: int, cut: float) -> int:
     """exchange_update_cluster.cu: a block's two [H / 8, KW] row transforms and four [KH, KW]
     spectra (its shares, then the sums), float2."""
-    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    kh, kw = band_size(h, cut), band_size(w, cut)
     return (2 * (h // CLUSTER_BLOCKS) * kw + 4 * kh * kw) * 8
 
 
 def exchange_cluster_backward_shared_bytes(h: int, w: int, cut: float) -> int:
     """exchange_update_cluster_backward.cu: a block's two [H / 8, KW] transforms and five [KH, KW]
     spectra (the summed F_p and F_q, its shares of them and of g_Delta), float2."""
-    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    kh, kw = band_size(h, cut), band_size(w, cut)
     return (2 * (h // CLUSTER_BLOCKS) * kw + 5 * kh * kw) * 8
 
 
@@ -281,7 +281,7 @@ def exchange_backward_shared_bytes(h: int, w: int, cut: float) -> int:
     and three [KH, KW] float2 arrays."""
     if max(h, w) <= TENSOR_CORE_SIDE:
         return 12 * _TILE_BYTES
-    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    kh, kw = band_size(h, cut), band_size(w, cut)
     return (2 * h * kw + 3 * kh * kw) * 8
 
 
@@ -368,7 +368,7 @@ def _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, shared_bytes):
             f"radius {cut}; the limit is {MAX_SHARED_BYTES} (use the triton or reference backend)"
         )
     device = x_t.device
-    kh, kw = band_frequencies(h, cut).numel(), band_frequencies(w, cut).numel()
+    kh, kw = band_size(h, cut), band_size(w, cut)
     cos_h, sin_h = band_tables(h, cut, kh, h, device)
     cos_w, sin_w = band_tables(w, cut, kw, w, device)
     amp_mask, phase_mask = band_masks(h, w, amplitude_cut_range, phase_cut_range, kh, kw, device)

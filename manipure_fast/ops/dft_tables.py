@@ -34,6 +34,13 @@ def band_frequencies(n: int, cut: float, half: bool = False) -> torch.Tensor:
     return freqs[freqs >= 0] if half else freqs
 
 
+@functools.lru_cache(maxsize=256)
+def band_size(n: int, cut: float, half: bool = False) -> int:
+    """``band_frequencies(n, cut, half).numel()``, cached: the launchers size tiles and shared
+    memory with it on every call."""
+    return band_frequencies(n, cut, half).numel()
+
+
 def nyquist_in_band(n: int, cut: float) -> bool:
     """Whether the band of an axis of length ``n`` holds the frequency ``n/2``, which is its own
     mirror (``-n/2 = n/2``): only for even ``n`` once the band is every frequency. Then the

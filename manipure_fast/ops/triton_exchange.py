@@ -9,6 +9,7 @@ kept) and returns the gradients for x_t, eps, ref_t and eps_ref; the noise's gra
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -16,8 +17,8 @@ import torch
 
 from ..reference.schedule import StepCoefficients, noise_coefficients
 from .dft_tables import (
-    band_frequencies,
     band_masks,
+    band_size,
     band_tables,
     half_band_weights,
     next_pow2,
@@ -118,8 +119,17 @@ def uses_half_band_w(h: int, w: int, cut: float) -> bool:
 
 def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.device):
     """The tile sizes and the cached band tables, masks and W band weights both kernels read."""
-    cut = max(params.amplitude_cut_range, params.phase_cut_range)
-    half_w = uses_half_band_w(h, w, cut)
+    amplitude_cut, phase_cut = params.amplitude_cut_range, params.phase_cut_range
+    half_w = uses_half_band_w(h, w, max(amplitude_cut, phase_cut))
+    return _cached_tiling_and_tables(h, w, amplitude_cut, phase_cut, half_w, device)
+
+
+# Built once per plane shape and cuts: rebuilding it took about 35 us of host time per launch.
+@functools.lru_cache(maxsize=128)
+def _cached_tiling_and_tables(
+    h: int, w: int, amplitude_cut: float, phase_cut: float, half_w: bool, device: torch.device
+):
+    cut = max(amplitude_cut, phase_cut)
     block_w = next_pow2(w)
     block_m = min(next_pow2(h), 16)
     tiling = _Tiling(
@@ -127,8 +137,8 @@ def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.dev
         block_w=block_w,
         block_k=min(block_w, 32),
         h_pad=math.ceil(h / block_m) * block_m,
-        band_h=next_pow2(band_frequencies(h, cut).numel()),
-        band_w=next_pow2(band_frequencies(w, cut, half_w).numel()),
+        band_h=next_pow2(band_size(h, cut)),
+        band_w=next_pow2(band_size(w, cut, half_w)),
         half_band_w=half_w,
         num_stages=3 if block_w <= 64 else 1,
         num_warps=8 if block_w <= 64 else 16,
@@ -136,7 +146,7 @@ def _tiling_and_tables(h: int, w: int, params: ExchangeParams, device: torch.dev
     cos_h, sin_h = band_tables(h, cut, tiling.band_h, tiling.h_pad, device)
     cos_w, sin_w = band_tables(w, cut, tiling.band_w, block_w, device, half_w)
     amp_mask, phase_mask = band_masks(
-        h, w, params.amplitude_cut_range, params.phase_cut_range, tiling.band_h, tiling.band_w, device, half_w
+        h, w, amplitude_cut, phase_cut, tiling.band_h, tiling.band_w, device, half_w
     )
     # The whole band's kernels do not read the weights; any float32 tensor stands in.
     weights_w = half_band_weights(w, cut, tiling.band_w, device) if half_w else cos_w

@@ -46,6 +46,9 @@ class NoiseCoefficients:
     noise: float  # sqrt(1 - abar_t)
 
 
+# Cached: the ops compute the reference estimate's coefficients on every call (about 10 us of
+# tensor arithmetic each time otherwise). The result is frozen, so sharing it is safe.
+@functools.lru_cache(maxsize=NUM_TRAIN_TIMESTEPS + 1)
 def noise_coefficients(t: int) -> NoiseCoefficients:
     a = abar(t)
     return NoiseCoefficients(float(a.sqrt()), float((1.0 - a).sqrt()))
