@@ -70,7 +70,9 @@ case "${1:?stage}" in
   ops)
     "$PY" bench/bench_ops.py --sweep --backward 2>&1 | tee "$OUT_DIR/bench-ops.log"
     "$PY" bench/dispatch_table.py "$(ls -t bench/results/ops-*.json | head -1)" 2>&1 | tee -a "$OUT_DIR/bench-ops.log"
-    cp manipure_fast/ops/dispatch_table.json "$OUT_DIR/" ;;
+    cp manipure_fast/ops/dispatch_table.json "$OUT_DIR/"
+    # The host time around the kernels (no kernel runs): what eager callers pay per call.
+    "$PY" bench/bench_host_overhead.py 2>&1 | tee -a "$OUT_DIR/bench-ops.log" ;;
   tune)
     # The Triton kernels' tiles, warps and stages, one choice at a time against the shipped ones.
     "$PY" bench/tune_triton.py 2>&1 | tee "$OUT_DIR/tune.log" ;;

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import bench_ops, bench_purifier, plot_throughput, sanitize_ops, tune_triton
+from bench import bench_host_overhead, bench_ops, bench_purifier, plot_throughput, sanitize_ops, tune_triton
 
 
 def test_purifier_benchmark_smoke_gates_every_provider(capsys):
@@ -91,6 +91,23 @@ def test_sanitizer_workload_runs_every_path_forward_and_backward(capsys):
     interpreter, so a broken workload shows up before the device session."""
     sanitize_ops.main(["--backends", "triton", "--device", "cpu"])
     assert "triton: ran 6 shapes, forward and backward" in capsys.readouterr().out
+
+
+def test_host_overhead_bench_times_every_call_without_running_a_kernel(monkeypatch):
+    """bench_host_overhead.py --smoke: a row per call and shape, with the kernels replaced while it
+    runs and restored after (a kernel that ran under the interpreter would take seconds)."""
+    pytest.importorskip("triton")
+    from manipure_fast.kernels.triton import exchange_update
+
+    kernel = exchange_update.exchange_update_kernel
+    rows = bench_host_overhead.main(["--smoke"])
+    assert exchange_update.exchange_update_kernel is kernel
+    assert {(r["label"], r["call"]) for r in rows} == {
+        (label, call)
+        for label, shape in bench_host_overhead.SHAPES.items()
+        for call in bench_host_overhead.calls(shape, torch.device("cpu"))
+    }
+    assert all(0 < r["host_us_per_call"] < 1e5 for r in rows)
 
 
 def test_tuning_sweep_runs_every_variant_and_each_reaches_its_kernel(capsys):
