@@ -514,6 +514,24 @@ def test_exchange_update_matches_reference(shape, dtype, mode, loader):
         torch.testing.assert_close(out, triton, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 3, 20, 36)], ids=_ids)
+def test_exchange_update_keeps_the_references_nyquist_ties_in_project_mode(shape, loader):
+    """Where a band holds a Nyquist frequency, its coefficients are real in both spectra, and where
+    their signs differ "project" rotates the reference's by -delta, so Delta is not Hermitian and
+    "abs" keeps an imaginary part (docs/reference-differences.md). The kernels must reproduce it:
+    16x16 takes the tensor-core path, 20x36 the FMA loops (Nyquist on the H axis only)."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x_t, eps, ref_t, eps_ref, z = _on(loader.device, *(torch.randn(shape, generator=gen) for _ in range(5)))
+    options = dict(step=step_coefficients(99, 89, eta=1.0), phase_mode="project", reconstruct="abs")
+    out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, backend="cuda", **options)
+
+    def reference(*tensors):
+        return ops.exchange_update(*tensors, backend="reference", **options)
+
+    exact = reference(*(t.double() for t in (x_t, eps, ref_t, eps_ref, z)))
+    _bound(out, exact, reference(*(t.float() for t in (x_t, eps, ref_t, eps_ref, z))))
+
+
 @pytest.mark.parametrize("n_bands", [1, 8, 40])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 2, 2), (3, 1, 1, 65), (1, 1, 65, 2)], ids=_ids)
 def test_mani_noise_on_degenerate_planes(shape, n_bands, loader):

@@ -154,6 +154,7 @@ EXCHANGE_CASES = [
     # Nyquist frequencies in the discs, real in both spectra: where their signs differ, "project"
     # rotates by -delta at a frequency and at its mirror, and Delta is not Hermitian (whole W band)
     ((2, 3, 16, 16), 10, 10, "project", "abs", True),
+    ((1, 3, 20, 36), 10, 10, "project", "abs", True),  # the Nyquist on the H axis only
     ((1, 2, 21, 15), 12, 12, "project", "abs", True),  # odd sides, every frequency: the half W band
 ]
 
