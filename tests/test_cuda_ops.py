@@ -155,7 +155,8 @@ def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch
     sum every column (MANIPURE_SUM_EVERY_BAND_COLUMN=1), the exchange kernels give the same bits,
     forward and backward, on the FMA path's planes (one block, odd and even K, a full band) and
     on the cluster kernels'. The column and inverse transforms' pairing of theta and -theta agrees
-    with the unpaired loops (MANIPURE_UNPAIRED_FREQUENCIES=1) to rounding."""
+    with the unpaired loops (MANIPURE_UNPAIRED_FREQUENCIES=1) to rounding, and the forward's
+    real-only inverse rows with complex ones (MANIPURE_COMPLEX_INVERSE_ROWS=1)."""
     reason = cuda_on_cpu.compiler_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -194,6 +195,12 @@ def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch
         if a.numel():
             torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()))
             assert not torch.equal(a, b)
+    # The forward's real-only inverse rows (where y is real: all but the 40x40 full band, whose
+    # Nyquist keeps them complex) against summing Im y everywhere: the same to rounding.
+    with tune_cuda.compiled_with({"MANIPURE_COMPLEX_INVERSE_ROWS": 1}):
+        complex_rows = run_all()
+    for a, b in zip(shipped, complex_rows, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()) if b.numel() else 0)
 
 
 def test_gpus_without_tf32_tensor_cores_are_refused_by_name():
@@ -1174,6 +1181,8 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "every band column summed") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "unpaired frequencies") in variants
+    assert ("exchange_update", "forward", "imagenet-B64", "complex inverse rows") in variants
+    assert ("exchange_update", "backward", "imagenet-B64", "complex inverse rows") not in variants
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants

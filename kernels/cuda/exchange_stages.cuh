@@ -323,6 +323,23 @@ __device__ __forceinline__ void band_inverse_columns(const float2* X, float2* E,
   __syncthreads();
 }
 
+// MANIPURE_COMPLEX_INVERSE_ROWS=1 makes the forward kernels sum Im y in their inverse rows on every
+// plane, as before they took Re y alone where y is real: bench/tune_cuda.py times it.
+#ifndef MANIPURE_COMPLEX_INVERSE_ROWS
+#define MANIPURE_COMPLEX_INVERSE_ROWS 0
+#endif
+
+// Whether y = p + ifft2(Delta) is real, so that the forward needs only Re y from its inverse rows.
+// Both band spectra are Hermitian (the images are real), and the mix keeps that symmetry, so Delta
+// is Hermitian and Im y is rounding. The exception is a Nyquist frequency (n/2 of an even side),
+// which is in the band only when the band is the whole axis (K == n). There "project" rotates
+// opposite real coefficients by -delta at a frequency and at its mirror alike, as the reference
+// does (docs/reference-differences.md), and "abs" keeps the imaginary part that this gives y.
+__device__ __forceinline__ bool exchanged_image_is_real(int H, int W, int KH, int KW) {
+  if (MANIPURE_COMPLEX_INVERSE_ROWS) return false;
+  return !((H % 2 == 0 && KH == H) || (W % 2 == 0 && KW == W));
+}
+
 // Pixel rows a thread of band_inverse_rows takes: each twiddle it loads serves this many pixels.
 // bench/tune_cuda.py times other counts through MANIPURE_INVERSE_ROWS_PER_THREAD.
 #ifndef MANIPURE_INVERSE_ROWS_PER_THREAD
@@ -333,12 +350,13 @@ static_assert(kInverseRowsPerThread >= 1, "band_inverse_rows takes at least one 
 
 // The band's inverse row transform at every pixel: acc = sum_j E[h][j] e^{+i theta_j w} (and acc2
 // from E2 when kTwo), from E as band_inverse_columns stores it (paired), handed to
-// pixel(h, w, acc, acc2), unnormalised. A thread takes
+// pixel(h, w, acc, acc2), unnormalised. kRealOnly sums acc.x alone (acc.y stays 0), in paired_mac's
+// order of operations: half the multiply-adds, for a caller that needs only the real part. A thread takes
 // kInverseRowsPerThread rows of one column and loads each twiddle once for all of them; a warp's
 // lanes take consecutive columns, so the twiddle reads are coalesced and E's are broadcast. The
 // thread that gets a pixel depends only on (H, W), so two calls give each pixel to the same
 // thread. It neither starts nor ends with a barrier.
-template <bool kTwo, typename Pixel>
+template <bool kTwo, bool kRealOnly = false, typename Pixel>
 __device__ __forceinline__ void band_inverse_rows(const float2* E, const float2* E2, int H, int W, int KW,
                                                   const float* cos_w, const float* sin_w, Pixel pixel) {
   constexpr int kRows = kInverseRowsPerThread;
@@ -356,7 +374,8 @@ __device__ __forceinline__ void band_inverse_rows(const float2* E, const float2*
       for (int r = 0; r < kRows; ++r) {
         if (h0 + r >= H) break;
         const float2* row = E + (h0 + r) * KW;
-        acc[r] = paired_mac(acc[r], row[j], row[d], c, s);
+        if constexpr (kRealOnly) acc[r].x += row[j].x * c - row[d].y * s;
+        else acc[r] = paired_mac(acc[r], row[j], row[d], c, s);
         if constexpr (kTwo) {
           const float2* row2 = E2 + (h0 + r) * KW;
           acc2[r] = paired_mac(acc2[r], row2[j], row2[d], c, s);

@@ -23,6 +23,7 @@
 
 using manipure::band_inverse_columns;
 using manipure::band_inverse_rows;
+using manipure::exchanged_image_is_real;
 using manipure::band_spectra;
 using manipure::exchange_mix;
 using manipure::ExchangeCoefficients;
@@ -107,12 +108,16 @@ extern "C" __global__ void exchange_update_kernel(
 
   // Stage D, per pixel: ifft2(F_out) = p + ifft2(Delta); abs or real; back to [-1, 1]; update.
   const float inv_n = 1.0f / (float)(H * W);
-  band_inverse_rows<false>(E, nullptr, H, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc, float2) {
+  const auto update = [&](int h, int w, float2 acc, float2) {
     const long long el = base + (long long)h * W + w;
     const float eps_v = eps[el];
     const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + acc.x * inv_n, im = acc.y * inv_n;
-    const float pixel = reconstruct_real ? re : hypotf(re, im);
+    const float pixel = reconstruct_real ? re : hypotf(re, im);  // hypotf(re, 0) = |re|
     const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
     out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;
-  });
+  };
+  if (exchanged_image_is_real(H, W, KH, KW))
+    band_inverse_rows<false, true>(E, nullptr, H, W, KW, cos_w, sin_w, update);
+  else
+    band_inverse_rows<false>(E, nullptr, H, W, KW, cos_w, sin_w, update);
 }

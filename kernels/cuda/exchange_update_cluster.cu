@@ -68,14 +68,18 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) exchange_update_cluster_kern
   float2* E = Gq;
   band_inverse_columns(Fq, E, cos_h, sin_h, H, KH, KW, h0, rows);
   const float inv_n = 1.0f / (float)(H * W);
-  band_inverse_rows<false>(E, nullptr, rows, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc, float2) {
+  const auto update = [&](int h, int w, float2 acc, float2) {
     const long long el = base + (long long)(h0 + h) * W + w;
     const float eps_v = eps[el];
     const float re = to_pixels(predicted_x0(x_t, eps, el, k)) + acc.x * inv_n, im = acc.y * inv_n;
-    const float pixel = reconstruct_real ? re : hypotf(re, im);
+    const float pixel = reconstruct_real ? re : hypotf(re, im);  // hypotf(re, 0) = |re|
     const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
     out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;
-  });
+  };
+  if (exchanged_image_is_real(H, W, KH, KW))
+    band_inverse_rows<false, true>(E, nullptr, rows, W, KW, cos_w, sin_w, update);
+  else
+    band_inverse_rows<false>(E, nullptr, rows, W, KW, cos_w, sin_w, update);
   cluster_sync();  // no block returns while another may still read its shares
 #endif
 }
