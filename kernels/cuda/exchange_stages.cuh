@@ -350,12 +350,12 @@ static_assert(kInverseRowsPerThread >= 1, "band_inverse_rows takes at least one 
 
 // The band's inverse row transform at every pixel: acc = sum_j E[h][j] e^{+i theta_j w} (and acc2
 // from E2 when kTwo), from E as band_inverse_columns stores it (paired), handed to
-// pixel(h, w, acc, acc2), unnormalised. kRealOnly sums acc.x alone (acc.y stays 0), in paired_mac's
-// order of operations: half the multiply-adds, for a caller that needs only the real part. A thread takes
-// kInverseRowsPerThread rows of one column and loads each twiddle once for all of them; a warp's
-// lanes take consecutive columns, so the twiddle reads are coalesced and E's are broadcast. The
-// thread that gets a pixel depends only on (H, W), so two calls give each pixel to the same
-// thread. It neither starts nor ends with a barrier.
+// pixel(h, w, acc, acc2), unnormalised. kRealOnly sums acc.x alone (acc.y stays 0), in
+// paired_mac's order of operations: half the multiply-adds, for a caller that needs only the real
+// part. A thread takes kInverseRowsPerThread rows of one column and loads each twiddle once for all
+// of them; a warp's lanes take consecutive columns, so the twiddle reads are coalesced and E's are
+// broadcast. The thread that gets a pixel depends only on (H, W), so two calls give each pixel to
+// the same thread. It neither starts nor ends with a barrier.
 template <bool kTwo, bool kRealOnly = false, typename Pixel>
 __device__ __forceinline__ void band_inverse_rows(const float2* E, const float2* E2, int H, int W, int KW,
                                                   const float* cos_w, const float* sin_w, Pixel pixel) {
