@@ -285,34 +285,6 @@ def exchange_backward_shared_bytes(h: int, w: int, cut: float) -> int:
     return (2 * h * kw + 3 * kh * kw) * 8
 
 
-def _jit_exchange_update(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
-                        phase_mask, coefficients, phase_project, reconstruct_real, shared_bytes):  # fmt: skip
-    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update``."""
-    b, c, _, _ = x_t.shape
-    out, args = _exchange_arguments(
-        x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
-        coefficients, phase_project, reconstruct_real,
-    )  # fmt: skip
-    _launch("exchange_update.cu", "exchange_update_kernel", x_t.device, b * c, args, shared_bytes)
-    return out
-
-
-def _jit_exchange_update_cluster(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w,
-                                amp_mask, phase_mask, coefficients, phase_project, reconstruct_real,
-                                shared_bytes):  # fmt: skip
-    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update_cluster``."""
-    b, c, _, _ = x_t.shape
-    out, args = _exchange_arguments(
-        x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask,
-        coefficients, phase_project, reconstruct_real,
-    )  # fmt: skip
-    grid = b * c * CLUSTER_BLOCKS
-    _launch(
-        "exchange_update_cluster.cu", "exchange_update_cluster_kernel", x_t.device, grid, args, shared_bytes
-    )
-    return out
-
-
 def _exchange_arguments(x_t, eps, ref_t, eps_ref, noise, rng_state, cos_h, sin_h, cos_w, sin_w, amp_mask,
                         phase_mask, coefficients, phase_project, reconstruct_real):  # fmt: skip
     """(the output, the exchange kernels' arguments)."""
@@ -375,45 +347,6 @@ def _exchange_tables(x_t, amplitude_cut_range, phase_cut_range, shared_bytes):
     return shared, (cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask)
 
 
-def _jit_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
-                                  phase_mask, coefficients, project, real, shared_bytes):  # fmt: skip
-    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update_backward``."""
-    b, c, _, _ = x_t.shape
-    grads, args = _exchange_backward_arguments(
-        grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, coefficients,
-        project, real,
-    )  # fmt: skip
-    _launch(
-        "exchange_update_backward.cu",
-        "exchange_update_backward_kernel",
-        x_t.device,
-        b * c,
-        args,
-        shared_bytes,
-    )
-    return grads
-
-
-def _jit_exchange_update_cluster_backward(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w,
-                                          amp_mask, phase_mask, coefficients, project, real,
-                                          shared_bytes):  # fmt: skip
-    """The JIT loader's launch, in the call shape of ``manipure_aot::exchange_update_cluster_backward``."""
-    b, c, _, _ = x_t.shape
-    grads, args = _exchange_backward_arguments(
-        grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, coefficients,
-        project, real,
-    )  # fmt: skip
-    _launch(
-        "exchange_update_cluster_backward.cu",
-        "exchange_update_cluster_backward_kernel",
-        x_t.device,
-        b * c * CLUSTER_BLOCKS,
-        args,
-        shared_bytes,
-    )
-    return grads
-
-
 def _exchange_backward_arguments(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, cos_w, sin_w, amp_mask,
                                  phase_mask, coefficients, project, real):  # fmt: skip
     """((g_x_t, g_eps, g_ref_t, g_eps_ref), the exchange backward kernels' arguments); g_eps_ref is
@@ -429,6 +362,31 @@ def _exchange_backward_arguments(grad, x_t, eps, ref_t, eps_ref, cos_h, sin_h, c
     )  # fmt: skip
     return (g_x_t, g_eps, g_ref_t, g_eps_ref), args
 
+
+def _jit_exchange_launch(op: str, backward: bool, blocks_per_plane: int):
+    """The JIT loader's launch of ``kernels/cuda/<op>.cu``'s ``<op>_kernel``, in the call shape of
+    ``manipure_aot::<op>`` (the exchange ops' arguments, then ``shared_bytes``), with
+    ``blocks_per_plane`` blocks for each of the B*C planes. Returns what the op returns."""
+    arguments = _exchange_backward_arguments if backward else _exchange_arguments
+
+    def launch(*call):
+        *call, shared_bytes = call
+        x_t = call[1] if backward else call[0]  # the backward's first argument is grad
+        result, args = arguments(*call)
+        b, c, _, _ = x_t.shape
+        _launch(f"{op}.cu", f"{op}_kernel", x_t.device, b * c * blocks_per_plane, args, shared_bytes)
+        return result
+
+    launch.__doc__ = f"The JIT loader's launch, in the call shape of ``manipure_aot::{op}``."
+    return launch
+
+
+_jit_exchange_update = _jit_exchange_launch("exchange_update", False, 1)
+_jit_exchange_update_cluster = _jit_exchange_launch("exchange_update_cluster", False, CLUSTER_BLOCKS)
+_jit_exchange_update_backward = _jit_exchange_launch("exchange_update_backward", True, 1)
+_jit_exchange_update_cluster_backward = _jit_exchange_launch(
+    "exchange_update_cluster_backward", True, CLUSTER_BLOCKS
+)
 
 # (on clusters, backward) -> (the AOT op, the JIT loader's launch of the same kernel, its shared bytes)
 _EXCHANGE_KERNELS = {
