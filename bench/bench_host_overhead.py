@@ -17,8 +17,6 @@ microseconds per call.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import os
 import statistics
 import sys
@@ -33,17 +31,11 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_ops import provenance, write_rows  # noqa: E402
+from bench.kernel_stubs import kernels_replaced  # noqa: E402
 from manipure_fast import ops  # noqa: E402
 from manipure_fast.ops import triton_exchange  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
 
-# (kernel module under manipure_fast.kernels.triton, kernel) for every launch the timed calls make.
-KERNELS = [
-    ("exchange_update", "exchange_update_kernel"),
-    ("exchange_update_backward", "exchange_update_backward_kernel"),
-    ("mani_noise", "mani_noise_kernel"),
-    ("mani_noise_rows", "mani_noise_rows_kernel"),
-]
 SHAPES = {"cifar-B64": (64, 3, 32, 32), "64x64-B8": (8, 3, 64, 64), "imagenet-B8": (8, 3, 256, 256)}
 REPEATS = 7
 
@@ -53,19 +45,6 @@ class _NoLaunch:
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: None
-
-
-@contextlib.contextmanager
-def kernels_not_launched():
-    modules = [(importlib.import_module(f"manipure_fast.kernels.triton.{m}"), k) for m, k in KERNELS]
-    saved = [(module, name, getattr(module, name)) for module, name in modules]
-    try:
-        for module, name, _ in saved:
-            setattr(module, name, _NoLaunch())
-        yield
-    finally:
-        for module, name, kernel in saved:
-            setattr(module, name, kernel)
 
 
 def calls(shape, device) -> dict:
@@ -99,7 +78,7 @@ def main(argv=None) -> list[dict]:
     number = 5 if args.smoke else args.calls
     meta = provenance(device)
     rows = []
-    with kernels_not_launched():
+    with kernels_replaced(lambda kernel: _NoLaunch()):
         # A first pass over every call builds the cached tables and warms the allocator: on the CPU,
         # the first large allocations of a process come from mmap, and the first call timed was
         # several times slower than the same call timed later.

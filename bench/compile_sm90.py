@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.kernel_stubs import kernels_replaced  # noqa: E402
 from bench.record_triton_launches import describe_argument  # noqa: E402
 from manipure_fast.ops import triton_exchange, triton_mani  # noqa: E402
 from manipure_fast.reference.schedule import step_coefficients  # noqa: E402
@@ -62,30 +63,9 @@ def _signature(kernel, args, kwargs):
 
 def _record(launch) -> list:
     """Run ``launch()`` with every kernel module's kernels replaced by recorders."""
-    import importlib
-
     calls: list = []
-    patched = []
-    for name in (
-        "exchange_update",
-        "exchange_update_backward",
-        "mani_noise",
-        "mani_noise_backward",
-        "mani_noise_large",
-        "mani_noise_large_backward",
-        "mani_noise_rows",
-        "mani_noise_rows_backward",
-    ):
-        module = importlib.import_module(f"manipure_fast.kernels.triton.{name}")
-        for attr, value in vars(module).items():
-            if attr.endswith("_kernel") and hasattr(value, "params"):
-                patched.append((module, attr, value))
-                setattr(module, attr, _Recorder(value, calls))
-    try:
+    with kernels_replaced(lambda kernel: _Recorder(kernel, calls)):
         launch()
-    finally:
-        for module, attr, value in patched:
-            setattr(module, attr, value)
     return calls
 
 
