@@ -14,8 +14,10 @@ Variants, each one define away from the shipped source (prepended to what the JI
   against the shipped half and their mirrors (the same bits), at ImageNet B=64;
 - ``MANIPURE_UNPAIRED_FREQUENCIES=1``: the exchange's column, inverse column and inverse row
   transforms without pairing the frequencies theta and -theta, at ImageNet B=64;
-- ``MANIPURE_COMPLEX_INVERSE_ROWS=1``: the exchange forward's inverse rows summing Im y too, where
-  y is real and the shipped kernels sum Re y alone, at ImageNet B=64.
+- ``MANIPURE_ALWAYS_COMPLEX_Y=1``: the exchange taking y complex where Re y suffices and the
+  shipped kernels take it alone (the forward's inverse rows summing Im y too; the backward's y
+  rows likewise, and fft2_band(g_y) transforming g_y as two real images, not one), at ImageNet
+  B=64.
 
 and two choices made in ``cuda_ops`` for 256x256 planes on thread-block clusters, at ImageNet
 B=64: MANI in one launch (``mani_noise_cluster.cu``, and its backward) against the four launches
@@ -54,7 +56,7 @@ FMA_LOOPS = ("FMA loops", {"MANIPURE_TENSOR_CORE_MAX_SIDE": 0})
 INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THREAD": n}) for n in (1, 2, 8)]
 EVERY_BAND_COLUMN = ("every band column summed", {"MANIPURE_SUM_EVERY_BAND_COLUMN": 1})
 UNPAIRED_FREQUENCIES = ("unpaired frequencies", {"MANIPURE_UNPAIRED_FREQUENCIES": 1})
-COMPLEX_INVERSE_ROWS = ("complex inverse rows", {"MANIPURE_COMPLEX_INVERSE_ROWS": 1})
+ALWAYS_COMPLEX_Y = ("complex y everywhere", {"MANIPURE_ALWAYS_COMPLEX_Y": 1})
 FOUR_LAUNCHES = ("4 launches around cuFFT", {"MANI_CLUSTER": False})
 EIGHT_LAUNCHES = ("8 launches around cuFFT", {"MANI_CLUSTER": False})
 ONE_BLOCK_PER_PLANE = ("one block per plane", {"EXCHANGE_CLUSTER": False})
@@ -113,13 +115,11 @@ def exchange_groups(label, shape, device) -> list[Group]:
     variants = (
         [FMA_LOOPS]
         if max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE
-        else [*INVERSE_ROWS, EVERY_BAND_COLUMN, UNPAIRED_FREQUENCIES]
+        else [*INVERSE_ROWS, EVERY_BAND_COLUMN, UNPAIRED_FREQUENCIES, ALWAYS_COMPLEX_Y]
     )
-    # Only the forward takes Re y alone from its inverse rows.
-    forward_variants = variants if variants == [FMA_LOOPS] else [*variants, COMPLEX_INVERSE_ROWS]
     op = "exchange_update"
     return [
-        Group(op, "forward", label, shape, forward, compiled_with, forward_variants),
+        Group(op, "forward", label, shape, forward, compiled_with, variants),
         Group(op, "backward", label, shape, backward, compiled_with, variants),
     ]
 

@@ -155,8 +155,9 @@ def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch
     sum every column (MANIPURE_SUM_EVERY_BAND_COLUMN=1), the exchange kernels give the same bits,
     forward and backward, on the FMA path's planes (one block, odd and even K, a full band) and
     on the cluster kernels'. The column and inverse transforms' pairing of theta and -theta agrees
-    with the unpaired loops (MANIPURE_UNPAIRED_FREQUENCIES=1) to rounding, and the forward's
-    real-only inverse rows with complex ones (MANIPURE_COMPLEX_INVERSE_ROWS=1)."""
+    with the unpaired loops (MANIPURE_UNPAIRED_FREQUENCIES=1) to rounding, and taking Re y alone
+    where it suffices agrees with taking y complex everywhere (MANIPURE_ALWAYS_COMPLEX_Y=1),
+    forward and backward."""
     reason = cuda_on_cpu.compiler_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -195,12 +196,18 @@ def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch
         if a.numel():
             torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()))
             assert not torch.equal(a, b)
-    # The forward's real-only inverse rows (where y is real: all but the 40x40 full band, whose
-    # Nyquist keeps them complex) against summing Im y everywhere: the same to rounding.
-    with tune_cuda.compiled_with({"MANIPURE_COMPLEX_INVERSE_ROWS": 1}):
-        complex_rows = run_all()
-    for a, b in zip(shipped, complex_rows, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()) if b.numel() else 0)
+    # Re y alone where it suffices (every case but the 40x40 full band in "abs", whose Nyquist keeps
+    # y complex) against y complex everywhere. "abs" drops Im y, which is rounding: the same to
+    # rounding. "real" never reads Im y, and its g_y's is exactly 0: the same bits.
+    with tune_cuda.compiled_with({"MANIPURE_ALWAYS_COMPLEX_Y": 1}):
+        complex_y = run_all()
+    reconstruct_real = [options[3] for _, options in cases for _ in range(5)]  # forward + 4 gradients
+    for a, b, real in zip(shipped, complex_y, reconstruct_real, strict=True):
+        if real:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()) if b.numel() else 0)
+    assert not all(torch.equal(a, b) for a, b, real in zip(shipped, complex_y, reconstruct_real) if not real)
 
 
 def test_gpus_without_tf32_tensor_cores_are_refused_by_name():
@@ -521,15 +528,19 @@ def test_exchange_update_matches_reference(shape, dtype, mode, loader):
         torch.testing.assert_close(out, triton, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("reconstruct", ["abs", "real"])
 @pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 3, 20, 36)], ids=_ids)
-def test_exchange_update_keeps_the_references_nyquist_ties_in_project_mode(shape, loader):
+def test_exchange_update_keeps_the_references_nyquist_ties_in_project_mode(shape, reconstruct, loader):
     """Where a band holds a Nyquist frequency, its coefficients are real in both spectra, and where
     their signs differ "project" rotates the reference's by -delta, so Delta is not Hermitian and
-    "abs" keeps an imaginary part (docs/reference-differences.md). The kernels must reproduce it:
+    "abs" keeps an imaginary part (docs/reference-differences.md). The kernels must reproduce it,
+    forward and backward (whose g_y is complex there); "real" reads Re y alone even there.
     16x16 takes the tensor-core path, 20x36 the FMA loops (Nyquist on the H axis only)."""
     gen = torch.Generator().manual_seed(sum(shape))
-    x_t, eps, ref_t, eps_ref, z = _on(loader.device, *(torch.randn(shape, generator=gen) for _ in range(5)))
-    options = dict(step=step_coefficients(99, 89, eta=1.0), phase_mode="project", reconstruct="abs")
+    x_t, eps, ref_t, eps_ref, z, weight = _on(
+        loader.device, *(torch.randn(shape, generator=gen) for _ in range(6))
+    )
+    options = dict(step=step_coefficients(99, 89, eta=1.0), phase_mode="project", reconstruct=reconstruct)
     out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, backend="cuda", **options)
 
     def reference(*tensors):
@@ -537,6 +548,16 @@ def test_exchange_update_keeps_the_references_nyquist_ties_in_project_mode(shape
 
     exact = reference(*(t.double() for t in (x_t, eps, ref_t, eps_ref, z)))
     _bound(out, exact, reference(*(t.float() for t in (x_t, eps, ref_t, eps_ref, z))))
+
+    inputs = [t * 0.6 for t in (x_t, eps, ref_t, eps_ref)]
+    weight = weight_off_the_clip_bounds(weight, [*inputs, z], options)
+
+    def gradients(backend, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in inputs]
+        out = ops.exchange_update(*leaves, z.to(dtype), backend=backend, **options)
+        return torch.autograd.grad((out * weight.to(dtype)).sum(), leaves)
+
+    _assert_gradients_close(gradients)
 
 
 @pytest.mark.parametrize("n_bands", [1, 8, 40])
@@ -1181,8 +1202,8 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("exchange_update", "backward", "imagenet-B64", "8 inverse rows per thread") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "every band column summed") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "unpaired frequencies") in variants
-    assert ("exchange_update", "forward", "imagenet-B64", "complex inverse rows") in variants
-    assert ("exchange_update", "backward", "imagenet-B64", "complex inverse rows") not in variants
+    assert ("exchange_update", "forward", "imagenet-B64", "complex y everywhere") in variants
+    assert ("exchange_update", "backward", "imagenet-B64", "complex y everywhere") in variants
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants

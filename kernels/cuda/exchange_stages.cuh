@@ -93,12 +93,14 @@ __device__ __forceinline__ float2 paired_mac(float2 acc, float2 S, float2 D, flo
   return acc;
 }
 
-// Row transforms of two real images a, b of one plane onto the band columns: for every row h and
-// band column j, the sums over w of a[h][w] cos(theta_j w), a[h][w] sin(theta_j w) and the same
-// for b, handed to store(h, j, a_cos, a_sin, b_cos, b_sin). One warp takes kRowsPerWarp rows at a
-// time. Each lane holds the pixels w = lane + 32 t of them, given once by load(h, w, a, b), so each
-// pixel is computed once, and the twiddle reads are coalesced. It needs W <= kMaxRowWidth and a
-// block of whole warps; it neither starts nor ends with a barrier.
+// Row transforms of kImages (1 or 2) real images of one plane onto the band columns: for every row
+// h, band column j and image m, the sums over w of v_m[h][w] cos(theta_j w) and v_m[h][w]
+// sin(theta_j w), handed to store(h, j, sums) with sums[2 m] the cos and sums[2 m + 1] the sin sum.
+// A warp takes 4 / kImages rows at a time, so that each lane sums eight values (2 per image and
+// row) for warp_sums_of_eight. Each lane holds the pixels w = lane + 32 t of them, given once by
+// load(h, w, pixels) (pixels[m] of image m), so each pixel is computed once, and the twiddle reads
+// are coalesced. It needs W <= kMaxRowWidth and a block of whole warps; it neither starts nor ends
+// with a barrier.
 // The rows are real, so column KW - j (frequency -theta_j: the band is listed in FFT order) has
 // the cos sums of column j and its sin sums negated. Only columns 0..KW/2 are summed, and the
 // others stored from them: 11 of 21 at R = 10. The twiddles of -theta_j are exactly those of
@@ -108,43 +110,62 @@ __device__ __forceinline__ float2 paired_mac(float2 acc, float2 S, float2 D, flo
 #ifndef MANIPURE_SUM_EVERY_BAND_COLUMN
 #define MANIPURE_SUM_EVERY_BAND_COLUMN 0
 #endif
-template <typename Load, typename Store>
+template <int kImages, typename Load, typename Store>
 __device__ __forceinline__ void band_row_transforms(int H, int W, int KW, const float* cos_w, const float* sin_w,
                                                     Load load, Store store) {
+  static_assert(kImages == 1 || kImages == 2, "band_row_transforms takes one or two images");
+  constexpr int kRows = 4 / kImages;      // rows a warp takes together: 8 sums per lane
+  constexpr int kSumsPerRow = 2 * kImages;  // cos and sin per image
+  constexpr int kRowsPerGather = kRows / 2;  // warp_sums_of_eight gathers 4 sums in lanes 0 and 16
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  for (int h0 = (threadIdx.x >> 5) * kRowsPerWarp; h0 < H; h0 += warps * kRowsPerWarp) {
-    float a[kRowsPerWarp][kRowPixelsPerLane], b[kRowsPerWarp][kRowPixelsPerLane];
+  for (int h0 = (threadIdx.x >> 5) * kRows; h0 < H; h0 += warps * kRows) {
+    float v[kRows][kImages][kRowPixelsPerLane];
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r)
+    for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int t = 0; t < kRowPixelsPerLane; ++t) {
         const int w = lane + 32 * t;
-        a[r][t] = b[r][t] = 0.f;
-        if (h0 + r < H && w < W) load(h0 + r, w, a[r][t], b[r][t]);
+        float pixels[kImages];
+#pragma unroll
+        for (int m = 0; m < kImages; ++m) pixels[m] = 0.f;
+        if (h0 + r < H && w < W) load(h0 + r, w, pixels);
+#pragma unroll
+        for (int m = 0; m < kImages; ++m) v[r][m][t] = pixels[m];
       }
     constexpr bool kMirrored = !MANIPURE_SUM_EVERY_BAND_COLUMN;
     for (int j = 0; j < (kMirrored ? KW / 2 + 1 : KW); ++j) {
-      float partial[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // row r: a_cos, a_sin, b_cos, b_sin at 4 r
+      float partial[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // row r, image m: cos, sin at (r kImages + m) 2
 #pragma unroll
       for (int t = 0; t < kRowPixelsPerLane; ++t) {
         const int w = lane + 32 * t;
         if (w < W) {
           const float c = cos_w[j * W + w], s = sin_w[j * W + w];
 #pragma unroll
-          for (int r = 0; r < kRowsPerWarp; ++r) {
-            partial[4 * r] += a[r][t] * c;
-            partial[4 * r + 1] += a[r][t] * s;
-            partial[4 * r + 2] += b[r][t] * c;
-            partial[4 * r + 3] += b[r][t] * s;
-          }
+          for (int r = 0; r < kRows; ++r)
+#pragma unroll
+            for (int m = 0; m < kImages; ++m) {
+              partial[(r * kImages + m) * 2] += v[r][m][t] * c;
+              partial[(r * kImages + m) * 2 + 1] += v[r][m][t] * s;
+            }
         }
       }
       float sums[4];
       warp_sums_of_eight(partial, sums);
-      const int h = h0 + (lane >> 4), mirror = KW - j;
-      if ((lane & 15) == 0 && h < H) {
-        store(h, j, sums[0], sums[1], sums[2], sums[3]);
-        if (kMirrored && j > 0 && mirror != j) store(h, mirror, sums[0], -sums[1], sums[2], -sums[3]);
+      const int mirror = KW - j;
+      if ((lane & 15) == 0) {
+#pragma unroll
+        for (int g = 0; g < kRowsPerGather; ++g) {
+          const int h = h0 + (lane >> 4) * kRowsPerGather + g;
+          if (h >= H) break;
+          const float* row = sums + g * kSumsPerRow;
+          store(h, j, row);
+          if (kMirrored && j > 0 && mirror != j) {
+            float conjugate[kSumsPerRow];
+#pragma unroll
+            for (int q = 0; q < kSumsPerRow; ++q) conjugate[q] = (q & 1) ? -row[q] : row[q];
+            store(h, mirror, conjugate);
+          }
+        }
       }
     }
   }
@@ -202,16 +223,16 @@ __device__ __forceinline__ void band_spectra(
     int KW, const ExchangeCoefficients& k, int has_eps_ref, float2* Gp, float2* Gq, float2* Fp, float2* Fq,
     int h0 = 0, int rows = -1) {
   if (rows < 0) rows = H;
-  band_row_transforms(
+  band_row_transforms<2>(
       rows, W, KW, cos_w, sin_w,
-      [&](int h, int w, float& p, float& q) {
+      [&](int h, int w, float* pixels) {
         const long long e = base + (long long)(h0 + h) * W + w;
-        p = to_pixels(predicted_x0(x_t, eps, e, k));
-        q = to_pixels(reference_x0(ref_t, eps_ref, e, has_eps_ref, k));
+        pixels[0] = to_pixels(predicted_x0(x_t, eps, e, k));
+        pixels[1] = to_pixels(reference_x0(ref_t, eps_ref, e, has_eps_ref, k));
       },
-      [&](int h, int j, float p_cos, float p_sin, float q_cos, float q_sin) {
-        Gp[h * KW + j] = make_float2(p_cos, -p_sin);
-        Gq[h * KW + j] = make_float2(q_cos, -q_sin);
+      [&](int h, int j, const float* sums) {  // p's cos, sin; q's cos, sin
+        Gp[h * KW + j] = make_float2(sums[0], -sums[1]);
+        Gq[h * KW + j] = make_float2(sums[2], -sums[3]);
       });
   __syncthreads();
   band_columns<true>(Gp, Fp, cos_h, sin_h, H, KH, KW, 1.0f, h0, rows, Gq, Fq);
@@ -323,21 +344,29 @@ __device__ __forceinline__ void band_inverse_columns(const float2* X, float2* E,
   __syncthreads();
 }
 
-// MANIPURE_COMPLEX_INVERSE_ROWS=1 makes the forward kernels sum Im y in their inverse rows on every
-// plane, as before they took Re y alone where y is real: bench/tune_cuda.py times it.
-#ifndef MANIPURE_COMPLEX_INVERSE_ROWS
-#define MANIPURE_COMPLEX_INVERSE_ROWS 0
+// MANIPURE_ALWAYS_COMPLEX_Y=1 makes the kernels take y complex on every plane, as before they took
+// Re y alone where that suffices (real_part_of_y_suffices): bench/tune_cuda.py times it.
+#ifndef MANIPURE_ALWAYS_COMPLEX_Y
+#define MANIPURE_ALWAYS_COMPLEX_Y 0
 #endif
 
-// Whether y = p + ifft2(Delta) is real, so that the forward needs only Re y from its inverse rows.
-// Both band spectra are Hermitian (the images are real), and the mix keeps that symmetry, so Delta
-// is Hermitian and Im y is rounding. The exception is a Nyquist frequency (n/2 of an even side),
-// which is in the band only when the band is the whole axis (K == n). There "project" rotates
-// opposite real coefficients by -delta at a frequency and at its mirror alike, as the reference
-// does (docs/reference-differences.md), and "abs" keeps the imaginary part that this gives y.
+// Whether y = p + ifft2(Delta) is real, so that Im y is rounding. Both band spectra are Hermitian
+// (the images are real), and the mix keeps that symmetry, so Delta is Hermitian. The exception is
+// a Nyquist frequency (n/2 of an even side), which is in the band only when the band is the whole
+// axis (K == n). There "project" rotates opposite real coefficients by -delta at a frequency and
+// at its mirror alike, as the reference does (docs/reference-differences.md), and "abs" keeps the
+// imaginary part that this gives y.
 __device__ __forceinline__ bool exchanged_image_is_real(int H, int W, int KH, int KW) {
-  if (MANIPURE_COMPLEX_INVERSE_ROWS) return false;
   return !((H % 2 == 0 && KH == H) || (W % 2 == 0 && KW == W));
+}
+
+// Whether the kernels need Re y alone: "real" reconstruction reads nothing else, and "abs" reads
+// Im y only where y is not real. Then the forward's inverse rows sum Re y alone, and in the
+// backward g_y = dL/dy is real too ("real": g_v; "abs": g_v y / |y|), so y's inverse rows sum Re y
+// alone and fft2_band(g_y) takes the row transforms of one real image, not two.
+__device__ __forceinline__ bool real_part_of_y_suffices(int H, int W, int KH, int KW, int reconstruct_real) {
+  if (MANIPURE_ALWAYS_COMPLEX_Y) return false;
+  return reconstruct_real || exchanged_image_is_real(H, W, KH, KW);
 }
 
 // Pixel rows a thread of band_inverse_rows takes: each twiddle it loads serves this many pixels.
@@ -444,45 +473,58 @@ __device__ __forceinline__ void pixel_gradients_at(long long el, float g_p, floa
 }
 
 // y = p + ifft2_band(Delta) on the rows, and g_y = dL/dy under the output clamp (abs: g_v y/|y|;
-// real: g_v) written over g_eps (Re) and g_ref_t (Im), which the last stage overwrites. E takes
-// the inverse column transform, [rows x KW]. Every thread of the block must call it; it returns
-// synchronised.
+// real: g_v) written over g_eps (Re) and g_ref_t (Im), which the last stage overwrites. With
+// real_y (real_part_of_y_suffices), the inverse rows sum Re y alone and g_y is real: g_ref_t is
+// left alone. E takes the inverse column transform, [rows x KW]. Every thread of the block must
+// call it; it returns synchronised.
 __device__ __forceinline__ void exchange_output_gradient(
     const float2* Delta, float2* E, const float* grad, const float* x_t, const float* eps, float* g_eps,
     float* g_ref_t, long long base, const float* cos_h, const float* sin_h, const float* cos_w,
     const float* sin_w, int H, int W, int KH, int KW, const ExchangeCoefficients& k, int reconstruct_real,
-    int h0 = 0, int rows = -1) {
+    bool real_y, int h0 = 0, int rows = -1) {
   if (rows < 0) rows = H;
   band_inverse_columns(Delta, E, cos_h, sin_h, H, KH, KW, h0, rows);
   const float inv_n = 1.0f / (float)(H * W);
-  band_inverse_rows<false>(E, nullptr, rows, W, KW, cos_w, sin_w, [&](int h, int w, float2 acc, float2) {
+  const auto store_gradient = [&](int h, int w, float2 acc, float2) {
     const long long el = base + (long long)(h0 + h) * W + w;
     const float2 gy = output_gradient_at(grad, x_t, eps, el, acc.x, acc.y, inv_n, k, reconstruct_real);
     g_eps[el] = gy.x;
-    g_ref_t[el] = gy.y;
-  });
+    if (!real_y) g_ref_t[el] = gy.y;
+  };
+  if (real_y)
+    band_inverse_rows<false, true>(E, nullptr, rows, W, KW, cos_w, sin_w, store_gradient);
+  else
+    band_inverse_rows<false>(E, nullptr, rows, W, KW, cos_w, sin_w, store_gradient);
   __syncthreads();  // the next stage reads other threads' g_y
 }
 
 // G[i][j] = scale * sum_h B[h][j] e^{-i theta_i h} over the rows, with B [rows x KW] the row
-// transforms of g_y = a + i b: sum_w (a + i b) e^{-i theta_j w} = (a_cos + b_sin) + i (b_cos - a_sin).
-// That is fft2_band(g_y) (the rows' share of it), which scale = 1 / HW makes g_Delta. Every thread
-// of the block must call it; it returns synchronised.
+// transforms of g_y = a + i b: sum_w (a + i b) e^{-i theta_j w} = (a_cos + b_sin) + i (b_cos - a_sin),
+// or of a alone when real_y (b = 0: exchange_output_gradient did not write it). That is
+// fft2_band(g_y) (the rows' share of it), which scale = 1 / HW makes g_Delta. Every thread of the
+// block must call it; it returns synchronised.
 __device__ __forceinline__ void band_gradient_spectrum(const float* g_eps, const float* g_ref_t, long long base,
                                                        const float* cos_h, const float* sin_h, const float* cos_w,
                                                        const float* sin_w, int H, int W, int KH, int KW, float2* B,
-                                                       float2* G, float scale, int h0 = 0, int rows = -1) {
+                                                       float2* G, float scale, bool real_y, int h0 = 0,
+                                                       int rows = -1) {
   if (rows < 0) rows = H;
-  band_row_transforms(
-      rows, W, KW, cos_w, sin_w,
-      [&](int h, int w, float& a, float& b) {
-        const long long e = base + (long long)(h0 + h) * W + w;
-        a = g_eps[e];
-        b = g_ref_t[e];
-      },
-      [&](int h, int j, float a_cos, float a_sin, float b_cos, float b_sin) {
-        B[h * KW + j] = make_float2(a_cos + b_sin, b_cos - a_sin);
-      });
+  const auto element = [&](int h, int w) { return base + (long long)(h0 + h) * W + w; };
+  if (real_y) {
+    band_row_transforms<1>(
+        rows, W, KW, cos_w, sin_w, [&](int h, int w, float* pixels) { pixels[0] = g_eps[element(h, w)]; },
+        [&](int h, int j, const float* sums) { B[h * KW + j] = make_float2(sums[0], -sums[1]); });
+  } else {
+    band_row_transforms<2>(
+        rows, W, KW, cos_w, sin_w,
+        [&](int h, int w, float* pixels) {
+          pixels[0] = g_eps[element(h, w)];
+          pixels[1] = g_ref_t[element(h, w)];
+        },
+        [&](int h, int j, const float* sums) {  // a's cos, sin; b's cos, sin
+          B[h * KW + j] = make_float2(sums[0] + sums[3], sums[2] - sums[1]);
+        });
+  }
   __syncthreads();
   band_columns(B, G, cos_h, sin_h, H, KH, KW, scale, h0, rows);
 }

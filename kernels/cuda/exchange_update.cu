@@ -23,7 +23,7 @@
 
 using manipure::band_inverse_columns;
 using manipure::band_inverse_rows;
-using manipure::exchanged_image_is_real;
+using manipure::real_part_of_y_suffices;
 using manipure::band_spectra;
 using manipure::exchange_mix;
 using manipure::ExchangeCoefficients;
@@ -116,7 +116,7 @@ extern "C" __global__ void exchange_update_kernel(
     const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
     out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;
   };
-  if (exchanged_image_is_real(H, W, KH, KW))
+  if (real_part_of_y_suffices(H, W, KH, KW, reconstruct_real))
     band_inverse_rows<false, true>(E, nullptr, H, W, KW, cos_w, sin_w, update);
   else
     band_inverse_rows<false>(E, nullptr, H, W, KW, cos_w, sin_w, update);

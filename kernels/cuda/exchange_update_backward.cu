@@ -29,6 +29,7 @@ using manipure::exchange_pixel_gradients;
 using manipure::ExchangeCoefficients;
 using manipure::output_gradient_at;
 using manipure::pixel_gradients_at;
+using manipure::real_part_of_y_suffices;
 
 // The whole backward for a plane up to 32 x 32 on the tensor cores, the stages of the FMA path
 // below. The tiles, in turn: F_p and F_q stay where the spectra put them until the polar
@@ -150,9 +151,10 @@ extern "C" __global__ void exchange_update_backward_kernel(
   __syncthreads();
 
   // ---- g_y (in g_eps and g_ref_t), then g_Delta = fft2_band(g_y) / HW over D --------------------
+  const bool real_y = real_part_of_y_suffices(H, W, KH, KW, reconstruct_real);
   exchange_output_gradient(D, A, grad, x_t, eps, g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k,
-                           reconstruct_real);
-  band_gradient_spectrum(g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, B, D, inv_n);
+                           reconstruct_real, real_y);
+  band_gradient_spectrum(g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, B, D, inv_n, real_y);
 
   // ---- through polar(amplitude, phase) back to F_p and F_q (written over Fp, Fq) ---------------
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x)

@@ -76,7 +76,7 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) exchange_update_cluster_kern
     const float z = has_noise ? noise[el] : philox_normal(rng_state, (unsigned long long)el);
     out[el] = k.sqrt_abar_next * to_diffusion(pixel) + k.c1 * z + k.c2 * eps_v;
   };
-  if (exchanged_image_is_real(H, W, KH, KW))
+  if (real_part_of_y_suffices(H, W, KH, KW, reconstruct_real))
     band_inverse_rows<false, true>(E, nullptr, rows, W, KW, cos_w, sin_w, update);
   else
     band_inverse_rows<false>(E, nullptr, rows, W, KW, cos_w, sin_w, update);

@@ -68,10 +68,11 @@ extern "C" __global__ void MANIPURE_CLUSTER_DIMS(8) exchange_update_cluster_back
 
   // 2, 3. g_y on the block's rows (in g_eps and g_ref_t), then its share of fft2_band(g_y) over
   //       Delta (which the inverse columns have read), summed across the cluster.
+  const bool real_y = real_part_of_y_suffices(H, W, KH, KW, reconstruct_real);
   exchange_output_gradient(share_g, A, grad, x_t, eps, g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH,
-                           KW, k, reconstruct_real, h0, rows);
-  band_gradient_spectrum(g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, B, share_g, 1.0f, h0,
-                         rows);
+                           KW, k, reconstruct_real, real_y, h0, rows);
+  band_gradient_spectrum(g_eps, g_ref_t, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, B, share_g, 1.0f, real_y,
+                         h0, rows);
   cluster_sync();  // every block's share of g_Delta is in place
   for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
     const float2 g = cluster_sum(share_g, idx);

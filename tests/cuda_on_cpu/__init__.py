@@ -118,7 +118,8 @@ class Module:
             ]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"g++ failed on the kernel source:\n{result.stderr[-4000:]}")
+                # The head: the first error is the cause, and templates repeat it per instantiation.
+                raise RuntimeError(f"g++ failed on the kernel source:\n{result.stderr[:4000]}")
             os.replace(partial, library)
             cpp.unlink()
         self._library = ctypes.CDLL(str(library))
