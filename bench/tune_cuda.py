@@ -16,8 +16,8 @@ Variants, each one define away from the shipped source (prepended to what the JI
   transforms without pairing the frequencies theta and -theta, at ImageNet B=64;
 - ``MANIPURE_ALWAYS_COMPLEX_Y=1``: the exchange taking y complex where Re y suffices and the
   shipped kernels take it alone (the forward's inverse rows summing Im y too; the backward's y
-  rows likewise, and fft2_band(g_y) transforming g_y as two real images, not one), at ImageNet
-  B=64.
+  rows likewise, and fft2_band(g_y) transforming g_y as two real images, not one), at CIFAR
+  B=512 (the tensor cores) and ImageNet B=64.
 
 and two choices made in ``cuda_ops`` for 256x256 planes on thread-block clusters, at ImageNet
 B=64: MANI in one launch (``mani_noise_cluster.cu``, and its backward) against the four launches
@@ -113,7 +113,7 @@ def exchange_groups(label, shape, device) -> list[Group]:
     # Both directions take the tensor cores up to TENSOR_CORE_SIDE, and the FMA loops (whose inverse
     # rows per thread are a choice) above.
     variants = (
-        [FMA_LOOPS]
+        [FMA_LOOPS, ALWAYS_COMPLEX_Y]
         if max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE
         else [*INVERSE_ROWS, EVERY_BAND_COLUMN, UNPAIRED_FREQUENCIES, ALWAYS_COMPLEX_Y]
     )

@@ -29,6 +29,7 @@ from bench import bench_ops, sanitize_ops, tune_cuda
 from manipure_fast import PurifierConfig, RecordedNoise, Round, ops
 from manipure_fast import reference as ref
 from manipure_fast.ops import cuda_ops, registry
+from manipure_fast.ops.dft_tables import nyquist_in_band
 from manipure_fast.reference.schedule import noise_coefficients, step_coefficients
 from manipure_fast.sampler import purify_diffusion
 
@@ -150,64 +151,93 @@ def test_band_tables_are_conjugate_symmetric_bit_for_bit(n, cut):
     assert (cos.double() - angle.cos()).abs().max() < 6e-8 and (sin.double() - angle.sin()).abs().max() < 6e-8
 
 
+def _exchange_cases(planes_and_cuts, seed):
+    """Per (shape, cut): six random planes (x_t, eps, ref_t, eps_ref, z, the output gradient), in
+    "replace"/"abs" and in "project"/"real", as the launchers' options."""
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for shape, cut in planes_and_cuts:
+        planes = [torch.randn(shape, generator=gen) * 0.6 for _ in range(6)]
+        cases += [(planes, (cut, cut - 2, project, project)) for project in (False, True)]
+    return cases
+
+
+def _launch_exchange_cases(cases):
+    """Every case's forward and its four gradients, through the launchers."""
+    coefficients = [0.9, 0.4, 0.95, 0.3, 0.92, 0.1, 0.05, 0.3]
+    outputs = []
+    for (x_t, eps, ref_t, eps_ref, z, g), options in cases:
+        outputs.append(
+            cuda_ops.launch_exchange_update(x_t, eps, ref_t, eps_ref, z, None, coefficients, *options)
+        )
+        outputs += cuda_ops.launch_exchange_update_backward(
+            g, x_t, eps, ref_t, eps_ref, coefficients, *options
+        )
+    return outputs
+
+
+# The FMA loops' planes: one block (odd and even K, a full band with a Nyquist column), and the
+# cluster kernels'.
+FMA_PATH_CASES = (
+    ((1, 2, 40, 36), 10.0),
+    ((1, 1, 40, 40), 20.0),
+    ((1, 1, 37, 45), 5.0),
+    ((1, 1, 256, 256), 10.0),
+)
+
+
 def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch):
     """band_row_transforms sums columns 0..K/2 and stores the rest from their mirrors; compiled to
     sum every column (MANIPURE_SUM_EVERY_BAND_COLUMN=1), the exchange kernels give the same bits,
     forward and backward, on the FMA path's planes (one block, odd and even K, a full band) and
     on the cluster kernels'. The column and inverse transforms' pairing of theta and -theta agrees
-    with the unpaired loops (MANIPURE_UNPAIRED_FREQUENCIES=1) to rounding, and taking Re y alone
-    where it suffices agrees with taking y complex everywhere (MANIPURE_ALWAYS_COMPLEX_Y=1),
-    forward and backward."""
+    with the unpaired loops (MANIPURE_UNPAIRED_FREQUENCIES=1) to rounding."""
     reason = cuda_on_cpu.compiler_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
-    gen = torch.Generator().manual_seed(4)
-    coefficients = [0.9, 0.4, 0.95, 0.3, 0.92, 0.1, 0.05, 0.3]
-    cases = []
-    for shape, cut in (
-        ((1, 2, 40, 36), 10.0),
-        ((1, 1, 40, 40), 20.0),
-        ((1, 1, 37, 45), 5.0),
-        ((1, 1, 256, 256), 10.0),
-    ):
-        planes = [torch.randn(shape, generator=gen) * 0.6 for _ in range(6)]
-        cases += [(planes, (cut, cut - 2, project, project)) for project in (False, True)]
-
-    def run_all():
-        outputs = []
-        for (x_t, eps, ref_t, eps_ref, z, g), options in cases:
-            outputs.append(
-                cuda_ops.launch_exchange_update(x_t, eps, ref_t, eps_ref, z, None, coefficients, *options)
-            )
-            outputs += cuda_ops.launch_exchange_update_backward(
-                g, x_t, eps, ref_t, eps_ref, coefficients, *options
-            )
-        return outputs
-
-    shipped = run_all()
+    cases = _exchange_cases(FMA_PATH_CASES, seed=4)
+    shipped = _launch_exchange_cases(cases)
     with tune_cuda.compiled_with({"MANIPURE_SUM_EVERY_BAND_COLUMN": 1}):
-        every_column = run_all()
+        every_column = _launch_exchange_cases(cases)
     assert all(torch.equal(a, b) for a, b in zip(shipped, every_column, strict=True))
     # The column and inverse transforms' pairing is other arithmetic: the same to rounding.
     with tune_cuda.compiled_with({"MANIPURE_UNPAIRED_FREQUENCIES": 1}):
-        unpaired = run_all()
+        unpaired = _launch_exchange_cases(cases)
     for a, b in zip(shipped, unpaired, strict=True):
         if a.numel():
             torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()))
             assert not torch.equal(a, b)
-    # Re y alone where it suffices (every case but the 40x40 full band in "abs", whose Nyquist keeps
-    # y complex) against y complex everywhere. "abs" drops Im y, which is rounding: the same to
-    # rounding. "real" never reads Im y, and its g_y's is exactly 0: the same bits.
+
+
+def test_re_y_alone_agrees_with_complex_y_where_it_suffices(monkeypatch):
+    """The exchange kernels take Re y alone where it suffices (real_part_of_y_suffices): every
+    case here but the full bands with a Nyquist column (40x40, 16x16) in "abs". Against y complex
+    everywhere (MANIPURE_ALWAYS_COMPLEX_Y=1), forward and backward, on the FMA loops' planes and
+    the tensor-core path's (28x28, 32x32): "abs" drops Im y, which is rounding, so the same to
+    rounding; "real" never reads Im y, and its g_y's is exactly 0, so the same values."""
+    reason = cuda_on_cpu.compiler_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
+    tensor_core_cases = (((1, 2, 28, 28), 10.0), ((1, 1, 32, 32), 10.0), ((1, 1, 16, 16), 10.0))
+    cases = _exchange_cases(FMA_PATH_CASES + tensor_core_cases, seed=5)
+    shipped = _launch_exchange_cases(cases)
     with tune_cuda.compiled_with({"MANIPURE_ALWAYS_COMPLEX_Y": 1}):
-        complex_y = run_all()
+        complex_y = _launch_exchange_cases(cases)
     reconstruct_real = [options[3] for _, options in cases for _ in range(5)]  # forward + 4 gradients
     for a, b, real in zip(shipped, complex_y, reconstruct_real, strict=True):
         if real:
             assert torch.equal(a, b)
         else:
             torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()) if b.numel() else 0)
-    assert not all(torch.equal(a, b) for a, b, real in zip(shipped, complex_y, reconstruct_real) if not real)
+    # Per "abs" case, its five outputs: those that take Re y alone differ in some bits.
+    for index, (planes, options) in enumerate(cases):
+        if not options[3]:
+            outputs = zip(shipped[5 * index : 5 * index + 5], complex_y[5 * index : 5 * index + 5])
+            cut = max(options[:2])
+            nyquist_tie = any(nyquist_in_band(n, cut) for n in planes[0].shape[-2:])
+            assert all(torch.equal(a, b) for a, b in outputs) == nyquist_tie, planes[0].shape
 
 
 def test_gpus_without_tf32_tensor_cores_are_refused_by_name():
@@ -1204,6 +1234,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("exchange_update", "backward", "imagenet-B64", "unpaired frequencies") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "complex y everywhere") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "complex y everywhere") in variants
+    assert ("exchange_update", "backward", "cifar-B512", "complex y everywhere") in variants
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants

@@ -46,11 +46,13 @@ __device__ __forceinline__ void tensor_core_exchange_update(
   // Delta over F_q, then E = (Ch + i Sh)^T Delta over the row transforms of p.
   manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW, phase_project, k.delta, t.Fqr, t.Fqi);
   manipure::tensor_core_inverse_columns(t, t.Fqr, t.Fqi, t.Gpr, t.Gpi, H, KH, KW);
-  // Per pixel, y = E (Cw + i Sw) from the accumulators (its imaginary part not formed for "real").
+  // Per pixel, y = E (Cw + i Sw) from the accumulators (its imaginary part formed only where it is
+  // needed: not for "real", nor where y is real).
   const float inv_n = 1.0f / (float)(H * W);
+  const bool real_y = real_part_of_y_suffices(H, W, KH, KW, reconstruct_real);
   manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
     float y_re[4] = {0.f, 0.f, 0.f, 0.f}, y_im[4] = {0.f, 0.f, 0.f, 0.f};
-    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !reconstruct_real);
+    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !real_y);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int h = manipure::fragment_row(m0, q), w = manipure::fragment_col(n0, q);

@@ -53,10 +53,12 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
   manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW, phase_project, k.delta, t.Gqr, t.Gqi);
   manipure::tensor_core_inverse_columns(t, t.Gqr, t.Gqi, t.Gpr, t.Gpi, H, KH, KW);
 
-  // ---- y = p + ifft2_band(Delta) per pixel; g_y into Gq (zero off the plane), Re g_y in g_eps ---
+  // ---- y = p + ifft2_band(Delta) per pixel; g_y into Gq (zero off the plane), Re g_y in g_eps.
+  //      Where Re y suffices (real_part_of_y_suffices), Im y is not formed and g_y is real. ----
+  const bool real_y = real_part_of_y_suffices(H, W, KH, KW, reconstruct_real);
   manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
     float y_re[4] = {0.f, 0.f, 0.f, 0.f}, y_im[4] = {0.f, 0.f, 0.f, 0.f};
-    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !reconstruct_real);
+    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !real_y);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int h = fragment_row(m0, q), w = fragment_col(n0, q), e = h * kTileStride + w;
@@ -73,9 +75,10 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
   __syncthreads();  // the product below reads other warps' g_y
 
   // ---- g_Delta HW = fft2_band(g_y): rows B = g_y (Cw - i Sw)^T into Gp, columns (Ch - i Sh) B
-  //      into Gq. Re B = gr Cw^T + gi Sw^T, Im B = gi Cw^T - gr Sw^T. ------------------------------
-  manipure::complex_tile_product<false, true>(t.Gqr, t.Gqi, t.Cw, t.Sw, 1.f, 1.f, -1.f, 1.f, t.Gpr, t.Gpi,
-                                              manipure::rows_pass(H, W, KW));
+  //      into Gq. Re B = gr Cw^T + gi Sw^T, Im B = gi Cw^T - gr Sw^T; without gi's terms for a
+  //      real g_y. ----------------------------------------------------------------------------
+  manipure::complex_tile_product<false, true>(t.Gqr, real_y ? nullptr : t.Gqi, t.Cw, t.Sw, 1.f, 1.f, -1.f, 1.f,
+                                              t.Gpr, t.Gpi, manipure::rows_pass(H, W, KW));
   manipure::complex_tile_product(t.Ch, t.Sh, t.Gpr, t.Gpi, 1.f, 1.f, 1.f, -1.f, t.Gqr, t.Gqi,
                                  manipure::columns_pass(H, KH, KW));
 
