@@ -301,7 +301,9 @@ def main(argv=None) -> None:
 
 def write_rows(path: Path, rows: list[dict], meta: dict) -> None:
     """Rewrites ``path`` with every row so far, each with the provenance. Called after each shape,
-    so that a run cut short by a device-time limit keeps what it measured."""
+    so that a run cut short by a device-time limit keeps what it measured. Makes the folder
+    (``--out`` may name a new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([{**row, **meta} for row in rows], indent=2) + "\n")
 
 

@@ -15,8 +15,9 @@ arguments pass through and only the named constexprs and launch options are repl
   tensor cores in three TF32 passes), and the whole W band in place of its non-negative half
   (``triton_exchange.HALF_BAND_W``);
 - mani_noise at CIFAR B=512, forward and backward: the whole-tile kernel's warps, the streamed
-  kernel (``mani_noise_rows``) in its place, and ``tf32x3``; at 64x64 B=256, the streamed kernels'
-  warps and ``tf32x3``;
+  kernel (``mani_noise_rows``) in its place, ``tf32x3``, and the whole W spectrum in place of its
+  half (``triton_mani.HALF_SPECTRUM_W``); at 64x64 B=256, the streamed kernels' warps and
+  ``tf32x3``;
 - mani_noise at ImageNet B=64: the large-plane kernels' ``BLOCK`` (1024-8192) and warps (its
   cuFFT transforms are the same in every variant).
 
@@ -88,14 +89,16 @@ def launcher(path: str, forward, backward):
 
 
 @contextlib.contextmanager
-def whole_w_band():
-    """The exchange kernels on every W band frequency, not its non-negative half."""
-    saved = triton_exchange.HALF_BAND_W
-    triton_exchange.HALF_BAND_W = False
+def switched_off(module, flag: str):
+    """``module.<flag>`` False for the duration: the exchange kernels on every W band frequency
+    (``triton_exchange.HALF_BAND_W``), or the MANI whole-tile kernels on the whole W spectrum
+    (``triton_mani.HALF_SPECTRUM_W``), not its non-negative half."""
+    saved = getattr(module, flag)
+    setattr(module, flag, False)
     try:
         yield
     finally:
-        triton_exchange.HALF_BAND_W = saved
+        setattr(module, flag, saved)
 
 
 def _exchange_variants(shape) -> list[tuple[str, dict]]:
@@ -151,8 +154,13 @@ def mani_groups(label, shape, device):
         others = [v for v in warps if v[1]["num_warps"] != 8] + [TF32X3]
         return _forward_and_backward(op, label, shape, forward, backward, f"{op}_rows", others)
     streamed = ("streamed kernel", dict(path="rows"))
-    tile_forward = [v for v in warps if v[1]["num_warps"] != 8] + [streamed, TF32X3]  # it ships 8 warps
-    tile_backward = [v for v in warps if v[1]["num_warps"] != 16] + [streamed, TF32X3]  # it ships 16
+    whole = ("whole W spectrum", dict(whole_w_spectrum=True))
+    tile_forward = [v for v in warps if v[1]["num_warps"] != 8] + [
+        streamed,
+        whole,
+        TF32X3,
+    ]  # it ships 8 warps
+    tile_backward = [v for v in warps if v[1]["num_warps"] != 8] + [streamed, whole, TF32X3]  # it ships 8
     return _forward_and_backward(op, label, shape, forward, backward, op, tile_forward, tile_backward)
 
 
@@ -176,12 +184,15 @@ def _forward_and_backward(op, label, shape, forward, backward, module, variants,
 
 def _context(module: str, *kernels: str):
     """The variant context of ``kernels`` in kernel module ``module``: their overrides, the
-    streamed MANI kernels in place of the whole tile (``path="rows"``), or the exchange on the
-    whole W band (``whole_w_band``)."""
+    streamed MANI kernels in place of the whole tile (``path="rows"``), the exchange on the
+    whole W band (``whole_w_band``), or the MANI whole tile on the whole W spectrum
+    (``whole_w_spectrum``)."""
 
     def context(overrides: dict):
         if overrides.get("whole_w_band"):
-            return whole_w_band()
+            return switched_off(triton_exchange, "HALF_BAND_W")
+        if overrides.get("whole_w_spectrum"):
+            return switched_off(triton_mani, "HALF_SPECTRUM_W")
         if overrides.get("path") == "rows":  # the whole-tile path's planes through the streamed kernels
             return launcher(
                 "tile", triton_mani.launch_mani_noise_rows, triton_mani.launch_mani_noise_rows_backward

@@ -387,6 +387,7 @@ MANI_BACKWARD_CASES = [
     (2, 2, 16, 20, dict(normalize="max", n_bands=5)),
     (1, 1, 32, 32, dict(normalize="none", gamma=1.2)),
     (1, 2, 12, 16, dict(detach_map=True)),
+    (1, 2, 24, 32, {}),  # W = 32: the Nyquist column apart from the half spectrum
     # the streamed kernels (33 to 64): one side over 32, partial row blocks, every option
     (1, 2, 64, 64, {}),
     (2, 1, 33, 40, dict(band_mode="count")),

@@ -2,10 +2,20 @@
 plane, the whole plane in one tile (``mani_noise_rows.py`` streams planes up to 64x64). Its stages
 are shared with the backward and the streamed kernels.
 
-    F = D_H x D_W (full DFT as real matmuls)        |F|, band means M_i over the band map
+    F = D_H x D_W (DFT as real matmuls)              |F|, band means M_i over the band map
     w_i = 1 / (M_i^gamma + eps0)                    W = |Re ifft2(w[band] F)|  (or of w[band])
     W normalised (rms / max / none)                 z ~ N(0, 1) (Philox from device seed/offset, or given)
     out = sqrt(abar) x + sqrt(1 - abar) (W z)
+
+Half the W spectrum. x is real, so F[-h, -k] = conj F[h, k]; the band map is symmetric under
+k -> -k, so the weights are, and G = w[band] F is Hermitian too. The kernels hold only the W
+frequencies 0 .. HALF - 1 (HALF = BLOCK_W / 2, at least tl.dot's 16): every band sum counts a
+coefficient with its multiplicity in the whole spectrum (``_half_multiplicity``: 1 at frequency
+0 and at W/2, 2 between, 0 past W/2), and the inverse is the real part of the weighted half sum.
+An even W = 2 HALF (32) puts its Nyquist frequency W/2 just past the tile: that column is taken
+apart (``_dft_nyquist``, ``_inverse_nyquist``), as vectors. The dots are [BLOCK_H x BLOCK_W] by
+[BLOCK_W x HALF] and [BLOCK_H x HALF] by [HALF x BLOCK_W]: half the multiply-adds of whole-tile
+ones. The launchers pass HALF = BLOCK_W to time the whole width (``triton_mani.HALF_SPECTRUM_W``).
 
 Memory traffic per plane: reads x (and z when given), writes out (and z when it must be kept for
 the backward). The band loop is unrolled over ``N_BANDS``.
@@ -18,29 +28,62 @@ from .noise import _noise, _seed_offset
 
 
 @triton.jit
-def _dft_real(x, ch, sh, cw, sw, PRECISION: tl.constexpr):
-    """F = (C_H - i S_H) x (C_W - i S_W) for a real plane: (re, im)."""
-    a = tl.dot(ch, x, input_precision=PRECISION)
-    b = tl.dot(sh, x, input_precision=PRECISION)
-    f_re = tl.dot(a, cw, input_precision=PRECISION) - tl.dot(b, sw, input_precision=PRECISION)
-    f_im = -(tl.dot(b, cw, input_precision=PRECISION) + tl.dot(a, sw, input_precision=PRECISION))
+def _dft_half(x, ch, sh, cw, sw, PRECISION: tl.constexpr):
+    """F[:, :HALF] = (C_H - i S_H) x (C_W - i S_W)[:, :HALF] for a real plane: (re, im). The W
+    axis first, onto its HALF frequencies (cw, sw: [BLOCK_W, HALF]), so that the H axis' dots are
+    half-width too."""
+    a = tl.dot(x, cw, input_precision=PRECISION)  # x e^{-i theta}: a - i b
+    b = tl.dot(x, sw, input_precision=PRECISION)
+    f_re = tl.dot(ch, a, input_precision=PRECISION) - tl.dot(sh, b, input_precision=PRECISION)
+    f_im = -(tl.dot(sh, a, input_precision=PRECISION) + tl.dot(ch, b, input_precision=PRECISION))
     return f_re, f_im
 
 
 @triton.jit
-def _inverse_real(re, im, ch, sh, cw, sw, PRECISION: tl.constexpr):
-    """Re((C_H + i S_H) (re + i im) (C_W + i S_W)): the real part of an unnormalised inverse DFT,
-    which is also the adjoint of a real plane's DFT."""
-    p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
-    q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
-    return tl.dot(p, cw, input_precision=PRECISION) - tl.dot(q, sw, input_precision=PRECISION)
+def _dft_nyquist(x, ch, sh, cw_nyquist):
+    """F[:, W/2] of a real plane of even W: v = sum_w x[:, w] (-1)^w (cw_nyquist, [BLOCK_W]), then
+    the H axis' DFT of v: (re, im), [BLOCK_H]."""
+    v = tl.sum(x * cw_nyquist[None, :], axis=1)
+    return tl.sum(ch * v[None, :], axis=1), -tl.sum(sh * v[None, :], axis=1)
 
 
 @triton.jit
-def _band_mean(magnitude, selected):
-    """The mean of ``magnitude`` over the selected coefficients (0 for an empty band), and the count."""
-    count = tl.sum(tl.sum(selected.to(tl.float32), axis=1), axis=0)
-    total = tl.sum(tl.sum(tl.where(selected, magnitude, 0.0), axis=1), axis=0)
+def _inverse_half(re, im, ch, sh, cw_t, sw_t, PRECISION: tl.constexpr):
+    """Re((C_H + i S_H) (re + i im) (C_W + i S_W)[:HALF, :]): the real part of an unnormalised
+    inverse DFT over the HALF W frequencies (cw_t, sw_t: [HALF, BLOCK_W]). The coefficients carry
+    their multiplicity, so for a Hermitian spectrum this is the whole inverse (without a Nyquist
+    column apart), and it is also the adjoint of ``_dft_half``."""
+    p = tl.dot(ch, re, input_precision=PRECISION) - tl.dot(sh, im, input_precision=PRECISION)
+    q = tl.dot(sh, re, input_precision=PRECISION) + tl.dot(ch, im, input_precision=PRECISION)
+    return tl.dot(p, cw_t, input_precision=PRECISION) - tl.dot(q, sw_t, input_precision=PRECISION)
+
+
+@triton.jit
+def _inverse_nyquist(re, im, ch, sh, cw_nyquist):
+    """The Nyquist column's share of ``_inverse_half``: Re((C_H + i S_H) (re + i im)) (-1)^w."""
+    q = tl.sum(ch * re[None, :], axis=1) - tl.sum(sh * im[None, :], axis=1)
+    return q[:, None] * cw_nyquist[None, :]
+
+
+@triton.jit
+def _half_multiplicity(W: tl.constexpr, HALF: tl.constexpr):
+    """[HALF]: W frequency k's multiplicity in the whole spectrum: 1 at 0 and at W/2, 2 between
+    (k and -k), 0 past W/2 (a negative frequency, counted at its mirror)."""
+    k = tl.arange(0, HALF)
+    return tl.where(k == 0, 1.0, tl.where(2 * k < W, 2.0, tl.where(2 * k == W, 1.0, 0.0)))
+
+
+@triton.jit
+def _band_mean(magnitude, selected, multiplicity, magnitude_nyquist, selected_nyquist, NYQUIST: tl.constexpr):
+    """The mean of ``magnitude`` over the band's coefficients in the whole spectrum (0 for an empty
+    band), and their count: each half-spectrum coefficient counted ``multiplicity`` times, and the
+    Nyquist column (with NYQUIST) once."""
+    share = tl.where(selected, multiplicity[None, :], 0.0)
+    count = tl.sum(tl.sum(share, axis=1), axis=0)
+    total = tl.sum(tl.sum(share * magnitude, axis=1), axis=0)
+    if NYQUIST:
+        count += tl.sum(selected_nyquist.to(tl.float32), axis=0)
+        total += tl.sum(tl.where(selected_nyquist, magnitude_nyquist, 0.0), axis=0)
     return total / tl.maximum(count, 1.0), tl.maximum(count, 1.0)
 
 
@@ -51,64 +94,111 @@ def _band_power(mean, gamma):
 
 
 @triton.jit
-def _band_weights(
-    magnitude, bands, gamma, eps0, N_BANDS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr
+def _plane_tables(
+    cos_h_ptr,
+    sin_h_ptr,
+    cos_w_ptr,
+    sin_w_ptr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HALF: tl.constexpr,
 ):
-    """w[band] per coefficient: w_i = 1 / (M_i^gamma + eps0), M_i the band's mean magnitude."""
-    weight = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    for i in tl.static_range(N_BANDS):
-        selected = bands == i
-        mean, _ = _band_mean(magnitude, selected)
-        weight = tl.where(selected, 1.0 / (_band_power(mean, gamma) + eps0), weight)
-    return weight
-
-
-@triton.jit
-def _plane_tables(cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """The full DFT matrices (symmetric, zero-padded): [BLOCK_H, BLOCK_H] twice, [BLOCK_W, BLOCK_W] twice."""
+    """The DFT tables (full, symmetric, zero-padded matrices in memory): the H axis' whole
+    [BLOCK_H, BLOCK_H] (cos, sin); the W axis' first HALF frequencies as columns [BLOCK_W, HALF]
+    and as rows [HALF, BLOCK_W] (cos, sin each); and its frequency HALF's cos row [BLOCK_W]
+    ((-1)^w, the Nyquist column's, when W = 2 HALF)."""
     rows = tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_W)
+    half = tl.arange(0, HALF)
     sq_h = rows[:, None] * BLOCK_H + rows[None, :]
-    sq_w = cols[:, None] * BLOCK_W + cols[None, :]
+    by_column = cols[:, None] * BLOCK_W + half[None, :]
+    by_row = half[:, None] * BLOCK_W + cols[None, :]
+    nyquist = tl.load(cos_w_ptr + (HALF % BLOCK_W) * BLOCK_W + cols)  # row 0 for HALF = BLOCK_W: unused
     return (
         tl.load(cos_h_ptr + sq_h),
         tl.load(sin_h_ptr + sq_h),
-        tl.load(cos_w_ptr + sq_w),
-        tl.load(sin_w_ptr + sq_w),
+        tl.load(cos_w_ptr + by_column),
+        tl.load(sin_w_ptr + by_column),
+        tl.load(cos_w_ptr + by_row),
+        tl.load(sin_w_ptr + by_row),
+        nyquist,
     )
+
+
+@triton.jit
+def _plane_bands(band_ptr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, HALF: tl.constexpr):
+    """The band map's first HALF columns [BLOCK_H, HALF] and its column HALF [BLOCK_H] (the
+    Nyquist column's when W = 2 HALF; padding, band N_BANDS, selects nothing)."""
+    rows = tl.arange(0, BLOCK_H)
+    half = tl.arange(0, HALF)
+    bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + half[None, :])
+    return bands, tl.load(band_ptr + rows * BLOCK_W + HALF % BLOCK_W)  # column 0 for HALF = BLOCK_W: unused
 
 
 @triton.jit
 def _unnormalised_map(
     x,
     bands,
+    bands_nyquist,
     ch,
     sh,
     cw,
     sw,
+    cw_t,
+    sw_t,
+    cw_nyquist,
     gamma,
     eps0,
+    W: tl.constexpr,
     N_BANDS: tl.constexpr,
     SPECTRAL: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    HALF: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """F = DFT(x), |F|, w[band], and Y = H W ifft2(w[band] F) (or of w[band]):
-    (F re, F im, |F|, w[band], Y). Y is real: G = w[band] F is Hermitian (F is a real plane's
-    spectrum and the band map is symmetric under k -> -k), so only Re Y is formed, as the
-    streamed and large-plane kernels do; the reference's complex ifft2 differs by an imaginary
-    part that is rounding."""
-    f_re, f_im = _dft_real(x, ch, sh, cw, sw, PRECISION)
+    """F = DFT(x) on the half spectrum, |F|, w[band], and Y = H W ifft2(w[band] F) (or of
+    w[band]): the half spectrum's (F re, F im, |F|, w[band]), the Nyquist column's (the same four;
+    zeros unless W = 2 HALF), and Y. Y is real: G = w[band] F is Hermitian, so only Re Y is
+    formed, as the streamed and large-plane kernels do; the reference's complex ifft2 differs by an
+    imaginary part that is rounding."""
+    multiplicity = _half_multiplicity(W, HALF)
+    f_re, f_im = _dft_half(x, ch, sh, cw, sw, PRECISION)
     magnitude = tl.sqrt(f_re * f_re + f_im * f_im)
-    weight = _band_weights(magnitude, bands, gamma, eps0, N_BANDS, BLOCK_H, BLOCK_W)
+    if W == 2 * HALF:
+        fn_re, fn_im = _dft_nyquist(x, ch, sh, cw_nyquist)
+    else:
+        fn_re = tl.zeros((BLOCK_H,), tl.float32)
+        fn_im = tl.zeros((BLOCK_H,), tl.float32)
+    magnitude_nyquist = tl.sqrt(fn_re * fn_re + fn_im * fn_im)
+
+    weight = tl.zeros((BLOCK_H, HALF), tl.float32)
+    weight_nyquist = tl.zeros((BLOCK_H,), tl.float32)
+    for i in tl.static_range(N_BANDS):
+        selected = bands == i
+        selected_nyquist = bands_nyquist == i
+        mean, _ = _band_mean(
+            magnitude, selected, multiplicity, magnitude_nyquist, selected_nyquist, W == 2 * HALF
+        )
+        w_i = 1.0 / (_band_power(mean, gamma) + eps0)
+        weight = tl.where(selected, w_i, weight)
+        weight_nyquist = tl.where(selected_nyquist, w_i, weight_nyquist)
+
     if SPECTRAL:
         g_re = weight * f_re
         g_im = weight * f_im
+        gn_re = weight_nyquist * fn_re
+        gn_im = weight_nyquist * fn_im
     else:
         g_re = weight
-        g_im = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
-    return f_re, f_im, magnitude, weight, _inverse_real(g_re, g_im, ch, sh, cw, sw, PRECISION)
+        g_im = tl.zeros((BLOCK_H, HALF), tl.float32)
+        gn_re = weight_nyquist
+        gn_im = tl.zeros((BLOCK_H,), tl.float32)
+    y = _inverse_half(
+        g_re * multiplicity[None, :], g_im * multiplicity[None, :], ch, sh, cw_t, sw_t, PRECISION
+    )
+    if W == 2 * HALF:
+        y += _inverse_nyquist(gn_re, gn_im, ch, sh, cw_nyquist)
+    return f_re, f_im, magnitude, weight, fn_re, fn_im, magnitude_nyquist, weight_nyquist, y
 
 
 @triton.jit
@@ -176,6 +266,7 @@ def mani_noise_kernel(
     STORE_NOISE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    HALF: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     plane = tl.program_id(0)
@@ -186,11 +277,14 @@ def mani_noise_kernel(
     offs = base + rows[:, None] * W + cols[None, :]
     x = tl.load(x_ptr + offs, mask=inside, other=0.0)
 
-    ch, sh, cw, sw = _plane_tables(cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H, BLOCK_W)
-    bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    _, _, _, _, y = _unnormalised_map(
-        x, bands, ch, sh, cw, sw, gamma, eps0, N_BANDS, SPECTRAL, BLOCK_H, BLOCK_W, PRECISION
+    ch, sh, cw, sw, cw_t, sw_t, cw_nyquist = _plane_tables(
+        cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H, BLOCK_W, HALF
     )
+    bands, bands_nyquist = _plane_bands(band_ptr, BLOCK_H, BLOCK_W, HALF)
+    _, _, _, _, _, _, _, _, y = _unnormalised_map(
+        x, bands, bands_nyquist, ch, sh, cw, sw, cw_t, sw_t, cw_nyquist, gamma, eps0,
+        W, N_BANDS, SPECTRAL, BLOCK_H, HALF, PRECISION,
+    )  # fmt: skip
     shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
     _normalize_and_inject(
         shaped,

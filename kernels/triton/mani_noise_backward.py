@@ -5,7 +5,9 @@ to z, in one launch, one program per plane, the whole plane in one tile.
 
 Recompute (no activations are saved): F = DFT(x), |F|, band means M_b, weights w_b, G = w[band] F
 (or w[band]), Y = Re ifft2(G) (G is Hermitian, so Y is real; see ``mani_noise.py``), S = |Y|,
-W = S normalised. Then, backwards:
+W = S normalised. Then, backwards (on half the W spectrum, as the forward: g_G is a real plane's
+DFT and g_F is Hermitian too, so band sums count multiplicities and the inverse is the weighted
+half sum):
 
     g_W = sqrt(1-abar) grad z                        g_z = sqrt(1-abar) W grad
     g_S: rms  (g_W - S <g_W, S> / (N s^2)) / s       max  g_W / m - [S = m] <g_W, S> / (m^2 #max)
@@ -25,9 +27,13 @@ import triton.language as tl
 from .mani_noise import (
     _band_mean,
     _band_power,
-    _dft_real,
-    _inverse_real,
+    _dft_half,
+    _dft_nyquist,
+    _half_multiplicity,
+    _inverse_half,
+    _inverse_nyquist,
     _normalisation,
+    _plane_bands,
     _plane_tables,
     _unnormalised_map,
 )
@@ -76,6 +82,7 @@ def mani_noise_backward_kernel(
     NOISE_GRAD: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    HALF: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     plane = tl.program_id(0)
@@ -88,13 +95,16 @@ def mani_noise_backward_kernel(
     z = tl.load(noise_ptr + offs, mask=inside, other=0.0)
     grad = tl.load(grad_ptr + offs, mask=inside, other=0.0)
 
-    ch, sh, cw, sw = _plane_tables(cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H, BLOCK_W)
+    ch, sh, cw, sw, cw_t, sw_t, cw_nyquist = _plane_tables(
+        cos_h_ptr, sin_h_ptr, cos_w_ptr, sin_w_ptr, BLOCK_H, BLOCK_W, HALF
+    )
 
     # ---- recompute the forward ------------------------------------------------------------------
-    bands = tl.load(band_ptr + rows[:, None] * BLOCK_W + cols[None, :])
-    f_re, f_im, magnitude, weight, y = _unnormalised_map(
-        x, bands, ch, sh, cw, sw, gamma, eps0, N_BANDS, SPECTRAL, BLOCK_H, BLOCK_W, PRECISION
-    )
+    bands, bands_nyquist = _plane_bands(band_ptr, BLOCK_H, BLOCK_W, HALF)
+    f_re, f_im, magnitude, weight, fn_re, fn_im, magnitude_nyquist, weight_nyquist, y = _unnormalised_map(
+        x, bands, bands_nyquist, ch, sh, cw, sw, cw_t, sw_t, cw_nyquist, gamma, eps0,
+        W, N_BANDS, SPECTRAL, BLOCK_H, HALF, PRECISION,
+    )  # fmt: skip
     shaped = tl.where(inside, tl.abs(y) * inv_hw, 0.0)
     scale, normalised = _normalisation(shaped, inv_hw, NORMALIZE)
 
@@ -108,23 +118,42 @@ def mani_noise_backward_kernel(
         )
         # S = |Y| / HW with Y real, so g_Y = g_S sign(Y) / HW (a real plane), and g_G = DFT(g_Y).
         g_y = tl.where(y > 0, g_shaped, tl.where(y < 0, -g_shaped, 0.0)) * inv_hw
-        gg_re, gg_im = _dft_real(g_y, ch, sh, cw, sw, PRECISION)
+        gg_re, gg_im = _dft_half(g_y, ch, sh, cw, sw, PRECISION)
+        if W == 2 * HALF:
+            ggn_re, ggn_im = _dft_nyquist(g_y, ch, sh, cw_nyquist)
+        else:
+            ggn_re = tl.zeros((BLOCK_H,), tl.float32)
+            ggn_im = tl.zeros((BLOCK_H,), tl.float32)
 
         # ---- through the band weights and means ---------------------------------------------------
         if SPECTRAL:
             g_weight = gg_re * f_re + gg_im * f_im
+            g_weight_nyquist = ggn_re * fn_re + ggn_im * fn_im
         else:
             g_weight = gg_re
-        g_abs = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
+            g_weight_nyquist = ggn_re
+        multiplicity = _half_multiplicity(W, HALF)
+        g_abs = tl.zeros((BLOCK_H, HALF), tl.float32)
+        g_abs_nyquist = tl.zeros((BLOCK_H,), tl.float32)
         for i in tl.static_range(N_BANDS):
             selected = bands == i
-            mean, count = _band_mean(magnitude, selected)
+            selected_nyquist = bands_nyquist == i
+            mean, count = _band_mean(
+                magnitude, selected, multiplicity, magnitude_nyquist, selected_nyquist, W == 2 * HALF
+            )
             log_mean = tl.log(tl.where(mean > 0, mean, 1.0))
             w_i = 1.0 / (_band_power(mean, gamma) + eps0)
-            # d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1.
+            # d w / d M = -gamma M^(gamma-1) w^2; torch's pow gives 0 at M = 0 for gamma > 1. The
+            # band's sum of g_weight over the whole spectrum, each coefficient with its multiplicity.
             slope = tl.where(mean > 0, -gamma * tl.exp((gamma - 1.0) * log_mean) * w_i * w_i, 0.0)
-            g_mean = slope * tl.sum(tl.sum(tl.where(selected, g_weight, 0.0), axis=1), axis=0)
+            band_sum = tl.sum(
+                tl.sum(tl.where(selected, g_weight * multiplicity[None, :], 0.0), axis=1), axis=0
+            )
+            if W == 2 * HALF:
+                band_sum += tl.sum(tl.where(selected_nyquist, g_weight_nyquist, 0.0), axis=0)
+            g_mean = slope * band_sum
             g_abs = tl.where(selected, g_mean / count, g_abs)
+            g_abs_nyquist = tl.where(selected_nyquist, g_mean / count, g_abs_nyquist)
         live_f = magnitude > 0
         safe_mag = tl.where(live_f, magnitude, 1.0)
         gf_re = tl.where(live_f, g_abs * f_re / safe_mag, 0.0)
@@ -132,5 +161,16 @@ def mani_noise_backward_kernel(
         if SPECTRAL:
             gf_re += weight * gg_re
             gf_im += weight * gg_im
-        g_x += _inverse_real(gf_re, gf_im, ch, sh, cw, sw, PRECISION)
+        g_x += _inverse_half(
+            gf_re * multiplicity[None, :], gf_im * multiplicity[None, :], ch, sh, cw_t, sw_t, PRECISION
+        )
+        if W == 2 * HALF:
+            live_n = magnitude_nyquist > 0
+            safe_n = tl.where(live_n, magnitude_nyquist, 1.0)
+            gfn_re = tl.where(live_n, g_abs_nyquist * fn_re / safe_n, 0.0)
+            gfn_im = tl.where(live_n, g_abs_nyquist * fn_im / safe_n, 0.0)
+            if SPECTRAL:
+                gfn_re += weight_nyquist * ggn_re
+                gfn_im += weight_nyquist * ggn_im
+            g_x += _inverse_nyquist(gfn_re, gfn_im, ch, sh, cw_nyquist)
     tl.store(g_x_ptr + offs, g_x, mask=inside)

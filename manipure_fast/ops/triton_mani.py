@@ -31,15 +31,20 @@ from ..reference.schedule import noise_coefficients
 from .dft_tables import band_inverse_counts, full_tables, half_spectrum_bands, next_pow2, padded_band_map
 
 # The whole-tile kernel's limit. Its fp32 DFTs are FMA dots that hold whole tiles in registers:
-# compiled for sm_90 (bench/compile_sm90.py), the 32x32 tile uses 255 registers and spills 0.5 KB
-# per thread, while a 64x64 tile spilled 93 KB and kept ptxas busy for about ten minutes, which
-# the first launch on a GPU would wait for too.
+# compiled for sm_90 (bench/compile_sm90.py), the 32x32 tile uses 223 registers on half the W
+# spectrum, without spills (255 and 0.5 KB of spills on the whole tile), while a 64x64 whole tile
+# spilled 93 KB and kept ptxas busy for about ten minutes, which the first launch on a GPU would
+# wait for too.
 MAX_SIDE = 32
 # The streamed kernel's limit: only x and the inverse's accumulator stay whole in registers. At
 # 64x64 it spills 1.1 KB per thread and compiles in 4 s. Above, the spectrum goes through cuFFT.
 ROWS_MAX_SIDE = 64
 ROWS_BLOCK_M = 16  # frequency rows per block of the streamed kernel (tl.dot's minimum)
 LARGE_BLOCK = 2048  # elements per tile of the large-plane kernels' sweeps
+# The whole-tile kernels hold half the W spectrum (kernels/triton/mani_noise.py, "Half the W
+# spectrum"): half the multiply-adds of every W-wide dot. False gives them the whole width, for
+# bench/tune_triton.py to time against.
+HALF_SPECTRUM_W = True
 _NORMALIZE = {"rms": 0, "max": 1, "none": 2}
 
 
@@ -107,14 +112,24 @@ def _launch_plane_kernel(kernel, x, noise, rng_state, params, store_noise, extra
     return out, noise
 
 
+def tile_half_width(w: int) -> int:
+    """The whole-tile kernels' ``HALF``: the W frequencies they hold, half the tile (at least
+    ``tl.dot``'s 16), or the whole tile without ``HALF_SPECTRUM_W``."""
+    block_w = next_pow2(w)
+    return max(block_w // 2, 16) if HALF_SPECTRUM_W else block_w
+
+
 def launch_mani_noise(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
     """x (, noise): fp32 contiguous ``[B, C, H, W]``, H and W <= MAX_SIDE. Returns ``(out, noise_used)``;
     ``noise_used`` is None when Philox noise was drawn and not stored."""
     from ..kernels.triton.mani_noise import mani_noise_kernel
 
-    # 8 warps: 452 B of spills per thread at 32x32 instead of 1.3 KB with 4 (compiled for sm_90;
-    # untimed). The backward keeps 4, where 8 spilled more.
-    return _launch_plane_kernel(mani_noise_kernel, x, noise, rng_state, params, store_noise, num_warps=8)
+    # 8 warps: at 32x32 (compiled for sm_90; untimed) 223 registers and no spills, where 4 take
+    # 255 (no spills) and 16 take 128 and spill 4 B per thread.
+    half = tile_half_width(x.shape[-1])
+    return _launch_plane_kernel(
+        mani_noise_kernel, x, noise, rng_state, params, store_noise, HALF=half, num_warps=8
+    )
 
 
 def launch_mani_noise_rows(x, noise, rng_state, params: ManiParams, store_noise: bool = False):
@@ -316,11 +331,19 @@ def launch_mani_noise_backward(grad, x, noise, params: ManiParams, noise_grad: b
     or None)``."""
     from ..kernels.triton.mani_noise_backward import mani_noise_backward_kernel
 
-    # 16 warps: at 32x32 (compiled for sm_90; untimed) 128 registers and 0.8 KB of spills per
-    # thread, where 8 warps spilled 0.9 KB and Triton's default 4 spilled 2.9 KB (and, once the
-    # inverse formed only Re Y, collapsed to 32 registers and 10.8 KB).
+    # 8 warps: at 32x32 (compiled for sm_90; untimed) 255 registers and 556 B of spill stores
+    # per thread, where 16 warps take 128 and spill 800 B, and Triton's default 4 spill 1.5 KB.
+    # (On the whole W spectrum, 16 warps spilled 0.8 KB and 8 spilled 0.9 KB; once the inverse
+    # formed only Re Y, 4 collapsed to 32 registers and 10.8 KB.)
     return _launch_plane_backward(
-        mani_noise_backward_kernel, grad, x, noise, params, noise_grad, num_warps=16
+        mani_noise_backward_kernel,
+        grad,
+        x,
+        noise,
+        params,
+        noise_grad,
+        HALF=tile_half_width(x.shape[-1]),
+        num_warps=8,
     )
 
 
