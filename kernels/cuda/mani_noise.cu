@@ -10,8 +10,9 @@
 //   x_t = sqrt(abar_t) x + sqrt(1 - abar_t) W z,  z given or drawn from Philox
 //
 // Planes up to 32 x 32 (CIFAR's) take the transforms as matrix products on the tensor cores, in
-// 3xTF32 (mani_tensor_core.cuh): at 32 x 32 a plane's 12 real products are about 393 K multiply-adds,
-// more than fp32 FMAs can do within T3 (docs/kernels.md). Dynamic shared memory: nine padded
+// 3xTF32, on half the W spectrum (mani_tensor_core.cuh): at 32 x 32 a plane's 12 real products
+// over the whole spectrum are about 393 K multiply-adds, more than fp32 FMAs can do within T3
+// (docs/kernels.md). Dynamic shared memory: nine padded
 // [32 x 36] float tiles (x and later the signed map, the four twiddle tables, the row transform and
 // the spectrum, weighted in place), then 32 floats of reduction scratch and n_bands weights.
 //

@@ -21,7 +21,10 @@
 // the same scratch and band arrays.
 #include "mani_tensor_core.cuh"
 
-using manipure::band_sums;
+using manipure::band_sums_of;
+using manipure::column_multiplicity;
+using manipure::half_spectrum_columns;
+using manipure::kTileSide;
 using manipure::band_weight_slope;
 using manipure::band_weights;
 using manipure::block_reduce;
@@ -48,18 +51,19 @@ struct GradientAndSpectrum {
 };
 
 // g_M_b for each band, from g_w[k] = Re(g_G conj F) ("spectral") or Re(g_G) ("kernel") summed over
-// the band; at(idx) gives g_G and F at flat index idx < n. Every thread of the block must call it;
-// it returns synchronised.
-template <typename At>
-__device__ __forceinline__ void band_mean_gradients(At at, const int* band_map, const float* band_counts,
-                                                    const float* means, const float* weights, int n, int n_bands,
-                                                    float gamma, int weight_kernel, float* scratch,
-                                                    float* mean_grads) {
-  band_sums(
-      band_map, n, n_bands, scratch,
+// the band: at(idx) gives g_G and F at flat index idx < n, multiplicity(idx) how often the
+// coefficient occurs in the whole spectrum (1 where the whole spectrum is held), band_of(idx) its
+// band. Every thread of the block must call it; it returns synchronised.
+template <typename At, typename Multiplicity, typename BandOf>
+__device__ __forceinline__ void band_mean_gradients(At at, Multiplicity multiplicity, BandOf band_of,
+                                                    const float* band_counts, const float* means,
+                                                    const float* weights, int n, int n_bands, float gamma,
+                                                    int weight_kernel, float* scratch, float* mean_grads) {
+  band_sums_of(
+      band_of, n, n_bands, scratch,
       [&](int idx) {
         const GradientAndSpectrum c = at(idx);
-        return weight_kernel ? c.g_g.x : c.g_g.x * c.f.x + c.g_g.y * c.f.y;
+        return multiplicity(idx) * (weight_kernel ? c.g_g.x : c.g_g.x * c.f.x + c.g_g.y * c.f.y);
       },
       [&](int b, float total) {
         if (threadIdx.x == 0) mean_grads[b] = band_weight_slope(means[b], weights[b], gamma) * total / band_counts[b];
@@ -152,23 +156,36 @@ extern "C" __global__ void mani_noise_backward_kernel(
   __syncthreads();
 
   if (tensor_cores) {
-    // ---- g_G = fft2(g_Y) / N into the P pair; through the band weights and means; g_F over it -----
+    // ---- g_G = fft2(g_Y) / N into the P pair, on the half spectrum (mani_tensor_core.cuh); through
+    //      the band weights and means; g_F over it, weighted by the column multiplicities for the
+    //      inverse and zero from column K on ------------------------------------------------------
     tensor_core_real_spectrum(tiles, tiles.X, tiles.Pr, tiles.Pi, H, W);
-    auto tile_index = [&](int idx) {  // of flat spectrum index idx
-      const int kh = idx / W;
-      return kh * kTileStride + (idx - kh * W);
+    const int K = half_spectrum_columns(W);
+    auto tile_index = [&](int idx) {  // of flat half-spectrum index idx
+      const int kh = idx / K;
+      return kh * kTileStride + (idx - kh * K);
     };
     band_mean_gradients(
         [&](int idx) {
           const int e = tile_index(idx);
           return GradientAndSpectrum{make_float2(tiles.Pr[e], tiles.Pi[e]), make_float2(tiles.Fr[e], tiles.Fi[e])};
         },
-        band_map, band_counts, means, weights, n, n_bands, gamma, weight_kernel, scratch, mean_grads);
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
-      const int e = tile_index(idx), b = band_map[idx];
-      const float2 g = spectrum_gradient(make_float2(tiles.Fr[e], tiles.Fi[e]),
-                                         make_float2(tiles.Pr[e], tiles.Pi[e]), mean_grads[b], weights[b],
-                                         weight_kernel);
+        [&](int idx) { return column_multiplicity(idx % K, W); },
+        [&](int idx) {
+          const int kh = idx / K;
+          return band_map[kh * W + (idx - kh * K)];
+        },
+        band_counts, means, weights, H * K, n_bands, gamma, weight_kernel, scratch, mean_grads);
+    for (int idx = threadIdx.x; idx < kTileSide * kTileSide; idx += blockDim.x) {
+      const int r = idx / kTileSide, c = idx - r * kTileSide, e = r * kTileStride + c;
+      float2 g = make_float2(0.f, 0.f);
+      if (r < H && c < K) {
+        const int b = band_map[r * W + c];
+        g = spectrum_gradient(make_float2(tiles.Fr[e], tiles.Fi[e]), make_float2(tiles.Pr[e], tiles.Pi[e]),
+                              mean_grads[b], weights[b], weight_kernel);
+        const float m = column_multiplicity(c, W);
+        g = make_float2(g.x * m, g.y * m);
+      }
       tiles.Pr[e] = g.x;
       tiles.Pi[e] = g.y;
     }
@@ -186,8 +203,9 @@ extern "C" __global__ void mani_noise_backward_kernel(
   plane_spectrum(map, G, Y, cos_h, sin_h, cos_w, sin_w, H, W);
 
   // ---- through the band weights and means; g_F over Y ---------------------------------------------
-  band_mean_gradients([&](int idx) { return GradientAndSpectrum{Y[idx], F[idx]}; }, band_map, band_counts, means,
-                      weights, n, n_bands, gamma, weight_kernel, scratch, mean_grads);
+  band_mean_gradients([&](int idx) { return GradientAndSpectrum{Y[idx], F[idx]}; }, [](int) { return 1.f; },
+                      [&](int idx) { return band_map[idx]; }, band_counts, means, weights, n, n_bands, gamma,
+                      weight_kernel, scratch, mean_grads);
   for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
     const int b = band_map[idx];
     Y[idx] = spectrum_gradient(F[idx], Y[idx], mean_grads[b], weights[b], weight_kernel);

@@ -40,35 +40,6 @@ __device__ __forceinline__ void plane_spectrum(const float* v, float2* G, float2
   __syncthreads();
 }
 
-// The band means M_b = mean |F| over band b (into `means`, when given) and the weights
-// w_b = 1 / (M_b^gamma + eps0), one deterministic block reduction per band; magnitude(idx) is
-// |F| at flat index idx < n. Every thread of the block must call it; it returns synchronised.
-template <typename Magnitude>
-__device__ __forceinline__ void band_weights_of(Magnitude magnitude, const int* band_map, const float* band_counts,
-                                                int n, int n_bands, float gamma, float eps0, float* scratch,
-                                                float* means, float* weights) {
-  for (int b = 0; b < n_bands; ++b) {
-    float partial = 0.f;
-    for (int idx = threadIdx.x; idx < n; idx += blockDim.x)
-      if (band_map[idx] == b) partial += magnitude(idx);
-    const float total = block_reduce(partial, scratch, false);
-    if (threadIdx.x == 0) {
-      const float mean = total / band_counts[b];
-      if (means != nullptr) means[b] = mean;
-      weights[b] = 1.0f / (powf(mean, gamma) + eps0);
-    }
-  }
-  __syncthreads();
-}
-
-// band_weights_of an [H W] float2 spectrum.
-__device__ __forceinline__ void band_weights(const float2* F, const int* band_map, const float* band_counts, int n,
-                                             int n_bands, float gamma, float eps0, float* scratch, float* means,
-                                             float* weights) {
-  band_weights_of([&](int idx) { return hypotf(F[idx].x, F[idx].y); }, band_map, band_counts, n, n_bands, gamma,
-                  eps0, scratch, means, weights);
-}
-
 // G[h][kw] = sum_kh X[kh][kw] e^{+i theta_kh h}, where X is w[band] F ("spectral"), w[band]
 // ("kernel": weight_kernel), or F itself (weights == nullptr). Every thread of the block must
 // call it; it returns synchronised.
@@ -209,6 +180,32 @@ template <typename Value, typename Done>
 __device__ __forceinline__ void band_sums(const int* band, int n, int n_bands, float* scratch, Value value,
                                           Done done) {
   band_sums_of([&](int idx) { return band[idx]; }, n, n_bands, scratch, value, done);
+}
+
+// The band means M_b = mean |F| over band b (into `means`, when given) and the weights
+// w_b = 1 / (M_b^gamma + eps0), from band_sums_of: magnitude(idx) is |F| at flat index idx < n
+// (times the coefficient's multiplicity where only half the spectrum is held), band_of(idx) its
+// band, and band_counts[b] the band's size in the whole spectrum. Every thread of the block must
+// call it; it returns synchronised.
+template <typename Magnitude, typename BandOf>
+__device__ __forceinline__ void band_weights_of(Magnitude magnitude, BandOf band_of, const float* band_counts, int n,
+                                                int n_bands, float gamma, float eps0, float* scratch, float* means,
+                                                float* weights) {
+  band_sums_of(band_of, n, n_bands, scratch, magnitude, [&](int b, float total) {
+    if (threadIdx.x == 0) {
+      const float mean = total / band_counts[b];
+      if (means != nullptr) means[b] = mean;
+      weights[b] = 1.0f / (powf(mean, gamma) + eps0);
+    }
+  });
+}
+
+// band_weights_of an [H W] float2 spectrum.
+__device__ __forceinline__ void band_weights(const float2* F, const int* band_map, const float* band_counts, int n,
+                                             int n_bands, float gamma, float eps0, float* scratch, float* means,
+                                             float* weights) {
+  band_weights_of([&](int idx) { return hypotf(F[idx].x, F[idx].y); }, [&](int idx) { return band_map[idx]; },
+                  band_counts, n, n_bands, gamma, eps0, scratch, means, weights);
 }
 
 }  // namespace manipure

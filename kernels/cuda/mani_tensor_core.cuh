@@ -35,28 +35,44 @@ __device__ __forceinline__ ManiTiles mani_tiles(float* smem, bool weighted_over_
                                 : ManiTiles{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10]};
 }
 
-// The spectrum of the real plane in `plane` (a tile, zero outside the plane): G = V (Cw - i Sw),
-// then F = (Ch - i Sh) G, with Re F = Ch Gr + Sh Gi and Im F = Ch Gi - Sh Gr (the full tables are
-// symmetric, so no transposes). Into (re, im). Every thread of the block must call it; it returns
-// synchronised.
+// ---- half the W spectrum ----------------------------------------------------------------------
+// The path holds the W frequencies 0..W/2 only: K = W/2 + 1 columns (17 of 32, which the products
+// round up to 24). x is real, so F[-kh][-kw] = conj F[kh][kw]; the band map is symmetric under
+// k -> -k, so the weighted spectrum is Hermitian too, and so is the backward's g_F (the DFT of the
+// real g_Y, and g_|F| F/|F| with a symmetric g_|F|). So the band sums count each column with its
+// multiplicity in the whole spectrum (once at 0 and at W/2, twice between), and the inverse of
+// such a spectrum is the real part of its half sum with the coefficients weighted the same way
+// (tensor_core_real_inverse's callers weight them). By count at 32 x 32 that is 864 mma.sync per
+// forward where the whole width took 1,152.
+__device__ __forceinline__ int half_spectrum_columns(int W) { return W / 2 + 1; }
+__device__ __forceinline__ float column_multiplicity(int kw, int W) { return kw == 0 || 2 * kw == W ? 1.f : 2.f; }
+
+// The spectrum of the real plane in `plane` (a tile, zero outside the plane) on the half_spectrum_columns:
+// G = V (Cw - i Sw), then F = (Ch - i Sh) G, with Re F = Ch Gr + Sh Gi and Im F = Ch Gi - Sh Gr (the
+// full tables are symmetric, so no transposes). Into (re, im); the columns from K up to the
+// products' rounding hold other frequencies, which no caller reads. Every thread of the block must
+// call it; it returns synchronised.
 __device__ __forceinline__ void tensor_core_real_spectrum(const ManiTiles& t, const float* plane, float* re,
                                                           float* im, int H, int W) {
-  complex_tile_product(plane, nullptr, t.Cw, t.Sw, 1.f, 0.f, -1.f, 0.f, t.Gr, t.Gi, ProductExtent{H, W, W});
-  complex_tile_product(t.Ch, t.Sh, t.Gr, t.Gi, 1.f, 1.f, 1.f, -1.f, re, im, ProductExtent{H, W, H});
+  const int K = half_spectrum_columns(W);
+  complex_tile_product(plane, nullptr, t.Cw, t.Sw, 1.f, 0.f, -1.f, 0.f, t.Gr, t.Gi, ProductExtent{H, K, W});
+  complex_tile_product(t.Ch, t.Sh, t.Gr, t.Gi, 1.f, 1.f, 1.f, -1.f, re, im, ProductExtent{H, K, H});
 }
 
 // body(h, w, v) for every pixel of the plane, with v = Re(sum_k e^{+i theta n} S[k]) unnormalised,
-// S = (re, im): Q = (Ch + i Sh) S column-wise into the G pair (Re Q = Ch Sr - Sh Si,
-// Im Q = Ch Si + Sh Sr), then Re(Q (Cw + i Sw)) = Qr Cw - Qi Sw, taken from the accumulators. Every
-// thread of the block must call it; it does not return synchronised.
+// S = (re, im) on the half_spectrum_columns, each weighted by its column_multiplicity and zero from
+// K on: Q = (Ch + i Sh) S column-wise into the G pair (Re Q = Ch Sr - Sh Si, Im Q = Ch Si + Sh Sr),
+// then Re(Q (Cw + i Sw)) = Qr Cw - Qi Sw, taken from the accumulators. Every thread of the block
+// must call it; it does not return synchronised.
 template <typename Body>
 __device__ __forceinline__ void tensor_core_real_inverse(const ManiTiles& t, const float* re, const float* im,
                                                          int H, int W, Body body) {
-  complex_tile_product(t.Ch, t.Sh, re, im, 1.f, -1.f, 1.f, 1.f, t.Gr, t.Gi, ProductExtent{H, W, H});
+  const int K = half_spectrum_columns(W);
+  complex_tile_product(t.Ch, t.Sh, re, im, 1.f, -1.f, 1.f, 1.f, t.Gr, t.Gi, ProductExtent{H, K, H});
   for_each_output_tile(H, W, [&](int m0, int n0) {
     float v[4] = {0.f, 0.f, 0.f, 0.f};
-    tile_product_3xtf32(v, t.Gr, t.Cw, m0, n0, W, 1.f);
-    tile_product_3xtf32(v, t.Gi, t.Sw, m0, n0, W, -1.f);
+    tile_product_3xtf32(v, t.Gr, t.Cw, m0, n0, K, 1.f);
+    tile_product_3xtf32(v, t.Gi, t.Sw, m0, n0, K, -1.f);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int h = fragment_row(m0, q), w = fragment_col(n0, q);
@@ -86,19 +102,24 @@ __device__ __forceinline__ void tensor_core_signed_map(
   }
   __syncthreads();
   tensor_core_real_spectrum(t, t.X, t.Fr, t.Fi, H, W);
-  const int n = H * W;
+  const int n = H * W, K = half_spectrum_columns(W);
   band_weights_of(
       [&](int idx) {
-        const int kh = idx / W, e = kh * kTileStride + (idx - kh * W);
-        return hypotf(t.Fr[e], t.Fi[e]);
+        const int kh = idx / K, kw = idx - kh * K, e = kh * kTileStride + kw;
+        return column_multiplicity(kw, W) * hypotf(t.Fr[e], t.Fi[e]);
       },
-      band_map, band_counts, n, n_bands, gamma, eps0, scratch, means, weights);
-  // P over the whole tile, zero outside the plane: in the backward its pair starts unwritten.
+      [&](int idx) {
+        const int kh = idx / K;
+        return band_map[kh * W + (idx - kh * K)];
+      },
+      band_counts, H * K, n_bands, gamma, eps0, scratch, means, weights);
+  // P over the whole tile, weighted by the column multiplicities for the inverse, zero outside
+  // the half spectrum: in the backward its pair starts unwritten.
   for (int idx = threadIdx.x; idx < kTileSide * kTileSide; idx += blockDim.x) {
     const int r = idx / kTileSide, c = idx - r * kTileSide, e = r * kTileStride + c;
     float pr = 0.f, pi = 0.f;
-    if (r < H && c < W) {
-      const float wb = weights[band_map[r * W + c]];
+    if (r < H && c < K) {
+      const float wb = weights[band_map[r * W + c]] * column_multiplicity(c, W);
       pr = weight_kernel ? wb : t.Fr[e] * wb;
       pi = weight_kernel ? 0.f : t.Fi[e] * wb;
     }
