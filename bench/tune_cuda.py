@@ -17,7 +17,9 @@ Variants, each one define away from the shipped source (prepended to what the JI
 - ``MANIPURE_ALWAYS_COMPLEX_Y=1``: the exchange taking y complex where Re y suffices and the
   shipped kernels take it alone (the forward's inverse rows summing Im y too; the backward's y
   rows likewise, and fft2_band(g_y) transforming g_y as two real images, not one), at CIFAR
-  B=512 (the tensor cores) and ImageNet B=64.
+  B=512 (the tensor cores) and ImageNet B=64;
+- ``MANIPURE_WHOLE_W_BAND=1``: the exchange's tensor-core path holding the whole W band, not its
+  non-negative half, at CIFAR B=512.
 
 and two choices made in ``cuda_ops`` for 256x256 planes on thread-block clusters, at ImageNet
 B=64: MANI in one launch (``mani_noise_cluster.cu``, and its backward) against the four launches
@@ -57,6 +59,7 @@ INVERSE_ROWS = [(f"{n} inverse rows per thread", {"MANIPURE_INVERSE_ROWS_PER_THR
 EVERY_BAND_COLUMN = ("every band column summed", {"MANIPURE_SUM_EVERY_BAND_COLUMN": 1})
 UNPAIRED_FREQUENCIES = ("unpaired frequencies", {"MANIPURE_UNPAIRED_FREQUENCIES": 1})
 ALWAYS_COMPLEX_Y = ("complex y everywhere", {"MANIPURE_ALWAYS_COMPLEX_Y": 1})
+WHOLE_W_BAND = ("whole W band", {"MANIPURE_WHOLE_W_BAND": 1})
 FOUR_LAUNCHES = ("4 launches around cuFFT", {"MANI_CLUSTER": False})
 EIGHT_LAUNCHES = ("8 launches around cuFFT", {"MANI_CLUSTER": False})
 ONE_BLOCK_PER_PLANE = ("one block per plane", {"EXCHANGE_CLUSTER": False})
@@ -113,7 +116,7 @@ def exchange_groups(label, shape, device) -> list[Group]:
     # Both directions take the tensor cores up to TENSOR_CORE_SIDE, and the FMA loops (whose inverse
     # rows per thread are a choice) above.
     variants = (
-        [FMA_LOOPS, ALWAYS_COMPLEX_Y]
+        [FMA_LOOPS, ALWAYS_COMPLEX_Y, WHOLE_W_BAND]
         if max(shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE
         else [*INVERSE_ROWS, EVERY_BAND_COLUMN, UNPAIRED_FREQUENCIES, ALWAYS_COMPLEX_Y]
     )

@@ -210,34 +210,67 @@ def test_mirrored_band_columns_give_the_bits_of_summing_every_column(monkeypatch
             assert not torch.equal(a, b)
 
 
+TENSOR_CORE_CASES = (((1, 2, 28, 28), 10.0), ((1, 1, 32, 32), 10.0), ((1, 1, 16, 16), 10.0))
+
+
+def _holds_nyquist_tie(planes, options) -> bool:
+    """Whether a case's band holds a Nyquist frequency (a full band on an even side)."""
+    cut = max(options[:2])
+    return any(nyquist_in_band(n, cut) for n in planes[0].shape[-2:])
+
+
 def test_re_y_alone_agrees_with_complex_y_where_it_suffices(monkeypatch):
     """The exchange kernels take Re y alone where it suffices (real_part_of_y_suffices): every
     case here but the full bands with a Nyquist column (40x40, 16x16) in "abs". Against y complex
     everywhere (MANIPURE_ALWAYS_COMPLEX_Y=1), forward and backward, on the FMA loops' planes and
     the tensor-core path's (28x28, 32x32): "abs" drops Im y, which is rounding, so the same to
-    rounding; "real" never reads Im y, and its g_y's is exactly 0, so the same values."""
+    rounding; on the FMA loops "real" never reads Im y, and its g_y's is exactly 0, so the same
+    values. (The tensor-core path also holds half the W band where Re y suffices, which is other
+    arithmetic: the same to rounding there.)"""
     reason = cuda_on_cpu.compiler_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
-    tensor_core_cases = (((1, 2, 28, 28), 10.0), ((1, 1, 32, 32), 10.0), ((1, 1, 16, 16), 10.0))
-    cases = _exchange_cases(FMA_PATH_CASES + tensor_core_cases, seed=5)
+    cases = _exchange_cases(FMA_PATH_CASES + TENSOR_CORE_CASES, seed=5)
     shipped = _launch_exchange_cases(cases)
     with tune_cuda.compiled_with({"MANIPURE_ALWAYS_COMPLEX_Y": 1}):
         complex_y = _launch_exchange_cases(cases)
-    reconstruct_real = [options[3] for _, options in cases for _ in range(5)]  # forward + 4 gradients
-    for a, b, real in zip(shipped, complex_y, reconstruct_real, strict=True):
-        if real:
-            assert torch.equal(a, b)
-        else:
-            torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()) if b.numel() else 0)
-    # Per "abs" case, its five outputs: those that take Re y alone differ in some bits.
     for index, (planes, options) in enumerate(cases):
+        outputs = list(zip(shipped[5 * index : 5 * index + 5], complex_y[5 * index : 5 * index + 5]))
+        fma_loops = max(planes[0].shape[-2:]) > cuda_ops.TENSOR_CORE_SIDE
+        for a, b in outputs:
+            if options[3] and fma_loops:
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()) if b.numel() else 0)
+        # Per "abs" case, its five outputs: those that take Re y alone differ in some bits.
         if not options[3]:
-            outputs = zip(shipped[5 * index : 5 * index + 5], complex_y[5 * index : 5 * index + 5])
-            cut = max(options[:2])
-            nyquist_tie = any(nyquist_in_band(n, cut) for n in planes[0].shape[-2:])
-            assert all(torch.equal(a, b) for a, b in outputs) == nyquist_tie, planes[0].shape
+            assert all(torch.equal(a, b) for a, b in outputs) == _holds_nyquist_tie(planes, options), planes[
+                0
+            ].shape
+
+
+def test_half_w_band_on_the_tensor_cores_agrees_with_the_whole_band(monkeypatch):
+    """The tensor-core path holds the W band's non-negative half where Delta is Hermitian and Re y
+    suffices (exchange_tensor_core.cuh). Against the whole band (MANIPURE_WHOLE_W_BAND=1), forward
+    and backward: the same to rounding and not the same bits where it holds the half, the same bits
+    elsewhere (the FMA loops' planes; the 16x16 full band, whose Nyquist keeps the whole band)."""
+    reason = cuda_on_cpu.compiler_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
+    cases = _exchange_cases(TENSOR_CORE_CASES + FMA_PATH_CASES[:1], seed=6)
+    shipped = _launch_exchange_cases(cases)
+    with tune_cuda.compiled_with({"MANIPURE_WHOLE_W_BAND": 1}):
+        whole_band = _launch_exchange_cases(cases)
+    for index, (planes, options) in enumerate(cases):
+        outputs = list(zip(shipped[5 * index : 5 * index + 5], whole_band[5 * index : 5 * index + 5]))
+        for a, b in outputs:
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-6 * float(b.abs().max()) if b.numel() else 0)
+        half = max(planes[0].shape[-2:]) <= cuda_ops.TENSOR_CORE_SIDE and not _holds_nyquist_tie(
+            planes, options
+        )
+        assert all(torch.equal(a, b) for a, b in outputs) != half, (planes[0].shape, options)
 
 
 def test_gpus_without_tf32_tensor_cores_are_refused_by_name():
@@ -1235,6 +1268,7 @@ def test_tune_cuda_smoke_runs_every_variant_through_the_kernels(monkeypatch):
     assert ("exchange_update", "forward", "imagenet-B64", "complex y everywhere") in variants
     assert ("exchange_update", "backward", "imagenet-B64", "complex y everywhere") in variants
     assert ("exchange_update", "backward", "cifar-B512", "complex y everywhere") in variants
+    assert ("exchange_update", "forward", "cifar-B512", "whole W band") in variants
     assert ("mani_noise", "forward", "imagenet-B64", "4 launches around cuFFT") in variants
     assert ("mani_noise", "backward", "imagenet-B64", "8 launches around cuFFT") in variants
     assert ("exchange_update", "forward", "imagenet-B64", "one block per plane") in variants

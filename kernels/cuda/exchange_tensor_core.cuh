@@ -31,18 +31,47 @@ __device__ __forceinline__ ExchangeTiles exchange_tiles(float* smem) {
   return ExchangeTiles{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]};
 }
 
+// ---- half the W band --------------------------------------------------------------------------
+// Where Delta is Hermitian (exchanged_image_is_real: no Nyquist tie in the band) and Re y suffices,
+// the path holds only the band's non-negative W frequencies, the first KW/2 + 1 columns in FFT
+// order (11 of 21 at R = 10, which the products round up to 16 rather than 24), as the Triton
+// exchange does. The W band tables are loaded with the other columns' rows zero, so every product
+// leaves those columns zero; Delta takes each held column's multiplicity in the whole band (1 at
+// frequency 0, 2 elsewhere: held_column_weight), so y's inverse rows sum the whole band's real
+// part, and the backward's g_Delta takes it too (y depends on Delta only through the weighted
+// sum). MANIPURE_WHOLE_W_BAND=1 holds every column, as before: bench/tune_cuda.py times it.
+#ifndef MANIPURE_WHOLE_W_BAND
+#define MANIPURE_WHOLE_W_BAND 0
+#endif
+
+// The band columns the path holds: KW/2 + 1 or all KW (above).
+__device__ __forceinline__ int tensor_core_band_columns(int H, int W, int KH, int KW, int reconstruct_real) {
+  const bool half = !MANIPURE_WHOLE_W_BAND && exchanged_image_is_real(H, W, KH, KW) &&
+                    real_part_of_y_suffices(H, W, KH, KW, reconstruct_real);
+  return half ? KW / 2 + 1 : KW;
+}
+
+// Held column j's multiplicity in the whole band: 1 where the whole band is held (KW_held == KW)
+// and at frequency 0, 2 for the other held columns (j and its mirror KW - j), 0 past them.
+__device__ __forceinline__ float held_column_weight(int j, int KW_held, int KW) {
+  if (KW_held == KW || j == 0) return 1.f;
+  return j < KW_held ? 2.f : 0.f;
+}
+
 // The products' extents: the row transforms onto the band columns, the column transforms onto
 // the band rows, and the inverse column transform back to the plane's rows. Each covers only the
-// band where it has one: KW of 32 columns at CIFAR's R = 10 is 21, rounded up to 24.
+// band where it has one: KW of 32 columns at CIFAR's R = 10 is 21, rounded up to 24; its held
+// half (KW the callers pass), 11, rounded up to 16.
 __device__ __forceinline__ ProductExtent rows_pass(int H, int W, int KW) { return ProductExtent{H, KW, W}; }
 __device__ __forceinline__ ProductExtent columns_pass(int H, int KH, int KW) { return ProductExtent{KH, KW, H}; }
 __device__ __forceinline__ ProductExtent inverse_columns_pass(int H, int KH, int KW) {
   return ProductExtent{H, KW, KH};
 }
 
-// Loads the pixel images and the band tables, then both band spectra: G = X (Cw - i Sw)^T, then
-// F = (Ch - i Sh) G, with Re F = Ch Gr + Sh Gi and Im F = Ch Gi - Sh Gr. F_p lands in
-// (Fpr, Fpi), F_q in (Fqr, Fqi). Every thread of the block must call it; it returns synchronised.
+// Loads the pixel images and the band tables (the W band's first KW rows: its held columns), then
+// both band spectra: G = X (Cw - i Sw)^T, then F = (Ch - i Sh) G, with Re F = Ch Gr + Sh Gi and
+// Im F = Ch Gi - Sh Gr. F_p lands in (Fpr, Fpi), F_q in (Fqr, Fqi), zero past the held columns.
+// Every thread of the block must call it; it returns synchronised.
 __device__ __forceinline__ void tensor_core_band_spectra(
     const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, long long base,
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w, int H, int W, int KH,
@@ -66,18 +95,20 @@ __device__ __forceinline__ void tensor_core_band_spectra(
   complex_tile_product(t.Ch, t.Sh, t.Gqr, t.Gqi, 1.f, 1.f, 1.f, -1.f, t.Fqr, t.Fqi, columns_pass(H, KH, KW));
 }
 
-// Delta = F_out - F_p inside the discs, 0 outside, into (Dr, Di) on the band; Dr, Di may be
+// Delta = F_out - F_p inside the discs, 0 outside, into (Dr, Di) on the KW_held held columns of
+// the band (KW in all, the masks' width), each times its held_column_weight; Dr, Di may be
 // (Fqr, Fqi). Every thread of the block must call it; it returns synchronised.
 __device__ __forceinline__ void tensor_core_exchange_delta(const ExchangeTiles& t, const float* amp_mask,
-                                                           const float* phase_mask, int KH, int KW,
+                                                           const float* phase_mask, int KH, int KW_held, int KW,
                                                            int phase_project, float delta, float* Dr, float* Di) {
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, e = i * kTileStride + (idx - i * KW);
+  for (int idx = threadIdx.x; idx < KH * KW_held; idx += blockDim.x) {
+    const int i = idx / KW_held, j = idx - i * KW_held, e = i * kTileStride + j;
     const float2 d = exchange_mix(make_float2(t.Fpr[e], t.Fpi[e]), make_float2(t.Fqr[e], t.Fqi[e]),
-                                  amp_mask[idx] != 0.f, phase_mask[idx] != 0.f, phase_project, delta)
+                                  amp_mask[i * KW + j] != 0.f, phase_mask[i * KW + j] != 0.f, phase_project, delta)
                          .delta;
-    Dr[e] = d.x;
-    Di[e] = d.y;
+    const float weight = held_column_weight(j, KW_held, KW);
+    Dr[e] = d.x * weight;
+    Di[e] = d.y * weight;
   }
   __syncthreads();
 }

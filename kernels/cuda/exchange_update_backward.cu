@@ -46,19 +46,22 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
   using manipure::kTileStride;
   const manipure::ExchangeTiles t = manipure::exchange_tiles(smem);
   const float inv_n = 1.0f / (float)(H * W);
+  // The band columns held, as the forward (exchange_tensor_core.cuh).
+  const int KW_held = manipure::tensor_core_band_columns(H, W, KH, KW, reconstruct_real);
 
   // ---- recompute the band spectra, Delta (into Gq) and E = (Ch + i Sh)^T Delta (into Gp) -------
-  manipure::tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW, k,
-                                     has_eps_ref, t);
-  manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW, phase_project, k.delta, t.Gqr, t.Gqi);
-  manipure::tensor_core_inverse_columns(t, t.Gqr, t.Gqi, t.Gpr, t.Gpi, H, KH, KW);
+  manipure::tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW_held,
+                                     k, has_eps_ref, t);
+  manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW_held, KW, phase_project, k.delta, t.Gqr,
+                                       t.Gqi);
+  manipure::tensor_core_inverse_columns(t, t.Gqr, t.Gqi, t.Gpr, t.Gpi, H, KH, KW_held);
 
   // ---- y = p + ifft2_band(Delta) per pixel; g_y into Gq (zero off the plane), Re g_y in g_eps.
   //      Where Re y suffices (real_part_of_y_suffices), Im y is not formed and g_y is real. ----
   const bool real_y = real_part_of_y_suffices(H, W, KH, KW, reconstruct_real);
   manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
     float y_re[4] = {0.f, 0.f, 0.f, 0.f}, y_im[4] = {0.f, 0.f, 0.f, 0.f};
-    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW, !real_y);
+    manipure::tensor_core_inverse_row_tile(y_re, y_im, t.Gpr, t.Gpi, t, m0, n0, KW_held, !real_y);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int h = fragment_row(m0, q), w = fragment_col(n0, q), e = h * kTileStride + w;
@@ -78,17 +81,19 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
   //      into Gq. Re B = gr Cw^T + gi Sw^T, Im B = gi Cw^T - gr Sw^T; without gi's terms for a
   //      real g_y. ----------------------------------------------------------------------------
   manipure::complex_tile_product<false, true>(t.Gqr, real_y ? nullptr : t.Gqi, t.Cw, t.Sw, 1.f, 1.f, -1.f, 1.f,
-                                              t.Gpr, t.Gpi, manipure::rows_pass(H, W, KW));
+                                              t.Gpr, t.Gpi, manipure::rows_pass(H, W, KW_held));
   manipure::complex_tile_product(t.Ch, t.Sh, t.Gpr, t.Gpi, 1.f, 1.f, 1.f, -1.f, t.Gqr, t.Gqi,
-                                 manipure::columns_pass(H, KH, KW));
+                                 manipure::columns_pass(H, KH, KW_held));
 
-  // ---- through polar(amplitude, phase) back to F_p and F_q (written over them) ------------------
-  for (int idx = threadIdx.x; idx < KH * KW; idx += blockDim.x) {
-    const int i = idx / KW, e = i * kTileStride + (idx - i * KW);
+  // ---- through polar(amplitude, phase) back to F_p and F_q (written over them), on the held
+  //      columns; y depends on a held column's Delta through its multiplicity, so g_Delta takes it --
+  for (int idx = threadIdx.x; idx < KH * KW_held; idx += blockDim.x) {
+    const int i = idx / KW_held, j = idx - i * KW_held, e = i * kTileStride + j;
+    const float scale = inv_n * manipure::held_column_weight(j, KW_held, KW);
     float2 gp, gq;
     exchange_mix_gradient(make_float2(t.Fpr[e], t.Fpi[e]), make_float2(t.Fqr[e], t.Fqi[e]),
-                          make_float2(t.Gqr[e] * inv_n, t.Gqi[e] * inv_n), amp_mask[idx] != 0.f,
-                          phase_mask[idx] != 0.f, phase_project, k.delta, gp, gq);
+                          make_float2(t.Gqr[e] * scale, t.Gqi[e] * scale), amp_mask[i * KW + j] != 0.f,
+                          phase_mask[i * KW + j] != 0.f, phase_project, k.delta, gp, gq);
     t.Fpr[e] = gp.x;
     t.Fpi[e] = gp.y;
     t.Fqr[e] = gq.x;
@@ -98,12 +103,12 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
 
   // ---- back to pixels: the inverse column transforms of g_F_p (into Gp) and g_F_q (into Gq),
   //      the real parts of the inverse rows, then the clamps and x0 maps --------------------------
-  manipure::tensor_core_inverse_columns(t, t.Fpr, t.Fpi, t.Gpr, t.Gpi, H, KH, KW);
-  manipure::tensor_core_inverse_columns(t, t.Fqr, t.Fqi, t.Gqr, t.Gqi, H, KH, KW);
+  manipure::tensor_core_inverse_columns(t, t.Fpr, t.Fpi, t.Gpr, t.Gpi, H, KH, KW_held);
+  manipure::tensor_core_inverse_columns(t, t.Fqr, t.Fqi, t.Gqr, t.Gqi, H, KH, KW_held);
   manipure::for_each_output_tile(H, W, [&](int m0, int n0) {
     float gp_spec[4] = {0.f, 0.f, 0.f, 0.f}, gq_spec[4] = {0.f, 0.f, 0.f, 0.f}, unused[4] = {};
-    manipure::tensor_core_inverse_row_tile(gp_spec, unused, t.Gpr, t.Gpi, t, m0, n0, KW, false);
-    manipure::tensor_core_inverse_row_tile(gq_spec, unused, t.Gqr, t.Gqi, t, m0, n0, KW, false);
+    manipure::tensor_core_inverse_row_tile(gp_spec, unused, t.Gpr, t.Gpi, t, m0, n0, KW_held, false);
+    manipure::tensor_core_inverse_row_tile(gq_spec, unused, t.Gqr, t.Gqi, t, m0, n0, KW_held, false);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int h = fragment_row(m0, q), w = fragment_col(n0, q);
