@@ -121,6 +121,23 @@ __device__ __forceinline__ void tensor_core_inverse_columns(const ExchangeTiles&
   complex_tile_product<true, false>(t.Ch, t.Sh, Xr, Xi, 1.f, -1.f, 1.f, 1.f, Er, Ei, inverse_columns_pass(H, KH, KW));
 }
 
+// The forward's stages up to E, which the backward recomputes: the band columns held
+// (tensor_core_band_columns, returned), both band spectra, Delta into (Dr, Di) (the forward's F_q
+// pair, or the backward's Gq, which keeps F_q for the gradient), and E = (Ch + i Sh)^T Delta into
+// the Gp pair. Every thread of the block must call it; it returns synchronised.
+__device__ __forceinline__ int tensor_core_inverse_columns_of_delta(
+    const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, long long base,
+    const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w, const float* amp_mask,
+    const float* phase_mask, int H, int W, int KH, int KW, const ExchangeCoefficients& k, int has_eps_ref,
+    int phase_project, int reconstruct_real, const ExchangeTiles& t, float* Dr, float* Di) {
+  const int KW_held = tensor_core_band_columns(H, W, KH, KW, reconstruct_real);
+  tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW_held, k,
+                           has_eps_ref, t);
+  tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW_held, KW, phase_project, k.delta, Dr, Di);
+  tensor_core_inverse_columns(t, Dr, Di, t.Gpr, t.Gpi, H, KH, KW_held);
+  return KW_held;
+}
+
 // The band's inverse row transform of E [H x KW] on the warp's 16 x 8 pixel tile at (m0, n0):
 // re += Er Cw - Ei Sw and, when `imaginary`, im += Er Sw + Ei Cw (unnormalised), in the lane's
 // fragment layout (fragment_row, fragment_col). Every lane of the warp must call it.

@@ -41,15 +41,11 @@ __device__ __forceinline__ void tensor_core_exchange_update(
     const ExchangeCoefficients& k, int has_eps_ref, int has_noise, int phase_project, int reconstruct_real,
     float* smem) {
   const manipure::ExchangeTiles t = manipure::exchange_tiles(smem);
-  // The band columns held: the non-negative half where Delta is Hermitian (exchange_tensor_core.cuh).
-  const int KW_held = manipure::tensor_core_band_columns(H, W, KH, KW, reconstruct_real);
-  manipure::tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW_held,
-                                     k, has_eps_ref, t);
-  // Delta over F_q (weighted by the held columns' multiplicities), then E = (Ch + i Sh)^T Delta over
-  // the row transforms of p.
-  manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW_held, KW, phase_project, k.delta, t.Fqr,
-                                       t.Fqi);
-  manipure::tensor_core_inverse_columns(t, t.Fqr, t.Fqi, t.Gpr, t.Gpi, H, KH, KW_held);
+  // The band spectra, Delta over F_q (on the held columns: exchange_tensor_core.cuh), then
+  // E = (Ch + i Sh)^T Delta over the row transforms of p.
+  const int KW_held = manipure::tensor_core_inverse_columns_of_delta(
+      x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, H, W, KH, KW, k, has_eps_ref,
+      phase_project, reconstruct_real, t, t.Fqr, t.Fqi);
   // Per pixel, y = E (Cw + i Sw) from the accumulators (its imaginary part formed only where it is
   // needed: not for "real", nor where y is real).
   const float inv_n = 1.0f / (float)(H * W);

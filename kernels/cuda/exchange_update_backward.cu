@@ -46,15 +46,12 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
   using manipure::kTileStride;
   const manipure::ExchangeTiles t = manipure::exchange_tiles(smem);
   const float inv_n = 1.0f / (float)(H * W);
-  // The band columns held, as the forward (exchange_tensor_core.cuh).
-  const int KW_held = manipure::tensor_core_band_columns(H, W, KH, KW, reconstruct_real);
 
-  // ---- recompute the band spectra, Delta (into Gq) and E = (Ch + i Sh)^T Delta (into Gp) -------
-  manipure::tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW_held,
-                                     k, has_eps_ref, t);
-  manipure::tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW_held, KW, phase_project, k.delta, t.Gqr,
-                                       t.Gqi);
-  manipure::tensor_core_inverse_columns(t, t.Gqr, t.Gqi, t.Gpr, t.Gpi, H, KH, KW_held);
+  // ---- recompute the band spectra, Delta (into Gq) and E = (Ch + i Sh)^T Delta (into Gp), on the
+  //      forward's held columns ----------------------------------------------------------------------
+  const int KW_held = manipure::tensor_core_inverse_columns_of_delta(
+      x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, H, W, KH, KW, k, has_eps_ref,
+      phase_project, reconstruct_real, t, t.Gqr, t.Gqi);
 
   // ---- y = p + ifft2_band(Delta) per pixel; g_y into Gq (zero off the plane), Re g_y in g_eps.
   //      Where Re y suffices (real_part_of_y_suffices), Im y is not formed and g_y is real. ----

@@ -57,6 +57,20 @@ def _normalisation_backward(g_map, shaped, scale, inside, inv_hw, NORMALIZE: tl.
 
 
 @triton.jit
+def _spectrum_gradient(g_abs, f_re, f_im, magnitude, weight, gg_re, gg_im, SPECTRAL: tl.constexpr):
+    """g_F = (g_M_b / count_b) F / |F| (zero where F = 0) + w[band] g_G (spectral), per coefficient:
+    of the half-spectrum tile or of the Nyquist column alike."""
+    live = magnitude > 0
+    safe = tl.where(live, magnitude, 1.0)
+    gf_re = tl.where(live, g_abs * f_re / safe, 0.0)
+    gf_im = tl.where(live, g_abs * f_im / safe, 0.0)
+    if SPECTRAL:
+        gf_re += weight * gg_re
+        gf_im += weight * gg_im
+    return gf_re, gf_im
+
+
+@triton.jit
 def mani_noise_backward_kernel(
     grad_ptr,
     x_ptr,
@@ -154,23 +168,13 @@ def mani_noise_backward_kernel(
             g_mean = slope * band_sum
             g_abs = tl.where(selected, g_mean / count, g_abs)
             g_abs_nyquist = tl.where(selected_nyquist, g_mean / count, g_abs_nyquist)
-        live_f = magnitude > 0
-        safe_mag = tl.where(live_f, magnitude, 1.0)
-        gf_re = tl.where(live_f, g_abs * f_re / safe_mag, 0.0)
-        gf_im = tl.where(live_f, g_abs * f_im / safe_mag, 0.0)
-        if SPECTRAL:
-            gf_re += weight * gg_re
-            gf_im += weight * gg_im
+        gf_re, gf_im = _spectrum_gradient(g_abs, f_re, f_im, magnitude, weight, gg_re, gg_im, SPECTRAL)
         g_x += _inverse_half(
             gf_re * multiplicity[None, :], gf_im * multiplicity[None, :], ch, sh, cw_t, sw_t, PRECISION
         )
         if W == 2 * HALF:
-            live_n = magnitude_nyquist > 0
-            safe_n = tl.where(live_n, magnitude_nyquist, 1.0)
-            gfn_re = tl.where(live_n, g_abs_nyquist * fn_re / safe_n, 0.0)
-            gfn_im = tl.where(live_n, g_abs_nyquist * fn_im / safe_n, 0.0)
-            if SPECTRAL:
-                gfn_re += weight_nyquist * ggn_re
-                gfn_im += weight_nyquist * ggn_im
+            gfn_re, gfn_im = _spectrum_gradient(
+                g_abs_nyquist, fn_re, fn_im, magnitude_nyquist, weight_nyquist, ggn_re, ggn_im, SPECTRAL
+            )
             g_x += _inverse_nyquist(gfn_re, gfn_im, ch, sh, cw_nyquist)
     tl.store(g_x_ptr + offs, g_x, mask=inside)
