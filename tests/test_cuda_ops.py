@@ -251,8 +251,8 @@ def test_re_y_alone_agrees_with_complex_y_where_it_suffices(monkeypatch):
 
 
 def test_half_w_band_on_the_tensor_cores_agrees_with_the_whole_band(monkeypatch):
-    """The tensor-core path holds the W band's non-negative half where Delta is Hermitian and Re y
-    suffices (exchange_tensor_core.cuh). Against the whole band (MANIPURE_WHOLE_W_BAND=1), forward
+    """The tensor-core path holds the W band's non-negative half where Delta is Hermitian
+    (exchange_tensor_core.cuh). Against the whole band (MANIPURE_WHOLE_W_BAND=1), forward
     and backward: the same to rounding and not the same bits where it holds the half, the same bits
     elsewhere (the FMA loops' planes; the 16x16 full band, whose Nyquist keeps the whole band)."""
     reason = cuda_on_cpu.compiler_unavailable_reason()

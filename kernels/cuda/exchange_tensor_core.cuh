@@ -32,8 +32,8 @@ __device__ __forceinline__ ExchangeTiles exchange_tiles(float* smem) {
 }
 
 // ---- half the W band --------------------------------------------------------------------------
-// Where Delta is Hermitian (exchanged_image_is_real: no Nyquist tie in the band) and Re y suffices,
-// the path holds only the band's non-negative W frequencies, the first KW/2 + 1 columns in FFT
+// Where Delta is Hermitian (exchanged_image_is_real: no Nyquist tie in the band), so that y is
+// real, the path holds only the band's non-negative W frequencies, the first KW/2 + 1 columns in FFT
 // order (11 of 21 at R = 10, which the products round up to 16 rather than 24), as the Triton
 // exchange does. The W band tables are loaded with the other columns' rows zero, so every product
 // leaves those columns zero; Delta takes each held column's multiplicity in the whole band (1 at
@@ -44,18 +44,17 @@ __device__ __forceinline__ ExchangeTiles exchange_tiles(float* smem) {
 #define MANIPURE_WHOLE_W_BAND 0
 #endif
 
-// The band columns the path holds: KW/2 + 1 or all KW (above).
-__device__ __forceinline__ int tensor_core_band_columns(int H, int W, int KH, int KW, int reconstruct_real) {
-  const bool half = !MANIPURE_WHOLE_W_BAND && exchanged_image_is_real(H, W, KH, KW) &&
-                    real_part_of_y_suffices(H, W, KH, KW, reconstruct_real);
+// The band columns the path holds: KW/2 + 1 or all KW (above). The half band takes y real, so
+// MANIPURE_ALWAYS_COMPLEX_Y holds the whole band too.
+__device__ __forceinline__ int tensor_core_band_columns(int H, int W, int KH, int KW) {
+  const bool half = !MANIPURE_WHOLE_W_BAND && !MANIPURE_ALWAYS_COMPLEX_Y && exchanged_image_is_real(H, W, KH, KW);
   return half ? KW / 2 + 1 : KW;
 }
 
-// Held column j's multiplicity in the whole band: 1 where the whole band is held (KW_held == KW)
-// and at frequency 0, 2 for the other held columns (j and its mirror KW - j), 0 past them.
+// Held column j's (j < KW_held) multiplicity in the whole band: 1 where the whole band is held
+// (KW_held == KW) and at frequency 0, 2 for the other held columns (j and its mirror KW - j).
 __device__ __forceinline__ float held_column_weight(int j, int KW_held, int KW) {
-  if (KW_held == KW || j == 0) return 1.f;
-  return j < KW_held ? 2.f : 0.f;
+  return KW_held == KW || j == 0 ? 1.f : 2.f;
 }
 
 // The products' extents: the row transforms onto the band columns, the column transforms onto
@@ -129,8 +128,8 @@ __device__ __forceinline__ int tensor_core_inverse_columns_of_delta(
     const float* x_t, const float* eps, const float* ref_t, const float* eps_ref, long long base,
     const float* cos_h, const float* sin_h, const float* cos_w, const float* sin_w, const float* amp_mask,
     const float* phase_mask, int H, int W, int KH, int KW, const ExchangeCoefficients& k, int has_eps_ref,
-    int phase_project, int reconstruct_real, const ExchangeTiles& t, float* Dr, float* Di) {
-  const int KW_held = tensor_core_band_columns(H, W, KH, KW, reconstruct_real);
+    int phase_project, const ExchangeTiles& t, float* Dr, float* Di) {
+  const int KW_held = tensor_core_band_columns(H, W, KH, KW);
   tensor_core_band_spectra(x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, H, W, KH, KW_held, k,
                            has_eps_ref, t);
   tensor_core_exchange_delta(t, amp_mask, phase_mask, KH, KW_held, KW, phase_project, k.delta, Dr, Di);

@@ -45,7 +45,7 @@ __device__ __forceinline__ void tensor_core_exchange_update(
   // E = (Ch + i Sh)^T Delta over the row transforms of p.
   const int KW_held = manipure::tensor_core_inverse_columns_of_delta(
       x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, H, W, KH, KW, k, has_eps_ref,
-      phase_project, reconstruct_real, t, t.Fqr, t.Fqi);
+      phase_project, t, t.Fqr, t.Fqi);
   // Per pixel, y = E (Cw + i Sw) from the accumulators (its imaginary part formed only where it is
   // needed: not for "real", nor where y is real).
   const float inv_n = 1.0f / (float)(H * W);

@@ -51,7 +51,7 @@ __device__ __forceinline__ void tensor_core_exchange_update_backward(
   //      forward's held columns ----------------------------------------------------------------------
   const int KW_held = manipure::tensor_core_inverse_columns_of_delta(
       x_t, eps, ref_t, eps_ref, base, cos_h, sin_h, cos_w, sin_w, amp_mask, phase_mask, H, W, KH, KW, k, has_eps_ref,
-      phase_project, reconstruct_real, t, t.Gqr, t.Gqi);
+      phase_project, t, t.Gqr, t.Gqi);
 
   // ---- y = p + ifft2_band(Delta) per pixel; g_y into Gq (zero off the plane), Re g_y in g_eps.
   //      Where Re y suffices (real_part_of_y_suffices), Im y is not formed and g_y is real. ----
