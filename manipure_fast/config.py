@@ -20,7 +20,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-NUM_TRAIN_TIMESTEPS = 1000
+from .options import check_choice, check_exchange_options, check_mani_options, check_timestep
+from .reference.schedule import NUM_TRAIN_TIMESTEPS
 
 
 @dataclass(frozen=True)
@@ -145,31 +146,15 @@ class PurifierConfig:
         object.__setattr__(self, "rounds", rounds)
         if not rounds or not all(isinstance(r, Round) for r in rounds):
             raise TypeError(f"rounds must be a non-empty sequence of Round, got {self.rounds!r}")
-        _choice("band_mode", self.band_mode, ("width", "count"))
-        _choice("weight_map", self.weight_map, ("spectral", "kernel"))
-        _choice("normalize", self.normalize, ("rms", "max", "none"))
-        _choice("phase_mode", self.phase_mode, ("replace", "project"))
-        _choice("reconstruct", self.reconstruct, ("abs", "real"))
-        _choice("reference", self.reference, ("renoised", "input"))
-        _choice("sampling", self.sampling, ("ddpm", "ddim"))
-        if not (isinstance(self.n_bands, int) and self.n_bands >= 1):
-            raise ValueError(f"n_bands must be a positive int, got {self.n_bands!r}")
-        if not self.eps0 > 0:
-            raise ValueError(f"eps0 must be > 0, got {self.eps0!r}")
-        if self.amplitude_cut_range < 0 or self.phase_cut_range < 0:
-            raise ValueError(
-                f"cut ranges must be >= 0, got amplitude {self.amplitude_cut_range}, "
-                f"phase {self.phase_cut_range}"
-            )
-        if not self.delta >= 0:
-            raise ValueError(f"delta must be >= 0, got {self.delta!r}")
-        if not (
-            isinstance(self.forward_noise_steps, int) and 0 <= self.forward_noise_steps < NUM_TRAIN_TIMESTEPS
-        ):
-            raise ValueError(
-                f"forward_noise_steps must be an int in [0, {NUM_TRAIN_TIMESTEPS}), "
-                f"got {self.forward_noise_steps!r}"
-            )
+        check_mani_options(
+            self.n_bands, self.gamma, self.eps0, self.band_mode, self.weight_map, self.normalize
+        )
+        check_exchange_options(
+            self.amplitude_cut_range, self.phase_cut_range, self.phase_mode, self.delta, self.reconstruct
+        )
+        check_choice("reference", self.reference, ("renoised", "input"))
+        check_choice("sampling", self.sampling, ("ddpm", "ddim"))
+        check_timestep("forward_noise_steps", self.forward_noise_steps)
         if self.model_resolution is not None:
             h, w = (int(v) for v in self.model_resolution)
             if h < 1 or w < 1:
@@ -196,8 +181,3 @@ class PurifierConfig:
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return cls(**{**presets[name], **overrides})
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

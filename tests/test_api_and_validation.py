@@ -8,9 +8,10 @@ import torch
 from conftest import LinearEps, dummy_eps_model
 
 from bench.baselines.reference_structure import ReferenceStructurePurifier
-from manipure_fast import DefendedClassifier, Purifier, PurifierConfig, RecordedNoise, Round
+from manipure_fast import DefendedClassifier, Purifier, PurifierConfig, RecordedNoise, Round, ops
 from manipure_fast.compat import PurificationForward, get_diffusion_params, imagenet_normalize
 from manipure_fast.reference import purify_diffusion
+from manipure_fast.reference.schedule import step_coefficients
 
 SMALL = PurifierConfig(rounds=(Round.from_total(30, 2),))
 
@@ -39,6 +40,74 @@ def purifier():
 def test_bad_input_is_named(purifier, bad, error, match):
     with pytest.raises(error, match=match):
         purifier.purify(bad)
+
+
+NAN, INF = float("nan"), float("inf")
+# (option, value, error, message): the same options, refused the same way, by PurifierConfig and
+# by the public ops on every backend.
+MANI_BAD_OPTIONS = [
+    ("gamma", NAN, ValueError, "gamma must be a number"),
+    ("gamma", INF, ValueError, "gamma must be finite"),
+    ("gamma", "1.8", TypeError, "gamma must be a real number"),
+    ("eps0", 0.0, ValueError, "eps0 must be finite and > 0"),
+    ("eps0", INF, ValueError, "eps0 must be finite and > 0"),
+    ("n_bands", 0, ValueError, "n_bands must be >= 1"),
+    ("n_bands", 2.5, TypeError, "n_bands must be an int"),
+    ("n_bands", True, TypeError, "n_bands must be an int"),
+    ("band_mode", "rings", ValueError, "band_mode must be one of"),
+    ("weight_map", "map", ValueError, "weight_map must be one of"),
+    ("normalize", "l2", ValueError, "normalize must be one of"),
+]
+EXCHANGE_BAD_OPTIONS = [
+    ("amplitude_cut_range", NAN, ValueError, "amplitude_cut_range must be a number"),
+    ("phase_cut_range", -1.0, ValueError, "phase_cut_range must be >= 0"),
+    ("delta", NAN, ValueError, "delta must be a number"),
+    ("delta", -0.1, ValueError, "delta must be >= 0"),
+    ("phase_mode", "rotate", ValueError, "phase_mode must be one of"),
+    ("reconstruct", "imag", ValueError, "reconstruct must be one of"),
+    ("forward_noise_steps", 1000, ValueError, r"forward_noise_steps must lie in \[0, 1000\)"),
+    ("forward_noise_steps", 50.0, TypeError, "forward_noise_steps must be an int"),
+]
+
+
+def _option_id(case):
+    return f"{case[0]}={case[1]!r}"
+
+
+@pytest.mark.parametrize("case", MANI_BAD_OPTIONS + EXCHANGE_BAD_OPTIONS, ids=_option_id)
+def test_bad_options_are_named_by_the_config(case):
+    option, value, error, match = case
+    with pytest.raises(error, match=match):
+        PurifierConfig(**{option: value})
+
+
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize(
+    "case", MANI_BAD_OPTIONS + [("t", 2.5, TypeError, "t must be an int timestep")], ids=_option_id
+)
+def test_bad_mani_options_are_named_by_every_backend(case, backend):
+    option, value, error, match = case
+    x = torch.rand(1, 1, 8, 8) * 2 - 1
+    options = {"t": 300, option: value}
+    with pytest.raises(error, match=match):
+        ops.mani_noise(x, options.pop("t"), torch.randn_like(x), backend=backend, **options)
+
+
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("case", EXCHANGE_BAD_OPTIONS, ids=_option_id)
+def test_bad_exchange_options_are_named_by_every_backend(case, backend):
+    option, value, error, match = case
+    x = torch.rand(1, 1, 8, 8) * 2 - 1
+    with pytest.raises(error, match=match):
+        ops.exchange_update(
+            x, x, x, x, x, step=step_coefficients(99, 89, eta=1.0), backend=backend, **{option: value}
+        )
+
+
+def test_unbounded_options_are_accepted():
+    """As the reference accepts them: no phase clip past pi, every coefficient exchanged, and
+    weights that grow with the band magnitude."""
+    PurifierConfig(delta=INF, amplitude_cut_range=INF, phase_cut_range=1e9, gamma=-1.0, forward_noise_steps=0)
 
 
 def test_meta_tensor_is_named_for_a_parameterless_model():

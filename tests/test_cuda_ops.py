@@ -12,6 +12,7 @@ order to expose races. The library's device build itself is tested in test_cuda_
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import shutil
 import subprocess
@@ -599,18 +600,22 @@ def test_exchange_update_keeps_the_references_nyquist_ties_in_project_mode(shape
     "abs" keeps an imaginary part (docs/reference-differences.md). The kernels must reproduce it,
     forward and backward (whose g_y is complex there); "real" reads Re y alone even there.
     16x16 takes the tensor-core path, 20x36 the FMA loops (Nyquist on the H axis only)."""
-    gen = torch.Generator().manual_seed(sum(shape))
-    x_t, eps, ref_t, eps_ref, z, weight = _on(
-        loader.device, *(torch.randn(shape, generator=gen) for _ in range(6))
-    )
     options = dict(step=step_coefficients(99, 89, eta=1.0), phase_mode="project", reconstruct=reconstruct)
+    _assert_exchange_matches_reference_both_ways(shape, options, loader.device)
+
+
+def _assert_exchange_matches_reference_both_ways(shape, options, device):
+    """The cuda exchange's output within the eager bound of the reference's, and its gradients
+    within _assert_gradients_close's, on random inputs of ``shape``."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x_t, eps, ref_t, eps_ref, z, weight = _on(device, *(torch.randn(shape, generator=gen) for _ in range(6)))
     out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, backend="cuda", **options)
 
     def reference(*tensors):
         return ops.exchange_update(*tensors, backend="reference", **options)
 
     exact = reference(*(t.double() for t in (x_t, eps, ref_t, eps_ref, z)))
-    _bound(out, exact, reference(*(t.float() for t in (x_t, eps, ref_t, eps_ref, z))))
+    _bound(out, exact, reference(x_t, eps, ref_t, eps_ref, z))
 
     inputs = [t * 0.6 for t in (x_t, eps, ref_t, eps_ref)]
     weight = weight_off_the_clip_bounds(weight, [*inputs, z], options)
@@ -621,6 +626,24 @@ def test_exchange_update_keeps_the_references_nyquist_ties_in_project_mode(shape
         return torch.autograd.grad((out * weight.to(dtype)).sum(), leaves)
 
     _assert_gradients_close(gradients)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(delta=4.0, amplitude_cut_range=6, phase_cut_range=6),
+        dict(delta=math.inf, reconstruct="real"),
+        dict(amplitude_cut_range=math.inf, phase_cut_range=2),
+    ],
+    ids=["delta4", "delta-inf", "amp-cut-inf"],
+)
+@pytest.mark.parametrize("shape", [(1, 2, 12, 10), (1, 1, 11, 40)], ids=_ids)
+def test_exchange_with_delta_past_pi_and_infinite_cuts(shape, options, loader):
+    """In "project" mode a delta past pi clips nothing, and infinite cut ranges exchange every
+    coefficient, as in the reference: forward and backward, on the tensor-core path (12x10) and
+    the FMA loops (11x40)."""
+    options = dict(step=step_coefficients(99, 89, eta=1.0), phase_mode="project", **options)
+    _assert_exchange_matches_reference_both_ways(shape, options, loader.device)
 
 
 @pytest.mark.parametrize("n_bands", [1, 8, 40])

@@ -4,6 +4,8 @@ Philox noise statistics, gradients, poisoned outputs, and backend dispatch."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import LinearEps, weight_off_the_clip_bounds
@@ -334,17 +336,20 @@ def test_fused_exchange_backward_matches_autograd(case):
     output pixels that the exact result puts on a clip bound carry no weight
     (conftest.weight_off_the_clip_bounds)."""
     b, c, h, w, amp_cut, phase_cut, phase_mode, reconstruct, with_eps_ref = case
+    options = dict(amplitude_cut_range=amp_cut, phase_cut_range=phase_cut, phase_mode=phase_mode,
+                   reconstruct=reconstruct)  # fmt: skip
+    _assert_fused_exchange_backward((b, c, h, w), options, with_eps_ref)
+
+
+def _assert_fused_exchange_backward(shape, exchange_options, with_eps_ref=True):
+    b, c, h, w = shape
     gen = torch.Generator().manual_seed(h * w + b)
     inputs = [torch.randn(b, c, h, w, generator=gen) * 0.6 for _ in range(4)]
     if not with_eps_ref:
         inputs[3] = None
     noise = torch.randn(b, c, h, w, generator=gen)
     weight = torch.randn(b, c, h, w, generator=gen)
-    step = step_coefficients(199, 179, eta=1.0)
-    options = dict(
-        step=step, amplitude_cut_range=amp_cut, phase_cut_range=phase_cut, phase_mode=phase_mode,
-        reconstruct=reconstruct,
-    )  # fmt: skip
+    options = dict(step=step_coefficients(199, 179, eta=1.0), **exchange_options)
     weight = weight_off_the_clip_bounds(weight, [*inputs, noise], options)
 
     def gradients(backend, dtype, device):
@@ -366,6 +371,35 @@ def test_fused_exchange_backward_matches_autograd(case):
         bound = 2 * (g_eager.double() - g_exact).abs().max() + 1e-5 * scale
         worst = divmod(int(err.argmax()), w)
         assert err.max() <= bound, f"{name}: max err {err.max():.3g} > {bound:.3g} at flat row/col {worst}"
+
+
+# "project" with delta past pi clips nothing, as torch's clamp of a difference in [-pi, pi) does
+# (the kernels' cosine test would clip again past pi), and infinite cut ranges exchange every
+# coefficient (the kernels size their bands from H + W). 12x10 takes the whole W band (Nyquist
+# frequencies in the band), 11x13 the half band.
+UNBOUNDED_OPTIONS = [
+    dict(phase_mode="project", delta=4.0, amplitude_cut_range=6, phase_cut_range=6),
+    dict(phase_mode="project", delta=math.inf, amplitude_cut_range=6, phase_cut_range=6, reconstruct="real"),
+    dict(phase_mode="project", delta=math.pi, amplitude_cut_range=math.inf, phase_cut_range=math.inf),
+    dict(phase_mode="project", amplitude_cut_range=math.inf, phase_cut_range=2),
+]
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 12, 10), (2, 1, 11, 13)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "options", UNBOUNDED_OPTIONS, ids=["delta4", "delta-inf", "delta-pi-cuts-inf", "amp-cut-inf"]
+)
+def test_exchange_with_delta_past_pi_and_infinite_cuts(options, shape):
+    gen = torch.Generator().manual_seed(sum(shape))
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(shape, generator=gen).to(DEVICE) for _ in range(5))
+    step = step_coefficients(99, 89, eta=1.0)
+    out = ops.exchange_update(x_t, eps, ref_t, eps_ref, z, step=step, backend="triton", **options)
+
+    def reference(*tensors):
+        return ops.exchange_update(*tensors, step=step, backend="reference", **options)
+
+    _within_eager_error(out, [x_t, eps, ref_t, eps_ref, z], reference, torch.float32)
+    _assert_fused_exchange_backward(shape, options)
 
 
 def test_fused_exchange_backward_writes_every_gradient():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..options import check_exchange_options, check_mani_options, check_timestep
 from ..reference.exchange import exchange_update as _reference_exchange_update
 from ..reference.mani import mani_noise as _reference_mani_noise
 from ..reference.schedule import StepCoefficients, noise_coefficients
@@ -52,6 +53,13 @@ def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
+def _bounded_cut(cut: float, like: torch.Tensor) -> float:
+    """The cut radius, at most ``H + W``: every coefficient lies within ``(H + W) / 2`` of DC, so
+    a larger radius (infinity included) exchanges the same coefficients, and the fast backends
+    size their band tables from a finite one."""
+    return min(float(cut), float(like.shape[-2] + like.shape[-1]))
+
+
 def mani_noise(
     x: torch.Tensor,
     t: int,
@@ -71,6 +79,8 @@ def mani_noise(
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"x must be a [B, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}")
     _check_like("noise", noise, x)
+    check_timestep("t", t)
+    check_mani_options(n_bands, gamma, eps0, band_mode, weight_map, normalize)
     name = select_backend("mani_noise", x, backend)
     _noise_arguments(noise, rng_state, x, name)
     options = dict(
@@ -120,6 +130,8 @@ def exchange_update(
         )
     for name_, tensor in (("eps", eps), ("ref_t", ref_t), ("eps_ref", eps_ref), ("noise", noise)):
         _check_like(name_, tensor, x_t)
+    check_timestep("forward_noise_steps", forward_noise_steps)
+    check_exchange_options(amplitude_cut_range, phase_cut_range, phase_mode, delta, reconstruct)
     name = select_backend("exchange_update", x_t, backend)
     _noise_arguments(noise, rng_state, x_t, name)
     ref = noise_coefficients(forward_noise_steps)
@@ -131,8 +143,8 @@ def exchange_update(
         sqrt_abar_next=step.sqrt_abar_next,
         c1=step.c1,
         c2=step.c2,
-        amplitude_cut_range=amplitude_cut_range,
-        phase_cut_range=phase_cut_range,
+        amplitude_cut_range=_bounded_cut(amplitude_cut_range, x_t),
+        phase_cut_range=_bounded_cut(phase_cut_range, x_t),
         phase_mode=phase_mode,
         delta=delta,
         reconstruct=reconstruct,
@@ -146,8 +158,8 @@ def exchange_update(
             *(_fp32(t) for t in (x_t, eps, ref_t, eps_ref, noise)),
             rng_state,
             [float(coefficients[k]) for k in cuda_ops.COEFFICIENTS],
-            float(amplitude_cut_range),
-            float(phase_cut_range),
+            coefficients["amplitude_cut_range"],
+            coefficients["phase_cut_range"],
             phase_mode == "project",
             reconstruct == "real",
         )

@@ -106,6 +106,16 @@ class _Tiling:
     num_warps: int
 
 
+def phase_tolerance(delta: float) -> tuple[float, float]:
+    """``(cos delta, sin delta)`` for "project". The kernels keep x0's phase where
+    ``cos d >= cos delta``, which means ``|d| <= delta`` only for ``delta <= pi``. A larger delta
+    (infinity included) clips nothing, since ``|d| <= pi``: a cosine below -1 says so, where
+    ``cos delta`` itself would clip again past pi (and ``math.cos`` refuses infinity)."""
+    if delta > math.pi:
+        return -2.0, 0.0
+    return math.cos(delta), math.sin(delta)
+
+
 def uses_half_band_w(h: int, w: int, cut: float) -> bool:
     """Whether the kernels take the half W band for an ``h x w`` plane and band radius ``cut``.
 
@@ -185,8 +195,7 @@ def launch_exchange_update(
         params.sqrt_abar_next,
         params.c1,
         params.c2,
-        math.cos(params.delta),
-        math.sin(params.delta),
+        *phase_tolerance(params.delta),
         1.0 / (h * w),
         HAS_EPS_REF=eps_ref is not None,
         NOISE_GIVEN=noise is not None,
@@ -238,8 +247,7 @@ def launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params: Exch
         params.ref_sqrt_one_minus_abar,
         params.sqrt_abar_next,
         params.c2,
-        math.cos(params.delta),
-        math.sin(params.delta),
+        *phase_tolerance(params.delta),
         1.0 / (h * w),
         HAS_EPS_REF=eps_ref is not None,
         PROJECT=params.phase_mode == "project",
