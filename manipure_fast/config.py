@@ -33,16 +33,19 @@ class Round:
     timesteps: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        steps = tuple(int(s) for s in self.timesteps)
+        check_timestep("renoise_t", self.renoise_t)
+        if isinstance(self.timesteps, (str, bytes)) or not hasattr(self.timesteps, "__iter__"):
+            raise TypeError(f"Round timesteps must be a sequence of ints, got {self.timesteps!r}")
+        steps = tuple(self.timesteps)
+        for step in steps:
+            check_timestep("each of a Round's timesteps", step)
+        steps = tuple(int(step) for step in steps)  # numpy integers become ints
+        object.__setattr__(self, "renoise_t", int(self.renoise_t))
         object.__setattr__(self, "timesteps", steps)
         if not steps:
             raise ValueError("a Round needs at least one reverse timestep")
         if list(steps) != sorted(set(steps)):
             raise ValueError(f"Round timesteps must be strictly increasing, got {steps}")
-        if steps[0] < 0 or steps[-1] >= NUM_TRAIN_TIMESTEPS:
-            raise ValueError(f"Round timesteps must lie in [0, {NUM_TRAIN_TIMESTEPS}), got {steps}")
-        if not 0 <= self.renoise_t < NUM_TRAIN_TIMESTEPS:
-            raise ValueError(f"renoise_t must lie in [0, {NUM_TRAIN_TIMESTEPS}), got {self.renoise_t}")
 
     @classmethod
     def from_total(cls, total: int, num_steps: int) -> Round:

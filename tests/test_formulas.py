@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,3 +208,22 @@ def test_config_rejects_bad_options():
         Round(999, (999, 1000))
     with pytest.raises(ValueError, match="num_steps"):
         Round.from_total(10, 20)
+
+
+@pytest.mark.parametrize(
+    "renoise_t, timesteps, match",
+    [
+        (5.5, (1, 2), "renoise_t must be an int"),
+        (True, (1, 2), "renoise_t must be an int"),
+        (10, (1.5, 2), "timesteps must be an int"),  # was truncated to 1 silently
+        (10, 5, "sequence of ints"),
+    ],
+)
+def test_round_refuses_timesteps_that_are_not_ints(renoise_t, timesteps, match):
+    with pytest.raises(TypeError, match=match):
+        Round(renoise_t, timesteps)
+
+
+def test_round_takes_numpy_integers_as_ints():
+    r = Round(np.int64(10), (np.int32(3), 4))
+    assert r == Round(10, (3, 4)) and type(r.renoise_t) is int and type(r.timesteps[0]) is int
