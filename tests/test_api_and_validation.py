@@ -104,6 +104,13 @@ def test_bad_exchange_options_are_named_by_every_backend(case, backend):
         )
 
 
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+def test_exchange_step_must_be_step_coefficients(backend):
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(TypeError, match="step must be the StepCoefficients"):
+        ops.exchange_update(x, x, x, x, x, step=(0.5, 0.5, 0.9), backend=backend)
+
+
 def test_unbounded_options_are_accepted():
     """As the reference accepts them: no phase clip past pi, every coefficient exchanged, and
     weights that grow with the band magnitude."""

@@ -130,6 +130,11 @@ def exchange_update(
         )
     for name_, tensor in (("eps", eps), ("ref_t", ref_t), ("eps_ref", eps_ref), ("noise", noise)):
         _check_like(name_, tensor, x_t)
+    if not isinstance(step, StepCoefficients):
+        raise TypeError(
+            f"step must be the StepCoefficients of one reverse step (reference.step_coefficients(t, "
+            f"t_next, eta)), got {type(step).__name__}"
+        )
     check_timestep("forward_noise_steps", forward_noise_steps)
     check_exchange_options(amplitude_cut_range, phase_cut_range, phase_mode, delta, reconstruct)
     name = select_backend("exchange_update", x_t, backend)
