@@ -54,15 +54,21 @@ def calls(shape, device) -> dict:
     step = step_coefficients(49, 39, eta=1.0)
     params = triton_exchange.ExchangeParams.from_step(step)
     planes = (x_t, eps, ref_t, eps_ref)
+    tracked = x_t.clone().requires_grad_()  # as an attack's input: the autograd Function's path
     found = {
         "exchange_update forward": lambda: ops.exchange_update(*planes, z, step=step, backend="triton"),
+        "exchange_update forward, tracked": lambda: ops.exchange_update(
+            tracked, *planes[1:], z, step=step, backend="triton"
+        ),
         "exchange_update backward launcher": lambda: triton_exchange.launch_exchange_update_backward(
             grad, *planes, params
         ),
     }
     if max(shape[-2:]) <= 64:  # above, mani_noise runs cuFFT, which would run here for real
         x = x_t.clamp(-1, 1)
+        x_tracked = x.clone().requires_grad_()
         found["mani_noise forward"] = lambda: ops.mani_noise(x, 300, z, backend="triton")
+        found["mani_noise forward, tracked"] = lambda: ops.mani_noise(x_tracked, 300, z, backend="triton")
     return found
 
 

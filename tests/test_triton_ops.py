@@ -402,6 +402,28 @@ def test_exchange_with_delta_past_pi_and_infinite_cuts(options, shape):
     _assert_fused_exchange_backward(shape, options)
 
 
+@pytest.mark.parametrize("in_kernel_noise", [False, True], ids=["given-noise", "philox"])
+def test_ops_give_the_same_output_with_and_without_autograd(in_kernel_noise):
+    """Untracked calls launch the kernels without the autograd Function (less host time); their
+    outputs must be the Function's bit for bit, with the same Philox draws and offset advance."""
+    gen = torch.Generator().manual_seed(11)
+    x_t, eps, ref_t, eps_ref, z = (torch.randn(2, 3, 20, 24, generator=gen).to(DEVICE) for _ in range(5))
+    x = x_t.clamp(-1, 1)
+    step = step_coefficients(49, 39, eta=1.0)
+    outputs = []
+    for tracked in (False, True):
+        leaf = x_t.clone().requires_grad_(tracked)
+        mani_leaf = x.clone().requires_grad_(tracked)
+        states = (_rng(5), _rng(6))
+        noise = [dict(rng_state=state) if in_kernel_noise else dict(noise=z) for state in states]
+        exchanged = ops.exchange_update(leaf, eps, ref_t, eps_ref, step=step, backend="triton", **noise[0])
+        renoised = ops.mani_noise(mani_leaf, 300, backend="triton", **noise[1])
+        assert exchanged.requires_grad == renoised.requires_grad == tracked
+        outputs.append((exchanged.detach(), renoised.detach(), *states))
+    for untracked, tracked in zip(*outputs):
+        assert torch.equal(untracked, tracked)
+
+
 def test_fused_exchange_backward_writes_every_gradient():
     """With NaN-poisoned outputs (the autouse fixture), every gradient element must be written."""
     x_t, eps, ref_t, eps_ref = (torch.randn(3, 2, 13, 17, device=DEVICE) for _ in range(4))

@@ -265,6 +265,38 @@ def launch_exchange_update_backward(grad, x_t, eps, ref_t, eps_ref, params: Exch
     return g_x_t, g_eps, g_ref_t, g_eps_ref
 
 
+@functools.lru_cache(maxsize=1024)
+def exchange_params(
+    step: StepCoefficients,
+    forward_noise_steps: int,
+    amplitude_cut_range: float,
+    phase_cut_range: float,
+    phase_mode: str,
+    delta: float,
+    reconstruct: str,
+) -> ExchangeParams:
+    """``ExchangeParams.from_step``, cached: a purification calls every step's parameters again in
+    every round and every run, and building them cost about 2 us of host time per call."""
+    return ExchangeParams.from_step(
+        step,
+        forward_noise_steps,
+        amplitude_cut_range=amplitude_cut_range,
+        phase_cut_range=phase_cut_range,
+        phase_mode=phase_mode,
+        delta=delta,
+        reconstruct=reconstruct,
+    )
+
+
+def exchange_update(x_t, eps, ref_t, eps_ref, noise, rng_state, params: ExchangeParams) -> torch.Tensor:
+    """The op on fp32 contiguous tensors: through ``ExchangeUpdate`` where autograd tracks an input,
+    else the launch alone (no Function, no saved tensors: a few us less host time per call)."""
+    tensors = (x_t, eps, ref_t, eps_ref, noise)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return ExchangeUpdate.apply(*tensors, rng_state, params)
+    return launch_exchange_update(*tensors, rng_state, params)[0]
+
+
 class ExchangeUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_t, eps, ref_t, eps_ref, noise, rng_state, params: ExchangeParams):

@@ -377,6 +377,14 @@ BACKWARD_LAUNCHERS = {
 }
 
 
+def mani_noise(x, noise, rng_state, params: ManiParams) -> torch.Tensor:
+    """The op on fp32 contiguous tensors: through ``ManiNoise`` where autograd tracks an input
+    (storing in-kernel noise only when x's gradient will need it), else the launch alone."""
+    if torch.is_grad_enabled() and (x.requires_grad or (noise is not None and noise.requires_grad)):
+        return ManiNoise.apply(x, noise, rng_state, params, x.requires_grad)
+    return FORWARD_LAUNCHERS[mani_path(*x.shape[-2:])](x, noise, rng_state, params, store_noise=False)[0]
+
+
 class ManiNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, rng_state, params: ManiParams, needs_grad: bool):
