@@ -16,8 +16,8 @@ mkdir -p "$OUT_DIR" bench/results
 export TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 AOT_LIBRARY="$(ls build/aot/_cuda_ops*.so 2>/dev/null | head -1 || true)"
 [ -n "$AOT_LIBRARY" ] && export MANIPURE_CUDA_LIBRARY="$PWD/$AOT_LIBRARY"
-# The GPU test files compile about 140 Triton specialisations, one per plane size and option set
-# (336 s of compiling on the 2-core CI machine; bench/compile_sm90.py --from-tests), so pytest
+# The GPU test files compile about 200 Triton specialisations, one per plane size and option set
+# (313 s of compiling on the 2-core CI machine; bench/compile_sm90.py --from-tests), so pytest
 # spreads them over the CPUs with pytest-xdist, which the device image has. Triton's and CuPy's
 # disk caches are shared between the workers.
 PARALLEL=()
