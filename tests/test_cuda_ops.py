@@ -344,8 +344,11 @@ def _run_on_the_cpu(monkeypatch, name: str) -> None:
         monkeypatch.setattr(cuda_ops, "_launch", cuda_on_cpu.launch)
     device_check = registry.unsupported_reason
 
-    def cuda_runs_on_the_cpu(backend, op, x):
-        return None if backend == "cuda" else device_check(backend, op, x)
+    def cuda_runs_on_the_cpu(backend, op, x, n_bands=None):
+        if backend != "cuda":
+            return device_check(backend, op, x, n_bands)
+        # Past the device checks, what the cuda backend refuses on any device: too many bands.
+        return cuda_ops.mani_unsupported_reason(n_bands) if op == "mani_noise" and n_bands else None
 
     monkeypatch.setattr(registry, "unsupported_reason", cuda_runs_on_the_cpu)
     monkeypatch.setattr(ops, "unsupported_reason", cuda_runs_on_the_cpu)  # the re-export
@@ -644,6 +647,34 @@ def test_exchange_with_delta_past_pi_and_infinite_cuts(shape, options, loader):
     the FMA loops (11x40)."""
     options = dict(step=step_coefficients(99, 89, eta=1.0), phase_mode="project", **options)
     _assert_exchange_matches_reference_both_ways(shape, options, loader.device)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 16, 16), (1, 1, 40, 40), (1, 1, 70, 70), (1, 1, 256, 256)], ids=_ids
+)
+def test_mani_noise_takes_up_to_1024_bands_on_every_path(shape, loader):
+    """The tensor-core tile, the FMA plane, the large-plane path and the cluster (torch_library.cpp's
+    check_bands takes up to MANI_MAX_BANDS; the JIT loader is held to the same limit)."""
+    gen = torch.Generator().manual_seed(1)
+    x, z = _on(loader.device, torch.rand(shape, generator=gen) * 2 - 1, torch.randn(shape, generator=gen))
+    n_bands = cuda_ops.MANI_MAX_BANDS
+    out = ops.mani_noise(x, 300, z, backend="cuda", n_bands=n_bands)
+    exact = ref.mani_noise(x.double(), 300, z.double(), n_bands=n_bands)
+    _bound(out, exact, ref.mani_noise(x, 300, z, n_bands=n_bands))
+
+
+def test_mani_noise_refuses_more_bands_before_any_launch(loader, monkeypatch):
+    """More than MANI_MAX_BANDS bands: the cuda backend names the limit before launching anything,
+    through either loader, and "auto" passes the call on to the next backend."""
+    x = torch.rand(1, 1, 70, 70, device=loader.device) * 2 - 1
+    launched = []
+    monkeypatch.setattr(cuda_ops, "_launch", lambda *args, **kwargs: launched.append(args))
+    with pytest.raises(ValueError, match="cuda mani_noise takes up to 1024 bands, not 1025"):
+        ops.mani_noise(x, 300, torch.randn_like(x), backend="cuda", n_bands=1025)
+    assert not launched
+    monkeypatch.setattr(registry, "auto_order", lambda *args, **kwargs: ("cuda", "reference"))
+    assert registry.select_backend("mani_noise", x, "auto", n_bands=1025) == "reference"
+    assert registry.select_backend("mani_noise", x, "auto", n_bands=1024) == "cuda"
 
 
 @pytest.mark.parametrize("n_bands", [1, 8, 40])

@@ -85,7 +85,7 @@ def mani_noise(
     _check_like("noise", noise, x)
     check_timestep("t", t)
     check_mani_options(n_bands, gamma, eps0, band_mode, weight_map, normalize)
-    name = select_backend("mani_noise", x, backend)
+    name = select_backend("mani_noise", x, backend, n_bands)
     _noise_arguments(noise, rng_state, x, name)
     options = dict(
         n_bands=n_bands,

@@ -663,6 +663,23 @@ def mani_cluster_backward_shared_bytes(n_bands: int) -> int:
     return _cluster_shared_bytes(2, 5 * n_bands + 3)
 
 
+# The most MANI bands the kernels take (torch_library.cpp's check_bands): every path's shared
+# memory then holds the bands' sums, backward too (the cluster backward's 125 KB the most).
+MANI_MAX_BANDS = 1024
+
+
+def mani_unsupported_reason(n_bands: int) -> str | None:
+    """None if the MANI kernels take ``n_bands`` bands, else why not. Checked when the backend is
+    chosen, before any launch, so "auto" passes such calls on and a backward never fails after
+    its forward ran."""
+    if n_bands <= MANI_MAX_BANDS:
+        return None
+    return (
+        f"cuda mani_noise takes up to {MANI_MAX_BANDS} bands, not {n_bands} "
+        "(use the triton or reference backend)"
+    )
+
+
 def takes_cluster_path(x: torch.Tensor) -> bool:
     """Whether mani_noise runs ``x`` as one cluster launch (``on_cluster_plane``)."""
     return MANI_CLUSTER and on_cluster_plane(x)

@@ -74,8 +74,9 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
-    """None if ``backend`` runs ``op`` on tensors like ``x``, else why not."""
+def unsupported_reason(backend: str, op: str, x: torch.Tensor, n_bands: int | None = None) -> str | None:
+    """None if ``backend`` runs ``op`` on tensors like ``x`` (with ``n_bands`` MANI bands, where
+    given), else why not."""
     if backend == "reference":
         return None
     if backend == "triton":
@@ -106,20 +107,24 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor) -> str | None:
         side = CUDA_MAX_SIDE.get(op)
         if side is not None and (x.shape[-1] > side or x.shape[-2] > side):
             return f"cuda {op} handles planes up to {side}x{side}, not {x.shape[-2]}x{x.shape[-1]}"
+        if op == "mani_noise" and n_bands is not None:
+            from .cuda_ops import mani_unsupported_reason
+
+            return mani_unsupported_reason(n_bands)
         return None
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def select_backend(op: str, x: torch.Tensor, requested: str | None = None) -> str:
+def select_backend(op: str, x: torch.Tensor, requested: str | None = None, n_bands: int | None = None) -> str:
     name = requested or _requested.get() or os.environ.get("MANIPURE_BACKEND") or "auto"
     _check_name(name)
     if name != "auto":
-        reason = unsupported_reason(name, op, x)
+        reason = unsupported_reason(name, op, x, n_bands)
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run {op}: {reason}")
         return name
     for candidate in auto_order(op, tuple(x.shape), on_gpu=x.device.type == "cuda"):
-        if unsupported_reason(candidate, op, x) is None:
+        if unsupported_reason(candidate, op, x, n_bands) is None:
             return candidate
     return "reference"
 
