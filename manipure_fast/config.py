@@ -158,6 +158,11 @@ class PurifierConfig:
         check_choice("reference", self.reference, ("renoised", "input"))
         check_choice("sampling", self.sampling, ("ddpm", "ddim"))
         check_timestep("forward_noise_steps", self.forward_noise_steps)
+        # numpy scalars pass the checks; the config holds Python numbers, as the ops take them.
+        for name in ("n_bands", "forward_noise_steps"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("gamma", "eps0", "amplitude_cut_range", "phase_cut_range", "delta"):
+            object.__setattr__(self, name, float(getattr(self, name)))
         if self.model_resolution is not None:
             h, w = (int(v) for v in self.model_resolution)
             if h < 1 or w < 1:

@@ -3,6 +3,7 @@ reference-structure baseline."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import LinearEps, dummy_eps_model
@@ -109,6 +110,42 @@ def test_exchange_step_must_be_step_coefficients(backend):
     x = torch.zeros(1, 1, 4, 4)
     with pytest.raises(TypeError, match="step must be the StepCoefficients"):
         ops.exchange_update(x, x, x, x, x, step=(0.5, 0.5, 0.9), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("side", [16, 70], ids=["tile", "large"])
+def test_numpy_scalars_are_taken_as_python_numbers(backend, side):
+    """Options read from numpy (a sweep, a config file) give what Python numbers give; they
+    reached Triton's table helpers as numpy integers, which have no bit_length."""
+    x = torch.rand(1, 1, side, side) * 2 - 1
+    z = torch.randn_like(x)
+    as_numpy = ops.mani_noise(
+        x, np.int64(300), z, n_bands=np.int64(8), gamma=np.float64(1.8), backend=backend
+    )
+    assert torch.equal(as_numpy, ops.mani_noise(x, 300, z, n_bands=8, gamma=1.8, backend=backend))
+    step = step_coefficients(99, 89, eta=1.0)
+    options = dict(amplitude_cut_range=np.float64(3), phase_cut_range=np.int64(2), delta=np.float64(0.3))
+    exchanged = ops.exchange_update(
+        x,
+        z,
+        x,
+        z,
+        z,
+        step=step,
+        forward_noise_steps=np.int64(50),
+        phase_mode="project",
+        backend=backend,
+        **options,
+    )
+    plain = dict(amplitude_cut_range=3.0, phase_cut_range=2, delta=0.3)
+    expected = ops.exchange_update(x, z, x, z, z, step=step, phase_mode="project", backend=backend, **plain)
+    assert torch.equal(exchanged, expected)
+    config = PurifierConfig(n_bands=np.int64(8), forward_noise_steps=np.int32(50), delta=np.float64(0.3))
+    assert (
+        type(config.n_bands) is int
+        and type(config.forward_noise_steps) is int
+        and type(config.delta) is float
+    )
 
 
 def test_unbounded_options_are_accepted():

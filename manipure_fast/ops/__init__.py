@@ -85,6 +85,8 @@ def mani_noise(
     _check_like("noise", noise, x)
     check_timestep("t", t)
     check_mani_options(n_bands, gamma, eps0, band_mode, weight_map, normalize)
+    # numpy scalars pass the checks; the backends take Python numbers (Triton's constexprs too).
+    t, n_bands, gamma, eps0 = int(t), int(n_bands), float(gamma), float(eps0)
     name = select_backend("mani_noise", x, backend, n_bands)
     _noise_arguments(noise, rng_state, x, name)
     options = dict(
@@ -140,6 +142,7 @@ def exchange_update(
         )
     check_timestep("forward_noise_steps", forward_noise_steps)
     check_exchange_options(amplitude_cut_range, phase_cut_range, phase_mode, delta, reconstruct)
+    forward_noise_steps, delta = int(forward_noise_steps), float(delta)
     name = select_backend("exchange_update", x_t, backend)
     _noise_arguments(noise, rng_state, x_t, name)
     amplitude_cut_range = _bounded_cut(amplitude_cut_range, x_t)
