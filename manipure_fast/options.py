@@ -5,10 +5,12 @@ both call these checks, so every backend accepts the same options and refuses th
 the same message, before anything reaches a kernel. Each check raises ``TypeError`` for a value
 of the wrong kind and ``ValueError`` for one out of range, naming the option.
 
-Accepted, as the reference purifier accepts them:
+Accepted, and computed as the reference purifier computes them:
 - ``gamma`` any finite real, negative too (the weights then grow with the band magnitude);
-- infinite cut ranges (every coefficient is exchanged) and an infinite ``delta`` (no clip);
-- timesteps as any integer type (Python or numpy), never ``bool`` or a float.
+- infinite cut ranges (every coefficient is exchanged) and an infinite ``delta`` (no clip).
+
+Numbers may be Python or numpy scalars (the callers convert them to Python numbers after the
+checks); timesteps and ``n_bands`` must be integers, never ``bool`` or a float.
 
 The checks are cached per set of values: the sampler calls the ops with the same options at every
 step, and a cache hit costs well under a microsecond of host time.
