@@ -347,8 +347,7 @@ def _run_on_the_cpu(monkeypatch, name: str) -> None:
     def cuda_runs_on_the_cpu(backend, op, x, n_bands=None):
         if backend != "cuda":
             return device_check(backend, op, x, n_bands)
-        # Past the device checks, what the cuda backend refuses on any device: too many bands.
-        return cuda_ops.mani_unsupported_reason(n_bands) if op == "mani_noise" and n_bands else None
+        return registry.options_unsupported_reason(backend, op, n_bands)  # past the device checks
 
     monkeypatch.setattr(registry, "unsupported_reason", cuda_runs_on_the_cpu)
     monkeypatch.setattr(ops, "unsupported_reason", cuda_runs_on_the_cpu)  # the re-export

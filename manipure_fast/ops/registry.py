@@ -107,12 +107,18 @@ def unsupported_reason(backend: str, op: str, x: torch.Tensor, n_bands: int | No
         side = CUDA_MAX_SIDE.get(op)
         if side is not None and (x.shape[-1] > side or x.shape[-2] > side):
             return f"cuda {op} handles planes up to {side}x{side}, not {x.shape[-2]}x{x.shape[-1]}"
-        if op == "mani_noise" and n_bands is not None:
-            from .cuda_ops import mani_unsupported_reason
-
-            return mani_unsupported_reason(n_bands)
-        return None
+        return options_unsupported_reason(backend, op, n_bands)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def options_unsupported_reason(backend: str, op: str, n_bands: int | None = None) -> str | None:
+    """The part of ``unsupported_reason`` that holds on any device: None if ``backend`` takes
+    ``op``'s options (so far, the cuda kernels' MANI band limit), else why not."""
+    if backend == "cuda" and op == "mani_noise" and n_bands is not None:
+        from .cuda_ops import mani_unsupported_reason
+
+        return mani_unsupported_reason(n_bands)
+    return None
 
 
 def select_backend(op: str, x: torch.Tensor, requested: str | None = None, n_bands: int | None = None) -> str:
